@@ -1,0 +1,55 @@
+"""Accept arrays that speak DLPack (numpy, cupy, jax, …) in the typed wrappers, and hand results back in kind."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+
+Converter = Callable[[torch.Tensor], Any]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def as_tensor(value: Any, name: str) -> Tuple[torch.Tensor, Converter]:
+    """Return ``value`` as a tensor (zero-copy through DLPack where the device allows) and a converter back.
+
+    Tensors pass through unchanged. numpy arrays are wrapped with ``torch.from_numpy`` (no copy); other
+    objects with ``__dlpack__`` (cupy, jax) via ``torch.from_dlpack`` (no copy). Anything else raises a
+    TypeError naming ``name``.
+    """
+    if isinstance(value, torch.Tensor):
+        return value, _identity
+    module = type(value).__module__.split(".")[0]
+    if module == "numpy":
+        import numpy as np
+
+        if not value.flags.writeable:  # torch.from_numpy warns on read-only arrays; copy instead
+            value = np.array(value)
+        if value.dtype.byteorder == ">":
+            raise TypeError(f"tikmix: {name} has a big-endian dtype {value.dtype}; convert it to native order")
+        return torch.from_numpy(value), lambda t: t.detach().cpu().numpy()
+    if hasattr(value, "__dlpack__"):
+        tensor = torch.from_dlpack(value)
+        if module == "cupy":
+            import cupy  # type: ignore[import-not-found]
+
+            return tensor, lambda t: cupy.from_dlpack(t.detach())
+        return tensor, lambda t: type(value).__module__ and _from_dlpack_like(value, t)
+    raise TypeError(
+        f"tikmix: {name} must be a torch.Tensor or an array supporting DLPack (numpy, cupy), got {type(value).__name__}"
+    )
+
+
+def _from_dlpack_like(example: Any, t: torch.Tensor) -> Any:
+    namespace = getattr(example, "__array_namespace__", None)
+    if namespace is not None:
+        return namespace().from_dlpack(t.detach())
+    return t
+
+
+def as_optional_tensor(value: Optional[Any], name: str) -> Optional[torch.Tensor]:
+    if value is None:
+        return None
+    return as_tensor(value, name)[0]
