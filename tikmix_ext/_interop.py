@@ -53,3 +53,29 @@ def as_optional_tensor(value: Optional[Any], name: str) -> Optional[torch.Tensor
     if value is None:
         return None
     return as_tensor(value, name)[0]
+
+
+def check_devices(op: str, **tensors: Optional[torch.Tensor]) -> None:
+    """Raise one clear error listing every reason ``op`` cannot run on these tensors' devices.
+
+    Catches, before the dispatcher does, a CUDA tensor given to a CPU-only build and tensors on mixed devices.
+    """
+    from ._load import _C
+
+    present = {name: t for name, t in tensors.items() if t is not None}
+    devices = {t.device for t in present.values()}
+    problems = []
+    if len(devices) > 1:
+        where = ", ".join(f"{name} on {t.device}" for name, t in present.items())
+        problems.append(f"all tensors must be on one device, got {where}")
+    for name, t in present.items():
+        if t.device.type == "cuda" and not _C.build_info()["with_cuda"]:
+            problems.append(
+                f"{name} is a CUDA tensor but this tikmix_ext build has no CUDA kernels (built against a CPU torch "
+                "or with TIKMIX_CUDA=OFF; see `python -m tikmix_ext.info` and README, GPU build)"
+            )
+            break
+        if t.device.type not in ("cpu", "cuda", "meta"):
+            problems.append(f"{name} is on {t.device}; tikmix ops run on cpu and cuda")
+    if problems:
+        raise ValueError(f"tikmix.{op}: " + "; ".join(problems))

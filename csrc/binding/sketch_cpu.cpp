@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "sketch_checks.h"
-#include "tikmix/kernels.h"
+#include "tikmix/sketch_kernels.h"
 
 namespace tikmix::binding {
 namespace {

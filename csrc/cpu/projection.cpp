@@ -1,5 +1,5 @@
 // Materialisation of the random projection R (rng.h) as ±value tiles.
-#include "tikmix/kernels.h"
+#include "tikmix/sketch_kernels.h"
 #include "tikmix/rng.h"
 
 namespace tikmix::cpu {

@@ -1,4 +1,5 @@
-// Declarations of tikmix's torch-free kernels (CPU here; CUDA launchers in cuda_kernels.h).
+// Declarations of the torch-free CPU kernels of the sketch family (other families: reduce_kernels.h,
+// CUDA launchers: cuda_kernels.h).
 // Pointers are raw, sizes int64, no ATen types: the binding (csrc/binding) adapts tensors to these.
 #pragma once
 #include <cstdint>
