@@ -1,0 +1,156 @@
+// Input checks of the reduce family (sketch_kron, segment_sum/mean, group_influence, mixture_scores), shared by the
+// CPU and CUDA implementations. One check_<op>_inputs per op covers metadata (rank, shape, dtype, device, scalar
+// arguments); every message names the argument and what was expected (TORCH_CHECK_VALUE → ValueError,
+// TORCH_CHECK_TYPE → TypeError). Value checks (ids in range, finite inputs) need the data: the CPU path fuses them
+// into its passes (segment_plan, first_nonfinite) and reports through fail_bad_id / fail_nonfinite; other devices
+// can call the ATen versions check_ids_values / check_finite below (one host sync each), with the same messages.
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <optional>
+
+#include "sketch_checks.h"
+#include "tikmix/reduce_kernels.h"
+#include "tikmix/rng.h"
+
+namespace tikmix::binding {
+
+inline bool is_float_or_double(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
+}
+
+inline void check_same_device(const char* op, const at::Tensor& t, const char* name, const at::Tensor& ref,
+                              const char* ref_name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "tikmix.", op, ": ", name, " is on ", t.device(), " but ", ref_name,
+                    " is on ", ref.device(), "; all tensors must be on one device");
+}
+
+// A 2-D float32/float64 matrix named `name`, `shape` describing it for the message (e.g. "[N, k]").
+inline void check_float_matrix(const char* op, const at::Tensor& t, const char* name, const char* shape) {
+  TORCH_CHECK_VALUE(t.dim() == 2, "tikmix.", op, ": ", name, " must be 2-D ", shape, ", got shape ", t.sizes());
+  TORCH_CHECK_TYPE(is_float_or_double(t), "tikmix.", op, ": ", name, " must be float32 or float64, got ",
+                   t.scalar_type());
+}
+
+// ids: 1-D int64 or int32 of length n, on the device of `like`.
+inline void check_ids(const char* op, const at::Tensor& ids, int64_t n, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK_VALUE(ids.dim() == 1, "tikmix.", op, ": ids must be 1-D [N], got shape ", ids.sizes());
+  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, "tikmix.", op,
+                   ": ids must be int64 or int32, got ", ids.scalar_type());
+  TORCH_CHECK_VALUE(ids.size(0) == n, "tikmix.", op, ": ids must have one entry per row of ", like_name, " (N=", n,
+                    "), got length ", ids.size(0));
+  check_same_device(op, ids, "ids", like, like_name);
+}
+
+inline void check_num_groups(const char* op, int64_t num_groups) {
+  TORCH_CHECK_VALUE(num_groups >= 1, "tikmix.", op, ": num_groups must be >= 1, got ", num_groups);
+}
+
+// `range` names the bound in the message, e.g. "num_groups" or "G = candidates.size(1)".
+[[noreturn]] inline void fail_bad_id(const char* op, int64_t index, int64_t value, int64_t num_groups,
+                                     const char* range) {
+  TORCH_CHECK_VALUE(false, "tikmix.", op, ": ids[", index, "] = ", value, " is out of range; ids must be in [0, ",
+                    range, ") = [0, ", num_groups, ")");
+  __builtin_unreachable();
+}
+
+// `index` is the row-major linear index into the [rows, cols] tensor `name`.
+[[noreturn]] inline void fail_nonfinite(const char* op, const char* name, int64_t index, int64_t cols, double value) {
+  const int64_t r = cols > 0 ? index / cols : 0, c = cols > 0 ? index % cols : 0;
+  TORCH_CHECK_VALUE(false, "tikmix.", op, ": ", name, " must be finite, got ", value, " at ", name, "[", r, ", ", c,
+                    "]");
+  __builtin_unreachable();
+}
+
+// ATen value checks (any device; one sync each). The CPU implementation uses its fused scans instead.
+inline void check_ids_values(const char* op, const at::Tensor& ids, int64_t num_groups, const char* range) {
+  if (ids.numel() == 0) return;
+  const at::Tensor bad = at::logical_or(ids < 0, ids >= num_groups);
+  if (bad.any().item<bool>()) {
+    const int64_t index = bad.nonzero().select(1, 0).min().item<int64_t>();
+    fail_bad_id(op, index, ids.select(0, index).item<int64_t>(), num_groups, range);
+  }
+}
+
+inline void check_finite(const char* op, const at::Tensor& t, const char* name) {
+  if (t.numel() == 0) return;
+  const at::Tensor bad = at::logical_not(at::isfinite(t)).reshape({-1});
+  if (bad.any().item<bool>()) {
+    const int64_t index = bad.nonzero().select(1, 0).min().item<int64_t>();
+    fail_nonfinite(op, name, index, t.dim() == 2 ? t.size(1) : 1, t.reshape({-1}).select(0, index).item<double>());
+  }
+}
+
+// sketch_kron(a[N,T,i], g[N,T,o], k_in, k_out, seed, layer)
+inline void check_sketch_kron_inputs(const at::Tensor& a, const at::Tensor& g, int64_t k_in, int64_t k_out,
+                                     int64_t seed, int64_t layer) {
+  constexpr const char* op = "sketch_kron";
+  TORCH_CHECK_VALUE(a.dim() == 3, "tikmix.sketch_kron: a must be 3-D [N, T, in_features], got shape ", a.sizes());
+  TORCH_CHECK_VALUE(g.dim() == 3, "tikmix.sketch_kron: g must be 3-D [N, T, out_features], got shape ", g.sizes());
+  const auto dt = a.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+                   "tikmix.sketch_kron: a must be float32, bfloat16 or float16, got ", dt);
+  TORCH_CHECK_TYPE(g.scalar_type() == dt, "tikmix.sketch_kron: g must have a's dtype ", dt, ", got ",
+                   g.scalar_type());
+  TORCH_CHECK_VALUE(g.size(0) == a.size(0) && g.size(1) == a.size(1),
+                    "tikmix.sketch_kron: g must be [N, T, out_features] with a's N=", a.size(0), " and T=", a.size(1),
+                    ", got shape ", g.sizes());
+  check_same_device(op, g, "g", a, "a");
+  check_k(k_in, "k_in");
+  check_k(k_out, "k_out");
+  TORCH_CHECK_VALUE(k_in * k_out < kMaxK, "tikmix.sketch_kron: k_in·k_out must be < 2^26, got ", k_in, "·", k_out);
+  check_seed(seed);
+  TORCH_CHECK_VALUE(layer >= 0, "tikmix.sketch_kron: layer must be a non-negative integer, got ", layer);
+  TORCH_CHECK_VALUE(uint64_t(a.size(2)) < kMaxRows && uint64_t(g.size(2)) < kMaxRows,
+                    "tikmix.sketch_kron: in/out features must be < 2^44 (RNG contract)");
+}
+
+// segment_sum / segment_mean(x[N,k], ids[N], num_groups)
+inline void check_segment_inputs(const char* op, const at::Tensor& x, const at::Tensor& ids, int64_t num_groups) {
+  check_float_matrix(op, x, "x", "[N, k]");
+  check_ids(op, ids, x.size(0), x, "x");
+  check_num_groups(op, num_groups);
+}
+
+// group_influence(train[N,k], ids[N], num_groups, target[n,k], precond[k,k]?)
+inline void check_group_influence_inputs(const at::Tensor& train, const at::Tensor& ids, int64_t num_groups,
+                                         const at::Tensor& target, const std::optional<at::Tensor>& precond) {
+  constexpr const char* op = "group_influence";
+  check_float_matrix(op, train, "train", "[N, k]");
+  check_ids(op, ids, train.size(0), train, "train");
+  check_num_groups(op, num_groups);
+  TORCH_CHECK_VALUE(target.dim() == 2, "tikmix.group_influence: target must be 2-D [n, k], got shape ",
+                    target.sizes());
+  TORCH_CHECK_TYPE(target.scalar_type() == train.scalar_type(), "tikmix.group_influence: target must have train's dtype ",
+                   train.scalar_type(), ", got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.size(1) == train.size(1), "tikmix.group_influence: target must be [n, k] with train's k=",
+                    train.size(1), ", got shape ", target.sizes());
+  check_same_device(op, target, "target", train, "train");
+  if (precond.has_value()) {
+    const at::Tensor& p = *precond;
+    const int64_t k = train.size(1);
+    TORCH_CHECK_VALUE(p.dim() == 2 && p.size(0) == k && p.size(1) == k,
+                      "tikmix.group_influence: precond must be [k, k] with train's k=", k, ", got shape ", p.sizes());
+    TORCH_CHECK_TYPE(p.scalar_type() == train.scalar_type(), "tikmix.group_influence: precond must have train's dtype ",
+                     train.scalar_type(), ", got ", p.scalar_type());
+    check_same_device(op, p, "precond", train, "train");
+  }
+}
+
+// mixture_scores(per_sample[N,n], ids[N], candidates[C,G], draws, seed)
+inline void check_mixture_scores_inputs(const at::Tensor& per_sample, const at::Tensor& ids,
+                                        const at::Tensor& candidates, int64_t draws, int64_t seed) {
+  constexpr const char* op = "mixture_scores";
+  check_float_matrix(op, per_sample, "per_sample", "[N, n]");
+  check_ids(op, ids, per_sample.size(0), per_sample, "per_sample");
+  check_float_matrix(op, candidates, "candidates", "[C, G]");
+  check_same_device(op, candidates, "candidates", per_sample, "per_sample");
+  TORCH_CHECK_VALUE(candidates.size(1) >= 1 && candidates.size(1) < kMixtureMaxGroups,
+                    "tikmix.mixture_scores: candidates must have G in [1, 2^20) columns (one weight per domain), "
+                    "got shape ", candidates.sizes());
+  TORCH_CHECK_VALUE(draws >= 1 && draws < kMixtureMaxDraws, "tikmix.mixture_scores: draws must be in [1, 2^31), got ",
+                    draws);
+  check_seed(seed);
+}
+
+}  // namespace tikmix::binding
