@@ -1,8 +1,10 @@
-// CPU implementations of the sketch family: checks, then the torch-free kernels of csrc/cpu.
+// CPU implementations of the sketch family: checks, then the torch-free kernels of csrc/cpu, parallelised with
+// at::parallel_for over the items of a SketchPlan (a pure function of the shapes: results never depend on threads).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "sketch_checks.h"
@@ -11,28 +13,60 @@
 namespace tikmix::binding {
 namespace {
 
-constexpr int64_t kRowBlock = 1024;  // rows of R generated per tile (fixed: results never depend on threads)
+cpu::XType xtype_of(const at::Tensor& x) {
+  switch (x.scalar_type()) {
+    case at::kBFloat16: return cpu::XType::kBF16;
+    case at::kHalf: return cpu::XType::kF16;
+    default: return cpu::XType::kF32;
+  }
+}
 
-// out[N,k] += (x ⊙ scale) · R[offset : offset+d, :] with R's signs at unit scale; scaled by caller.
-void accumulate_unscaled(at::Tensor& out, const at::Tensor& x, int64_t seed, int64_t offset,
-                         const std::optional<at::Tensor>& scale) {
-  const int64_t d = x.size(1), k = out.size(1);
-  at::Tensor xf = x.to(at::kFloat);
-  if (scale.has_value()) xf = xf * *scale;
-  at::Tensor tile = at::empty({kRowBlock, k}, out.options());
-  for (int64_t r0 = 0; r0 < d; r0 += kRowBlock) {
-    const int64_t rows = std::min(kRowBlock, d - r0);
-    cpu::fill_signs_f32(uint64_t(seed), uint64_t(offset + r0), rows, 0, k, 1.0f, tile.data_ptr<float>(), k);
-    out.addmm_(xf.narrow(1, r0, rows), tile.narrow(0, 0, rows));
+// out[N,k] (=|+=) s_k · (x ⊙ scale) · R[offset : offset+d, :]; out is float32 with contiguous rows.
+void run_sketch(at::Tensor& out, bool accumulate, const at::Tensor& x_in, int64_t seed, int64_t offset,
+                const std::optional<at::Tensor>& scale) {
+  const int64_t n = x_in.size(0), d = x_in.size(1), k = out.size(1);
+  if (n == 0) return;
+  if (d == 0) {
+    if (!accumulate) out.zero_();
+    return;
+  }
+  // The kernels read rows with any stride but need contiguous columns.
+  const at::Tensor x = (x_in.stride(1) == 1 || d == 1) ? x_in : x_in.contiguous();
+  at::Tensor sc;
+  if (scale.has_value()) sc = scale->contiguous();
+
+  const cpu::XType type = xtype_of(x);
+  const cpu::SketchPlan plan = cpu::make_sketch_plan(n, d, k, type, sc.defined());
+  cpu::SketchInput in;
+  in.x = x.data_ptr();
+  in.type = type;
+  in.ld = x.stride(0);
+  in.scale = sc.defined() ? sc.data_ptr<float>() : nullptr;
+  in.seed = uint64_t(seed);
+  in.offset = uint64_t(offset);
+
+  cpu::SketchOutput o;
+  o.dst = out.data_ptr<float>();
+  o.ld = out.stride(0);
+  o.alpha = float(1.0 / std::sqrt(double(k)));
+  o.accumulate = accumulate;
+  at::Tensor partials;
+  if (plan.chunks > 1) {
+    partials = at::empty({plan.chunks, n, k}, out.options());
+    o.partials = partials.data_ptr<float>();
+  }
+  at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) { cpu::sketch_items(plan, in, o, begin, end); });
+  if (plan.chunks > 1) {
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1));
+    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { cpu::combine_chunks(plan, o, begin, end); });
   }
 }
 
 at::Tensor sketch_cpu(const at::Tensor& x, int64_t k, int64_t seed, int64_t offset,
                       const std::optional<at::Tensor>& scale) {
   check_sketch_inputs(x, k, seed, offset, scale);
-  at::Tensor out = at::zeros({x.size(0), k}, x.options().dtype(at::kFloat));
-  accumulate_unscaled(out, x, seed, offset, scale);
-  out.mul_(float(1.0 / std::sqrt(double(k))));
+  at::Tensor out = at::empty({x.size(0), k}, x.options().dtype(at::kFloat));
+  run_sketch(out, /*accumulate=*/false, x, seed, offset, scale);
   return out;
 }
 
@@ -41,9 +75,7 @@ void sketch_accumulate_cpu(at::Tensor& out, const at::Tensor& x, int64_t seed, i
   TORCH_CHECK_VALUE(out.dim() == 2, "tikmix.sketch_accumulate_: out must be 2-D [N, k], got shape ", out.sizes());
   check_sketch_inputs(x, out.size(1), seed, offset, scale);
   check_sketch_out(out, x);
-  at::Tensor part = at::zeros_like(out);
-  accumulate_unscaled(part, x, seed, offset, scale);
-  out.add_(part, float(1.0 / std::sqrt(double(out.size(1)))));
+  run_sketch(out, /*accumulate=*/true, x, seed, offset, scale);
 }
 
 at::Tensor projection_cpu(int64_t rows, int64_t k, int64_t seed, int64_t offset) {
@@ -53,9 +85,9 @@ at::Tensor projection_cpu(int64_t rows, int64_t k, int64_t seed, int64_t offset)
   check_rows(offset, rows, "projection");
   at::Tensor out = at::empty({rows, k}, at::TensorOptions().dtype(at::kFloat));
   const float value = float(1.0 / std::sqrt(double(k)));
+  float* base = out.data_ptr<float>();
   at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    cpu::fill_signs_f32(uint64_t(seed), uint64_t(offset + begin), end - begin, 0, k, value,
-                        out.data_ptr<float>() + begin * k, k);
+    cpu::fill_signs_f32(uint64_t(seed), uint64_t(offset + begin), end - begin, 0, k, value, base + begin * k, k);
   });
   return out;
 }

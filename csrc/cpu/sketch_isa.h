@@ -1,0 +1,43 @@
+// Internal to csrc/cpu: the per-instruction-set kernel table behind sketch_items() and fill_signs_f32().
+// sketch.cpp holds the portable kernels and the driver; sketch_avx512.cpp the AVX-512 / AVX512-BF16 ones,
+// compiled with per-function target attributes and chosen at run time (never -march=native).
+#pragma once
+#include <cstdint>
+
+#include "tikmix/sketch_kernels.h"
+
+namespace tikmix::cpu::detail {
+
+struct IsaKernels {
+  const char* name = "generic";
+  // B[r * ldb + c] = ±value, the signs of R[row0 + r, 64·blk0 + c], for r < rows, c < cols.
+  void (*tile_f32)(uint64_t key, uint64_t row0, int64_t rows, uint64_t blk0, int64_t cols, float value, float* B,
+                   int64_t ldb) = nullptr;
+  // C[i, c] += Σ_{r<kc} A[i, r] · B[r, c] for i < m, c < ncols (ncols a multiple of 64): an fp32 sum over r in
+  // order starting from 0, then added to C (every kernel below keeps this order).
+  void (*gemm_f32)(const float* A, int64_t lda, int64_t m, const float* B, int64_t ldb, int64_t ncols, int64_t kc,
+                   float* C, int64_t ldc) = nullptr;
+  // A[i, j] = float(x[i · ld + j]) · scale[j] (scale may be null) for i < m, j < kc.
+  void (*pack_f32)(const void* x, XType type, int64_t ld, const float* scale, int64_t m, int64_t kc, float* A,
+                   int64_t lda) = nullptr;
+  // Fused sign-apply, no tile (m ≤ 4): C[i, c] += Σ_{r<kc} A[i, r] · sign(row0 + r, 64·blk0 + c), c < 64·nblk,
+  // in the same order as gemm_f32.
+  // Null: the driver uses tile_f32 + gemm_f32 instead.
+  void (*fused_f32)(const float* A, int64_t lda, int64_t m, int64_t kc, uint64_t key, uint64_t row0, uint64_t blk0,
+                    int64_t nblk, float* C, int64_t ldc) = nullptr;
+  // bf16 VNNI tile (pairs of rows interleaved): the 32-bit word B[p · ldb + c] holds the bf16 signs (±1) of
+  // R[row0 + 2p, 64·blk0 + c] (low half) and R[row0 + 2p + 1, …] (high half; +1 past `rows`), p < ceil(rows/2).
+  void (*tile_bf16)(uint64_t key, uint64_t row0, int64_t rows, uint64_t blk0, int64_t nblk, uint32_t* B,
+                    int64_t ldb) = nullptr;
+  // C[i, c] += Σ_{p<kp} dot(A[i, p], B[p, c]) with A, B bf16 pairs (vdpbf16ps), fp32 accumulation, ncols % 64 == 0.
+  void (*gemm_bf16)(const uint32_t* A, int64_t lda, int64_t m, const uint32_t* B, int64_t ldb, int64_t ncols,
+                    int64_t kp, float* C, int64_t ldc) = nullptr;
+};
+
+const IsaKernels& generic_kernels();
+// Fills in the AVX-512 entries when the CPU (and OS) support them; returns false otherwise.
+bool avx512_kernels(IsaKernels& table, bool allow_bf16);
+// The table in use (selected once: AVX512-BF16 → AVX-512 → generic, capped by TIKMIX_CPU_ISA).
+const IsaKernels& kernels();
+
+}  // namespace tikmix::cpu::detail
