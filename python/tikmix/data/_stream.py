@@ -403,16 +403,40 @@ class MixturePlan:
         slots = np.broadcast_to(np.arange(size, dtype=np.uint64), (nb, size))
         pos = permute(slots, size, half_bits(size), keys[:, None])
         labels = table[pos]  # domain of each slot
-        # rank of each slot among its domain's slots, in slot order: a stable sort by domain puts the
-        # slots of domain j at sorted positions [first_j, first_j + counts_j), in slot order
-        order = np.argsort(labels, axis=1, kind="stable")
-        order += (np.arange(nb, dtype=np.int64) * size)[:, None]
-        within = np.empty(nb * size, dtype=np.int64)
-        within[order.ravel()] = np.tile(first, nb)
-        within = within.reshape(nb, size)
+        if lo == 0 and hi == size:
+            # rank of each slot among its domain's slots, in slot order: a stable sort by domain puts the
+            # slots of domain j at sorted positions [first_j, first_j + counts_j), in slot order
+            order = np.argsort(labels, axis=1, kind="stable")
+            order += (np.arange(nb, dtype=np.int64) * size)[:, None]
+            within = np.empty(nb * size, dtype=np.int64)
+            within[order.ravel()] = np.tile(first, nb)
+            within = within.reshape(nb, size)
+        else:
+            within = self._slice_ranks(labels, lo, hi)
         dom = labels[:, lo:hi].astype(np.int64)
-        draw = seg.drawn[dom] + (steps - seg.start)[:, None] * seg.counts[dom] + within[:, lo:hi]
+        draw = seg.drawn[dom] + (steps - seg.start)[:, None] * seg.counts[dom] + within
         return dom, draw
+
+    def _slice_ranks(self, labels: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """For slots ``[lo, hi)`` of each row: how many earlier slots of the row share the slot's domain.
+
+        Slots before ``lo`` only need counting (bincount, O(lo)); the slice itself is ranked with a stable
+        sort (O(hi - lo)), so a rank's sorting work is proportional to its own share.
+        """
+        nb, d, k = labels.shape[0], self.num_domains, hi - lo
+        rows = (np.arange(nb, dtype=np.int64) * d)[:, None]
+        before = np.bincount((labels[:, :lo] + rows).ravel(), minlength=nb * d).reshape(nb, d)
+        part = labels[:, lo:hi]
+        cnt = np.bincount((part + rows).ravel(), minlength=nb * d).reshape(nb, d)
+        start = np.cumsum(cnt, axis=1) - cnt  # first sorted position of each domain within the slice
+        order = np.argsort(part, axis=1, kind="stable")
+        sorted_dom = np.take_along_axis(part, order, axis=1).astype(np.int64)
+        rank_sorted = np.arange(k, dtype=np.int64)[None, :] - np.take_along_axis(start, sorted_dom, axis=1)
+        rank_sorted += np.take_along_axis(before, sorted_dom, axis=1)
+        order += (np.arange(nb, dtype=np.int64) * k)[:, None]
+        within = np.empty(nb * k, dtype=np.int64)
+        within[order.ravel()] = rank_sorted.ravel()
+        return within.reshape(nb, k)
 
     def _block_tables(self, seg: Segment) -> tuple[np.ndarray, np.ndarray]:
         """(domain of each sorted position, rank of each sorted position within its domain) for ``seg``."""

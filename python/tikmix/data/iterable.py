@@ -225,7 +225,7 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
                 return
             version = self._version
             lo, hi = self._local_share(seg)
-            nb = max(1, _CHUNK_SAMPLES // max(hi - lo, 1))
+            nb = max(1, _CHUNK_SAMPLES // seg.size)
             if seg.stop is not None:
                 nb = min(nb, seg.stop - step)
             dom, draw = self._rows(np.arange(step, step + nb, dtype=np.int64), seg, lo, hi)
@@ -253,7 +253,7 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
             if seg is None:
                 return
             lo, hi = self._local_share(seg)
-            nb = max(1, _CHUNK_SAMPLES // max(hi - lo, 1))
+            nb = max(1, _CHUNK_SAMPLES // seg.size)
             last = step + (nb - 1) * num_workers
             if seg.stop is not None and last >= seg.stop:
                 nb = (seg.stop - 1 - step) // num_workers + 1

@@ -13,7 +13,7 @@ from ._stream import Segment, half_bits
 
 __all__ = ["MixtureSampler", "DomainConcatDataset", "concat_domains", "locate_index", "RealisedCounts"]
 
-_CHUNK_SAMPLES = 1 << 14
+_CHUNK_SAMPLES = 1 << 14  # samples of whole blocks per numpy chunk (the layout works on whole blocks)
 
 
 def locate_index(index: Any, domain_sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | tuple[int, int]:
@@ -185,7 +185,7 @@ class MixtureSampler(MixtureBase, Sampler[int]):
                 break
             stop = stop_step if seg.stop is None else min(seg.stop, stop_step)
             lo, hi = self._local_share(seg) if local else (0, seg.size)
-            per = max(1, _CHUNK_SAMPLES // max(hi - lo, 1))
+            per = max(1, _CHUNK_SAMPLES // seg.size)
             for a in range(step, stop, per):
                 steps = np.arange(a, min(a + per, stop), dtype=np.int64)
                 parts.append(self._indices(seg, steps, lo, hi).ravel())
@@ -223,7 +223,7 @@ class MixtureSampler(MixtureBase, Sampler[int]):
             lo, hi = self._local_share(seg)
             nb = rows_per_chunk if seg.stop is None else min(rows_per_chunk, seg.stop - step)
             rows = self._indices(seg, np.arange(step, step + nb, dtype=np.int64), lo, hi).tolist()
-            rows_per_chunk = min(rows_per_chunk * 2, max(1, _CHUNK_SAMPLES // max(hi - lo, 1)))
+            rows_per_chunk = min(rows_per_chunk * 2, max(1, _CHUNK_SAMPLES // seg.size))
             for row in rows:
                 if generation != self._generation or version != self._version:
                     break  # position reset, or the schedule changed: recompute from the current step
