@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from ._load import _C
+from .kron import sketch_kron
+from .reduce import group_influence, mixture_scores, segment_mean, segment_sum
 from .sketch import projection, sketch, sketch_accumulate_
 
 OPS = (
@@ -43,4 +45,15 @@ def build_info() -> Dict[str, Any]:
     return info
 
 
-__all__ = ["build_info", "sketch", "sketch_accumulate_", "projection", "OPS"]
+__all__ = [
+    "build_info",
+    "sketch",
+    "sketch_accumulate_",
+    "projection",
+    "sketch_kron",
+    "segment_sum",
+    "segment_mean",
+    "group_influence",
+    "mixture_scores",
+    "OPS",
+]

@@ -124,6 +124,8 @@ void require_finite(const char* op, const at::Tensor& t, const char* name) {
 at::Tensor sketch_kron_cpu(const at::Tensor& a, const at::Tensor& g, int64_t k_in, int64_t k_out, int64_t seed,
                            int64_t layer) {
   check_sketch_kron_inputs(a, g, k_in, k_out, seed, layer);
+  // No autograd formula (see tikmix_ext/kron.py): keep the ATen calls below out of autograd recording.
+  const at::AutoDispatchBelowAutograd below_autograd;
   const int64_t n = a.size(0), t = a.size(1), in_f = a.size(2), out_f = g.size(2);
   at::Tensor out = at::zeros({n, k_out * k_in}, a.options().dtype(at::kFloat));
   if (n == 0 || t == 0 || in_f == 0 || out_f == 0) return out;
@@ -159,6 +161,7 @@ std::tuple<at::Tensor, at::Tensor> group_influence_cpu(const at::Tensor& train, 
                                                        const std::optional<at::Tensor>& precond) {
   constexpr const char* op = "group_influence";
   check_group_influence_inputs(train, ids, num_groups, target, precond);
+  const at::AutoDispatchBelowAutograd below_autograd;  // the backward is registered in Python
   require_finite(op, train, "train");
   require_finite(op, target, "target");
   if (precond.has_value()) require_finite(op, *precond, "precond");
