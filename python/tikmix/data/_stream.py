@@ -170,7 +170,7 @@ class Stage:
     counts: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Segment:
     """A run of global steps ``[start, stop)`` whose blocks all hold ``counts`` samples per domain.
 

@@ -129,7 +129,8 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
     pass ``state_dict(step=trainer_step)``; and a :meth:`set_weights` reaches the workers when the
     DataLoader iterator is re-created (not with ``persistent_workers=True``) -- call ``seek(step)``,
     ``set_weights(w, at_step=step)``, then ``iter(loader)``. With ``num_workers=0`` this object tracks its
-    own position like the sampler does.
+    own position like the sampler does. Resume workers at a step boundary: a mid-step ``offset`` is
+    honoured (worker 0 skips it) but shifts that worker's batches off the step grid.
     """
 
     _KIND = "iterable"
