@@ -208,7 +208,7 @@ class MixtureBase:
             )
         w = check_weights(weights, d)
         counts = largest_remainder(w, bsz)
-        warn_unslotted(w, counts, bsz, "weights")
+        warn_unslotted(w, counts, bsz, "weights", stacklevel=4)  # -> _setup -> __init__ -> caller
 
         self._domain_sizes = domain_sizes
         self._batch_size = bsz
@@ -352,7 +352,7 @@ class MixtureBase:
                     f"the earliest step a new mixture can start at is {free}"
                 )
         counts = largest_remainder(w, self._batch_size)
-        warn_unslotted(w, counts, self._batch_size, "set_weights")
+        warn_unslotted(w, counts, self._batch_size, "set_weights", stacklevel=3)
         stages = [s for s in self._stages if s.start < at_step]
         if not stages or stages[-1].weights != w:
             stages.append(Stage(at_step, w, counts))

@@ -465,7 +465,9 @@ class MixturePlan:
         )
 
 
-def warn_unslotted(weights: Sequence[float], counts: Sequence[int], batch_size: int, what: str) -> None:
+def warn_unslotted(
+    weights: Sequence[float], counts: Sequence[int], batch_size: int, what: str, stacklevel: int = 3
+) -> None:
     """Warn when a domain with nonzero weight gets no slot in a block."""
     starved = [j for j, (w, c) in enumerate(zip(weights, counts)) if w > 0 and c == 0]
     if starved:
@@ -474,5 +476,5 @@ def warn_unslotted(weights: Sequence[float], counts: Sequence[int], batch_size: 
             f"batch_size={batch_size} (largest-remainder rounding); they will not be sampled. "
             "Increase batch_size or the weight.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
