@@ -1,4 +1,44 @@
-"""tikmix — influence-driven dynamic data mixtures for LLM pre-training (TiKMiX, arXiv 2508.17677)."""
+"""tikmix — influence-driven dynamic data mixtures for LLM pre-training (TiKMiX, arXiv 2508.17677).
+
+Public API (everything else is internal):
+
+* influence: :class:`GroupInfluence`, :class:`InfluenceResult` (the sign convention lives in its docstring),
+  :func:`kendall_tau`, :func:`rank_stability`
+* solvers: :func:`solve_direct` (TiKMiX-D), :func:`solve_regression` (TiKMiX-M), :func:`mixture_score_fn`
+* data: :class:`MixtureSampler`, :class:`MixtureIterableDataset`, :class:`TokenFileDataset`, token-file and
+  text-folder builders
+* training glue: :class:`Controller`
+
+The native ops are ``torch.ops.tikmix.*`` with typed wrappers in :mod:`tikmix_ext`.
+"""
 from __future__ import annotations
 
+from .data import (
+    ByteTokenizer,
+    DomainConcatDataset,
+    MixtureIterableDataset,
+    MixtureSampler,
+    RealisedCounts,
+    TokenFileDataset,
+    TokenFileWriter,
+    build_domain_token_files,
+    build_token_file_from_texts,
+    concat_domains,
+    write_token_file,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ByteTokenizer",
+    "DomainConcatDataset",
+    "MixtureIterableDataset",
+    "MixtureSampler",
+    "RealisedCounts",
+    "TokenFileDataset",
+    "TokenFileWriter",
+    "build_domain_token_files",
+    "build_token_file_from_texts",
+    "concat_domains",
+    "write_token_file",
+]
