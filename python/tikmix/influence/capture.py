@@ -1,0 +1,460 @@
+"""Gradient capture: parameter selection, the group-mode pass and the per-sample pass.
+
+Group mode (:func:`group_pass`): one ordinary backward of the micro-batch's summed loss through
+``torch.autograd.grad`` (``param.grad`` is never touched); each parameter's gradient is projected on its own
+(:meth:`Projector.add_grad`), so no flat copy of all gradients is ever made.
+
+Per-sample mode (:class:`PerSampleCapture`): the same single forward/backward, plus hooks that turn module inputs and
+output gradients into per-sample sketches without materialising per-sample weight gradients:
+
+* ``nn.Linear``: weight ``Σ_t g_t a_tᵀ`` (Kronecker block via ``sketch_kron``), bias ``Σ_t g_t``;
+* ``nn.Embedding``: weight ``Σ_t e_{idx_t} g_tᵀ`` (Kronecker block: rows of R_out gathered by token id);
+* ``nn.LayerNorm`` / ``nn.RMSNorm``: weight ``Σ_t g_t ⊙ x̂_t``, bias ``Σ_t g_t``.
+
+A module is hooked only when its class uses the stock ``forward`` of these types. Every other selected parameter
+(custom modules, parameters used directly in ``forward``) gets per-sample gradients from ``torch.func``
+(``vmap(grad(...))`` over the samples, one extra vectorised forward/backward). The first micro-batch of every
+domain is *verified*: per-sample gradients must sum to the batch gradient of the same backward. A hooked parameter
+that fails (e.g. a weight also used functionally, as ``nn.MultiheadAttention`` does with ``out_proj.weight``) is
+moved to ``torch.func`` with a warning and the micro-batch is redone; a ``torch.func`` parameter that fails means the
+loss couples samples (batch norm in train mode, in-batch terms, ``scale_grad_by_freq``), and per-sample influence is
+undefined: a RuntimeError says so.
+
+Per-sample mode needs every hooked module's input to carry the sample dimension first (``[B, ...]``), and batches
+whose tensors all have the sample dimension first (for ``torch.func``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from .sketch_space import Projector, Slot
+
+__all__ = [
+    "select_parameters",
+    "parameter_owners",
+    "is_factorable",
+    "hook_rule",
+    "run_loss",
+    "group_pass",
+    "PerSampleCapture",
+    "batch_signature",
+]
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+_RMSNorm = getattr(nn, "RMSNorm", None)
+
+
+# ---- parameter selection -----------------------------------------------------------------------------------------
+def select_parameters(model: nn.Module, params: Any) -> List[Tuple[str, nn.Parameter]]:
+    """Resolve ``params`` to an ordered, duplicate-free list of ``(name, parameter)`` of ``model``.
+
+    ``None``: every parameter with ``requires_grad``. Otherwise a name pattern (``fnmatch``, matched against every
+    name a parameter has, tied aliases included), an ``nn.Module`` (all its parameters), an ``nn.Parameter``, or a
+    sequence mixing these. Order follows ``model.named_parameters()``.
+    """
+    all_named = list(model.named_parameters(remove_duplicate=False))
+    first_name: Dict[int, str] = {}
+    for name, p in all_named:
+        first_name.setdefault(id(p), name)
+    order = {pid: i for i, pid in enumerate(first_name)}
+    by_id = {id(p): p for _, p in all_named}
+    if params is None:
+        chosen = {pid for pid, p in by_id.items() if p.requires_grad}
+        if not chosen:
+            raise ValueError("params=None selects parameters with requires_grad=True, and the model has none; "
+                             "pass params= explicitly")
+    else:
+        items = [params] if isinstance(params, (str, nn.Module, nn.Parameter)) else list(params)
+        if not items:
+            raise ValueError("params must not be empty (use None for all trainable parameters)")
+        chosen = set()
+        for item in items:
+            if isinstance(item, str):
+                hit = {id(p) for name, p in all_named if fnmatch.fnmatchcase(name, item)}
+                if not hit:
+                    raise ValueError(f"params pattern {item!r} matches no parameter of the model "
+                                     f"(names look like {all_named[0][0]!r})" if all_named else
+                                     f"params pattern {item!r}: the model has no parameters")
+                chosen |= hit
+            elif isinstance(item, nn.Parameter):
+                if id(item) not in by_id:
+                    raise ValueError("params contains an nn.Parameter that does not belong to the model")
+                chosen.add(id(item))
+            elif isinstance(item, nn.Module):
+                ids = {id(p) for p in item.parameters()}
+                if not ids:
+                    raise ValueError(f"params contains a module ({type(item).__name__}) without parameters")
+                if not ids <= set(by_id):
+                    raise ValueError(f"params contains a module ({type(item).__name__}) that is not part of the model")
+                chosen |= ids
+            else:
+                raise TypeError("params entries must be name patterns (str), nn.Module or nn.Parameter, got "
+                                f"{type(item).__name__}")
+    return [(first_name[pid], by_id[pid]) for pid in sorted(chosen, key=order.__getitem__)]
+
+
+def parameter_owners(model: nn.Module) -> Dict[int, List[Tuple[nn.Module, str]]]:
+    """``id(param) -> [(module, attribute name), ...]`` for every module that registers the parameter directly."""
+    owners: Dict[int, List[Tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for attr, p in module._parameters.items():
+            if p is not None:
+                owners.setdefault(id(p), []).append((module, attr))
+    return owners
+
+
+def hook_rule(module: nn.Module) -> Optional[str]:
+    """The per-sample hook rule for ``module`` (``"linear"``, ``"embedding"``, ``"layer_norm"``, ``"rms_norm"``), or None.
+
+    Only modules running the stock ``forward`` of their type qualify (a subclass overriding ``forward`` may use
+    its weights differently).
+    """
+    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
+        return "linear"
+    if isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward:
+        return None if module.scale_grad_by_freq else "embedding"
+    if isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward:
+        return "layer_norm"
+    if _RMSNorm is not None and isinstance(module, _RMSNorm) and type(module).forward is _RMSNorm.forward:
+        return "rms_norm"
+    return None
+
+
+def is_factorable(param: nn.Parameter, owners: List[Tuple[nn.Module, str]]) -> bool:
+    """True when ``param`` is 2-D and registered only as the ``weight`` of ``nn.Linear``/``nn.Embedding`` modules."""
+    if param.dim() != 2 or not owners:
+        return False
+    return all(attr == "weight" and isinstance(m, (nn.Linear, nn.Embedding)) for m, attr in owners)
+
+
+def batch_signature(batch: Any) -> str:
+    """A short description of a batch's container type (and keys), used to report mismatched batch types."""
+    if isinstance(batch, torch.Tensor):
+        return "Tensor"
+    if isinstance(batch, dict):
+        return "dict[" + ", ".join(sorted(map(str, batch))) + "]"
+    if isinstance(batch, (tuple, list)):
+        return f"{type(batch).__name__}[{len(batch)}]"
+    return type(batch).__name__
+
+
+def _leading_size(batch: Any) -> Optional[int]:
+    leaves = [t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor) and t.dim() >= 1]
+    sizes = {t.shape[0] for t in leaves}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def run_loss(model: nn.Module, loss_fn: LossFn, batch: Any, where: str) -> torch.Tensor:
+    """Call ``loss_fn(model, batch)`` with grad enabled and validate the protocol: a finite float ``Tensor[B]``."""
+    with torch.enable_grad():
+        losses = loss_fn(model, batch)
+    if not isinstance(losses, torch.Tensor):
+        raise TypeError(f"loss_fn must return a torch.Tensor of per-sequence losses [B], got {type(losses).__name__} "
+                        f"for {where}")
+    if losses.dim() != 1 or losses.numel() == 0:
+        hint = " (a scalar: return per-sequence losses, e.g. reduction='none' then a mean over tokens)" \
+            if losses.dim() == 0 else ""
+        raise ValueError(f"loss_fn must return per-sequence losses of shape [B] with B >= 1, got shape "
+                         f"{tuple(losses.shape)} for {where}{hint}")
+    if not losses.is_floating_point():
+        raise TypeError(f"loss_fn must return floating-point losses, got {losses.dtype} for {where}")
+    expected = _leading_size(batch)
+    if expected is not None and losses.shape[0] != expected:
+        raise ValueError(f"loss_fn returned {losses.shape[0]} losses for {where}, but the batch holds {expected} "
+                         "samples (every tensor's first dimension); it must return one loss per sample")
+    bad = ~torch.isfinite(losses.detach())
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"loss_fn returned a non-finite loss ({float(losses[i])}) at index {i} for {where}")
+    if not losses.requires_grad:
+        raise ValueError(f"loss_fn's losses for {where} do not depend on the selected parameters (no autograd "
+                         "graph); were they computed under torch.no_grad(), or detached?")
+    return losses
+
+
+def group_pass(losses: torch.Tensor, slots: Sequence[Slot]) -> List[Optional[torch.Tensor]]:
+    """Gradients of ``losses.sum()`` w.r.t. every slot's parameter (None where unused), via ``autograd.grad``."""
+    return list(torch.autograd.grad(losses.sum(), [s.param for s in slots], allow_unused=True))
+
+
+class _LossModule(nn.Module):
+    """Wraps ``loss_fn`` so ``torch.func.functional_call`` can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+class PerSampleCapture:
+    """Per-sample sketches of a micro-batch (see the module docstring). Use as a context manager (installs hooks)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, slots: Sequence[Slot], projector: Projector,
+                 owners: Dict[int, List[Tuple[nn.Module, str]]], func_chunk_size: Optional[int] = None):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.slots = list(slots)
+        self.projector = projector
+        self.func_chunk_size = func_chunk_size
+        self.source: Dict[int, str] = {}
+        self._module_slots: Dict[nn.Module, Dict[str, Slot]] = {}
+        for slot in self.slots:
+            mods = owners.get(id(slot.param), [])
+            if mods and all(hook_rule(m) is not None for m, _ in mods):
+                self.source[slot.index] = "hooks"
+            else:
+                self.source[slot.index] = "func"
+        self._rebuild_module_map(owners)
+        self._owners = owners
+        self._handles: List[Any] = []
+        self._active = False
+        self._rows: Optional[torch.Tensor] = None
+        self._batch_size = 0
+        self._checks: Dict[int, Dict[str, List[Any]]] = {}
+        self._probe: Any = slice(None)
+        self._unbatched: set = set()
+        self._collect = False
+        self._error: Optional[BaseException] = None
+
+    def _rebuild_module_map(self, owners) -> None:
+        self._module_slots = {}
+        for slot in self.slots:
+            if self.source[slot.index] != "hooks":
+                continue
+            for m, attr in owners[id(slot.param)]:
+                self._module_slots.setdefault(m, {})[attr] = slot
+
+    # -- hooks --
+    def __enter__(self) -> "PerSampleCapture":
+        for module in self._module_slots:
+            self._handles.append(module.register_forward_hook(self._forward_hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._active = False
+
+    def _reinstall(self) -> None:
+        self.__exit__(None, None, None)
+        self._rebuild_module_map(self._owners)
+        self.__enter__()
+
+    def _forward_hook(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+        if not self._active or not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return
+        slots = self._module_slots.get(module)
+        if not slots or not inputs or not isinstance(inputs[0], torch.Tensor):
+            return
+        x = inputs[0].detach()
+        rule = hook_rule(module)
+        if rule == "layer_norm":
+            x = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+        elif rule == "rms_norm":
+            x = F.rms_norm(x, module.normalized_shape, None, module.eps)
+
+        def on_grad(g: torch.Tensor, module=module, x=x, rule=rule, slots=slots) -> None:
+            if self._collect and self._error is None:
+                try:
+                    self._contribute(module, rule, slots, x, g.detach())
+                except BaseException as exc:  # re-raised after the backward
+                    self._error = exc
+
+        output.register_hook(on_grad)
+
+    def _contribute(self, module: nn.Module, rule: str, slots: Dict[str, Slot], x: torch.Tensor,
+                    g: torch.Tensor) -> None:
+        rows, b = self._rows, self._batch_size
+        assert rows is not None
+        if g.dim() == 0 or g.shape[0] != b or (rule in ("linear", "embedding") and (x.dim() == 0 or x.shape[0] != b)):
+            # Not sample-major (e.g. positional embeddings looked up once and broadcast over the batch): the
+            # gradient reaching the hook is already summed over samples. torch.func takes these parameters.
+            self._unbatched.update(s.index for s in slots.values())
+            return
+        if rule == "linear":
+            a3 = x.reshape(b, -1, x.shape[-1])
+            g3 = g.reshape(b, -1, g.shape[-1])
+            if "weight" in slots:
+                slot = slots["weight"]
+                self.projector.add_linear(rows, slot, a3, g3)
+                self._record(slot, lambda sel: _outer_total(g3[sel], a3[sel]))
+            if "bias" in slots:
+                self._add_materialised(slots["bias"], g3.sum(1))
+        elif rule == "embedding":
+            idx = x.reshape(b, -1)
+            g3 = g.reshape(b, -1, g.shape[-1])
+            if module.padding_idx is not None:
+                g3 = g3 * (idx != module.padding_idx).unsqueeze(-1).to(g3.dtype)
+            slot = slots["weight"]
+            self.projector.add_embedding(rows, slot, idx, g3, None)
+            self._record(slot, lambda sel: _lookup_total(slot.shape, idx[sel], g3[sel]))
+        else:  # layer_norm / rms_norm
+            nd = len(module.normalized_shape)
+            gs = g.reshape(b, -1, *g.shape[g.dim() - nd:])
+            if "weight" in slots:
+                self._add_materialised(slots["weight"], (gs * x.reshape(gs.shape)).sum(1))
+            if "bias" in slots:
+                self._add_materialised(slots["bias"], gs.sum(1))
+
+    def _record(self, slot: Slot, total: Callable[[Any], Tuple[torch.Tensor, float]]) -> None:
+        """When verifying: accumulate ``total(selection) = (Σ per-sample gradients, Σ of their norms (a bound))``
+        over all samples and over the probe samples."""
+        if slot.index not in self._checks:
+            return
+        for key, sel in (("all", slice(None)), ("probe", self._probe)):
+            t, norm = total(sel)
+            acc = self._checks[slot.index][key]
+            acc[0] += t.reshape(-1).to(torch.float64)
+            acc[1] += norm
+
+    def _add_materialised(self, slot: Slot, per_sample: torch.Tensor) -> None:
+        """Project materialised per-sample gradients ``[B, *shape]`` (and record them when verifying)."""
+        assert self._rows is not None
+        self.projector.add_grad(self._rows, slot, per_sample)
+        flat = per_sample.reshape(per_sample.shape[0], -1)
+        self._record(slot, lambda sel: (flat[sel].sum(0), float(flat[sel].norm(dim=1).sum())))
+
+    # -- torch.func path --
+    def _func_grads(self, batch: Any, slots: List[Slot]) -> Dict[str, torch.Tensor]:
+        from torch.func import functional_call, grad, vmap
+
+        wrapper = _LossModule(self.model, self.loss_fn)
+        params = {"model." + s.name: s.param.detach() for s in slots}
+
+        def one(p: Dict[str, torch.Tensor], sample: Any) -> torch.Tensor:
+            sample1 = tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, sample)
+            return functional_call(wrapper, p, (sample1,)).sum()
+
+        in_dims = tree_map(lambda t: 0 if isinstance(t, torch.Tensor) else None, batch)
+        # torch.func.grad ignores an outer no_grad for its own differentiation; the outer one only keeps the results
+        # from tracking the model's other parameters.
+        with torch.no_grad():
+            out = vmap(grad(one), in_dims=(None, in_dims), randomness="different",
+                       chunk_size=self.func_chunk_size)(params, batch)
+        return {name: t.detach() for name, t in out.items()}
+
+    # -- one micro-batch --
+    def run(self, batch: Any, where: str, verify: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample sketches ``[B, dim]`` and the losses of one micro-batch.
+
+        With ``verify``, two checks per parameter against plain autograd on the same graph: per-sample gradients sum
+        to the batch gradient, and those of the probe samples (first and last) sum to the gradient of their losses.
+        """
+        while True:
+            losses, rows, unbatched, failed = self._run_once(batch, where, verify)
+            if not unbatched and not failed:
+                return losses, rows
+            stuck = [s for s in failed if self.source[s.index] == "func"]
+            if stuck:
+                raise RuntimeError(
+                    "per-sample gradients of " + ", ".join(s.name for s in stuck) + f" (torch.func, {where}) do not "
+                    "match autograd's gradients of the same losses: the loss couples the samples of a batch (batch "
+                    "norm in train mode, in-batch terms, randomness such as dropout in train mode, embedding "
+                    "scale_grad_by_freq), so per-sample influence is undefined; use mode='group' or model.eval()"
+                )
+            moved = [s for s in failed if s.index not in unbatched]
+            if moved:
+                warnings.warn(
+                    "tikmix: per-sample gradients captured by module hooks for " + ", ".join(s.name for s in moved)
+                    + " do not match autograd's (the parameter is also used outside its module's forward, the loss couples samples, or a "
+                    "module input is not sample-major); computing them with torch.func instead (slower)",
+                    RuntimeWarning, stacklevel=3,
+                )
+            for idx in unbatched | {s.index for s in failed}:
+                self.source[idx] = "func"
+            self._reinstall()
+
+    def _run_once(self, batch: Any, where: str, verify: bool):
+        self._checks, self._error, self._unbatched = {}, None, set()
+        self._active = True
+        probe_grads: List[Optional[torch.Tensor]] = []
+        try:
+            losses = run_loss(self.model, self.loss_fn, batch, where)
+            b = losses.shape[0]
+            self._batch_size = b
+            self._probe = torch.tensor(sorted({0, b - 1}), device=losses.device)
+            self._rows = rows = self.projector.zeros(b)
+            if verify:
+                for s in self.slots:
+                    self._checks[s.index] = {key: [torch.zeros(s.numel, dtype=torch.float64, device=rows.device), 0.0]
+                                             for key in ("all", "probe")}
+                self._collect = False
+                probe_grads = list(torch.autograd.grad(losses[self._probe].sum(), [s.param for s in self.slots],
+                                                       retain_graph=True, allow_unused=True))
+            self._collect = True
+            grads = group_pass(losses, self.slots)
+        finally:
+            self._active = False
+            self._collect = False
+        if self._error is not None:
+            raise self._error
+        if self._unbatched:
+            return losses.detach(), rows, set(self._unbatched), []
+        func_slots = [s for s in self.slots if self.source[s.index] == "func"]
+        if func_slots:
+            try:
+                per_sample = self._func_grads(batch, func_slots)
+            except Exception as exc:
+                raise RuntimeError(
+                    "torch.func could not compute per-sample gradients of " + ", ".join(s.name for s in func_slots)
+                    + f" for {where}: {exc}. Parameters without a hook rule need a forward that torch.func can "
+                    "vectorise; a forward that mutates state or couples the samples of a batch (batch norm in train "
+                    "mode) has no per-sample gradient: use model.eval(), mode='group', or params= without them"
+                ) from exc
+            for s in func_slots:
+                ps = per_sample["model." + s.name]
+                if ps.shape[0] != b:
+                    raise ValueError(f"torch.func produced {ps.shape[0]} per-sample gradients for {where}, "
+                                     f"but loss_fn returned {b} losses")
+                self._add_materialised(s, ps)
+        self._rows = None
+        failed: List[Slot] = []
+        if verify:
+            for s, g, pg in zip(self.slots, grads, probe_grads):
+                if not (self._matches(s, "all", g) and self._matches(s, "probe", pg)):
+                    failed.append(s)
+        return losses.detach(), rows, set(), failed
+
+    def _matches(self, slot: Slot, key: str, grad: Optional[torch.Tensor]) -> bool:
+        """Recorded per-sample gradients summed over ``key``'s samples equal autograd's, to the dtype's rounding."""
+        total, norms = self._checks[slot.index][key]
+        ref = torch.zeros_like(total) if grad is None else grad.to_dense().reshape(-1).to(torch.float64)
+        diff = float((total - ref).norm())
+        rtol = max(1e-3, 8 * torch.finfo(slot.param.dtype).eps)
+        return diff <= rtol * (norms + float(ref.norm())) + 1e-30
+
+
+def _outer_total(g: torch.Tensor, a: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    """``Σ_{n,t} g[n,t] a[n,t]ᵀ`` and ``Σ_{n,t} ‖g‖‖a‖`` (a bound on the per-sample norms)."""
+    fg, fa = g.reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1])
+    return fg.t() @ fa, float((fg.norm(dim=1) * fa.norm(dim=1)).sum())
+
+
+def _lookup_total(shape: Tuple[int, ...], idx: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    """``Σ_{n,t} e_{idx[n,t]} g[n,t]ᵀ`` and ``Σ_{n,t} ‖g‖``."""
+    fi, fg = idx.reshape(-1), g.reshape(-1, g.shape[-1])
+    total = torch.zeros(shape, dtype=fg.dtype, device=fg.device).index_add_(0, fi, fg)
+    return total, float(fg.norm(dim=1).sum())
+
+
+def iter_batches(iterable: Iterable[Any], name: str, kind: str):
+    """Iterate ``iterable``, with a clear TypeError when it is not an iterable of batches."""
+    if isinstance(iterable, torch.Tensor):
+        raise TypeError(f"{kind}[{name!r}] must be an iterable of batches (a DataLoader, a list of tensors, ...), "
+                        "got a single Tensor; wrap it in a list: [tensor]")
+    try:
+        return iter(iterable)
+    except TypeError:
+        raise TypeError(f"{kind}[{name!r}] must be an iterable of batches, got {type(iterable).__name__}") from None

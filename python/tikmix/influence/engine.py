@@ -1,0 +1,448 @@
+"""``GroupInfluence``: domain-level influence of training data on target tasks from randomly projected gradients.
+
+Sign convention and the mean/sum reductions: :mod:`tikmix.influence.result` (S = −I, larger = more helpful).
+Sketch layout and how ``k`` splits: :mod:`tikmix.influence.sketch_space`. Capture (group and per-sample):
+:mod:`tikmix.influence.capture`. Preconditioners: :mod:`tikmix.influence.preconditioners`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from . import distributed as dist_utils
+from .capture import (PerSampleCapture, batch_signature, group_pass, is_factorable, iter_batches, parameter_owners,
+                      run_loss, select_parameters)
+from .diagnostics import bootstrap
+from .preconditioners import PRECONDITIONERS, adam_scales, gauss_newton_apply
+from .result import InfluenceResult
+from .sketch_space import Layout, Projector, _has_kernel
+
+__all__ = ["GroupInfluence"]
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+MODES = ("group", "per_sample")
+REDUCTIONS = ("mean", "sum")
+
+
+def default_token_count(batch: Any) -> int:
+    """Tokens in a batch: ``numel`` of ``batch["input_ids"]`` if present, else of the first integer tensor; -1 if none."""
+    if isinstance(batch, Mapping) and isinstance(batch.get("input_ids"), torch.Tensor):
+        return int(batch["input_ids"].numel())
+    for leaf in tree_flatten(batch)[0]:
+        if isinstance(leaf, torch.Tensor) and not leaf.is_floating_point() and not leaf.is_complex() \
+                and leaf.dtype != torch.bool:
+            return int(leaf.numel())
+    return -1
+
+
+class _ModelGuard:
+    """Restores everything a computation could touch: train/eval flags, ``param.grad`` objects, ``requires_grad``,
+    and buffer values (a forward in train mode updates batch-norm running statistics)."""
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter]):
+        self.model = model
+        self.params = list(params)
+
+    def __enter__(self) -> "_ModelGuard":
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        all_params = list(self.model.parameters())
+        self.grads = [(p, p.grad) for p in all_params]
+        self.requires = [(p, p.requires_grad) for p in self.params]
+        self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        for p in self.params:
+            if not p.requires_grad:
+                p.requires_grad_(True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, training in self.modes:
+            m.training = training
+        for p, g in self.grads:
+            p.grad = g
+        for p, r in self.requires:
+            p.requires_grad_(r)
+        with torch.no_grad():
+            for b, saved in self.buffers:
+                if b.shape == saved.shape:
+                    b.copy_(saved)
+
+
+class GroupInfluence:
+    """Group Influence ``S[target, domain]`` of data domains on target tasks (TiKMiX, arXiv 2508.17677).
+
+    ``S_ij = ∇f_iᵀ H⁻¹ G_j`` with the sign convention and reductions of :mod:`tikmix.influence.result`
+    (larger = domain j lowers target i's loss more).
+
+    Args:
+        model: the network; it is never modified (parameters, ``param.grad``, hooks, train/eval flags are as before,
+            also after an error). Its train/eval mode is used as the caller left it (``model.eval()`` is the usual
+            choice: no dropout). All selected parameters must be on one device; batches are moved there.
+        loss_fn: ``loss_fn(model, batch) -> Tensor[B]``, the per-sequence loss of every sample in the batch (e.g. the
+            mean token cross-entropy of each sequence; :func:`tikmix.demo.model.sequence_loss`). It must return a
+            1-D float tensor with one finite loss per sample, computed with autograd (not under ``no_grad``).
+        k: sketch dimension (int ≥ 1), or None for the exact setting: no projection, flat float64 gradients (small
+            models and tests). How ``k`` splits between Kronecker and dense blocks: :mod:`.sketch_space`.
+        seed: projection seed (int ≥ 0). Same seed ⇒ same projection on every rank, device and run.
+        mode: ``"group"`` (default: one backward per micro-batch, cost ≈ one training step per micro-batch) or
+            ``"per_sample"`` (per-sample sketches from the same backward: bootstrap over samples, per-sample scores).
+        preconditioner: ``"identity"``, ``"adam"`` (needs ``optimizer``) or ``"gauss_newton"``
+            (:mod:`.preconditioners`).
+        params: which parameters: None (all with ``requires_grad``), fnmatch name patterns, modules, parameters, or
+            a list mixing them. Selected parameters with ``requires_grad=False`` are enabled during the computation.
+        reduction: ``"mean"`` (default) or ``"sum"``: the domain gradient convention.
+        optimizer: the torch.optim.Adam/AdamW whose second moments define ``adam``.
+        damping: ``gauss_newton``'s relative damping (λ = damping × mean eigenvalue of ΦᵀΦ/N).
+        factorize: sketch ``nn.Linear``/``nn.Embedding`` weights with Kronecker blocks (True), or every parameter
+            densely (False). Default: True, except False with ``adam`` (a Kronecker per-sample sketch cannot apply a
+            diagonal scale). ``per_sample`` with ``adam`` and ``factorize=True`` raises.
+        n_bootstrap: bootstrap replicates for ``ci_low``/``ci_high``/``rank_stability`` (0 disables). Group mode
+            resamples micro-batches (needs ≥ 2 per domain), per-sample mode samples.
+        confidence: interval level. bootstrap_seed: seed of the resampling.
+        verify: per-sample mode: check on each domain's first micro-batch that per-sample gradients sum to the batch
+            gradient (:mod:`.capture`).
+        keep_sketches: keep per-unit sketches ``[U, K]`` in the result (for resampling-based uses such as TiKMiX-M).
+        count_tokens: ``batch -> int`` token counter (default: ``input_ids`` or the first integer tensor's numel).
+        progress: tqdm bar over micro-batches: True, False, or None (only on a terminal; always off on ranks > 0).
+        func_chunk_size: ``torch.func.vmap`` chunk size for per-sample gradients of parameters without a hook rule.
+
+    Distributed: under an initialised ``torch.distributed`` process group, every rank passes *its own* batches to
+    :meth:`compute` (same domain/target names everywhere); sketches and counts are summed across ranks
+    (:mod:`.distributed`), and every rank returns the same result — the one a single process gets on the union.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        *,
+        k: Optional[int],
+        seed: int = 0,
+        mode: str = "group",
+        preconditioner: str = "identity",
+        params: Any = None,
+        reduction: str = "mean",
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        damping: float = 0.1,
+        factorize: Optional[bool] = None,
+        n_bootstrap: int = 1000,
+        confidence: float = 0.95,
+        bootstrap_seed: int = 0,
+        verify: bool = True,
+        keep_sketches: bool = False,
+        count_tokens: Optional[Callable[[Any], int]] = None,
+        progress: Optional[bool] = None,
+        func_chunk_size: Optional[int] = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(model, batch) -> Tensor[B], got {type(loss_fn).__name__}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+            raise ValueError(f"k must be a positive int (the sketch dimension) or None (exact), got {k!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if preconditioner == "adam" and optimizer is None:
+            raise ValueError("preconditioner='adam' needs optimizer= (a torch.optim.Adam/AdamW with state)")
+        if not (isinstance(damping, (int, float)) and damping > 0):
+            raise ValueError(f"damping must be a positive number, got {damping!r}")
+        if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+            raise ValueError(f"n_bootstrap must be an int >= 0, got {n_bootstrap!r}")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+        if factorize is None:
+            factorize = preconditioner != "adam"
+        if factorize and preconditioner == "adam" and mode == "per_sample" and k is not None:
+            raise ValueError(
+                "preconditioner='adam' with mode='per_sample' needs factorize=False: a Kronecker per-sample sketch "
+                "projects Σ_t g_t a_tᵀ through R_out ⊗ R_in without forming it, and a per-coordinate Adam scale does "
+                "not factor that way (use factorize=False, or mode='group')"
+            )
+        self.model = model
+        self.loss_fn = loss_fn
+        self.k = k
+        self.seed = seed
+        self.mode = mode
+        self.preconditioner = preconditioner
+        self.reduction = reduction
+        self.optimizer = optimizer
+        self.damping = float(damping)
+        self.factorize = bool(factorize)
+        self.n_bootstrap = n_bootstrap
+        self.confidence = float(confidence)
+        self.bootstrap_seed = int(bootstrap_seed)
+        self.verify = bool(verify)
+        self.keep_sketches = bool(keep_sketches)
+        self.count_tokens = count_tokens or default_token_count
+        self.progress = progress
+        self.func_chunk_size = func_chunk_size
+        self.named_params = select_parameters(model, params)
+        devices = {p.device for _, p in self.named_params}
+        if len(devices) != 1:
+            raise ValueError(f"all selected parameters must be on one device, found {sorted(map(str, devices))}")
+        self.device = devices.pop()
+        owners = parameter_owners(model)
+        self._owners = owners
+        factored = [self.factorize and is_factorable(p, owners.get(id(p), [])) for _, p in self.named_params]
+        self.layout = Layout.build(self.named_params, factored, k)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def compute(self, domains: Mapping[str, Iterable[Any]], targets: Mapping[str, Iterable[Any]]) -> InfluenceResult:
+        """Influence of every domain on every target.
+
+        Args:
+            domains: name → iterable of batches (a DataLoader, a list, a generator) sampled from that domain.
+            targets: name → iterable of batches of the target task's sequences.
+
+        Returns:
+            :class:`InfluenceResult` with ``S[target, domain]`` (float64) in the given orders.
+        """
+        dom_names, dom_iters = self._named_iterables(domains, "domains")
+        tgt_names, tgt_iters = self._named_iterables(targets, "targets")
+        slots = self.layout.slots
+        timings: Dict[str, float] = {}
+        with _ModelGuard(self.model, [p for _, p in self.named_params]):
+            scales = None
+            if self.preconditioner == "adam":
+                assert self.optimizer is not None
+                scales = adam_scales(self.optimizer, slots, self.layout.exact)
+            projector = Projector(self.layout, self.seed, self.device, scales)
+            self._signature: Optional[Tuple[str, str]] = None
+            bar = self._progress_bar(list(dom_iters) + list(tgt_iters))
+            try:
+                t0 = time.perf_counter()
+                tgt_sum = projector.zeros(len(tgt_names))
+                tgt_counts = torch.zeros(3, len(tgt_names), dtype=torch.int64)  # samples, tokens, unknown-token batches
+                for i, (name, it) in enumerate(zip(tgt_names, tgt_iters)):
+                    for b, batch in enumerate(iter_batches(it, name, "targets")):
+                        batch = self._prepare(batch, f"targets[{name!r}] batch {b}")
+                        losses = run_loss(self.model, self.loss_fn, batch, f"targets[{name!r}] batch {b}")
+                        for slot, g in zip(slots, group_pass(losses, slots)):
+                            if g is not None:
+                                projector.add_grad(tgt_sum[i : i + 1], slot, g.unsqueeze(0))
+                        self._count(tgt_counts, i, losses, batch)
+                        bar.update(1)
+                    if not dist_utils.is_active() and tgt_counts[0, i] == 0:
+                        raise ValueError(f"targets[{name!r}] yielded no samples")
+                timings["targets"] = time.perf_counter() - t0
+
+                t0 = time.perf_counter()
+                rows: List[torch.Tensor] = []
+                unit_dom: List[int] = []
+                unit_size: List[int] = []
+                dom_counts = torch.zeros(4, len(dom_names), dtype=torch.int64)  # samples, tokens, unknown, batches
+                capture = (PerSampleCapture(self.model, self.loss_fn, slots, projector, self._owners,
+                                            self.func_chunk_size) if self.mode == "per_sample" else None)
+                with capture if capture is not None else _nullcontext():
+                    for j, (name, it) in enumerate(zip(dom_names, dom_iters)):
+                        for b, batch in enumerate(iter_batches(it, name, "domains")):
+                            where = f"domains[{name!r}] batch {b}"
+                            batch = self._prepare(batch, where)
+                            if capture is None:
+                                losses = run_loss(self.model, self.loss_fn, batch, where)
+                                row = projector.zeros(1)
+                                for slot, g in zip(slots, group_pass(losses, slots)):
+                                    if g is not None:
+                                        projector.add_grad(row, slot, g.unsqueeze(0))
+                                rows.append(row)
+                                unit_dom.append(j)
+                                unit_size.append(losses.shape[0])
+                            else:
+                                losses, r = capture.run(batch, where, verify=self.verify and b == 0)
+                                rows.append(r)
+                                unit_dom.extend([j] * r.shape[0])
+                                unit_size.extend([1] * r.shape[0])
+                            self._count(dom_counts, j, losses, batch)
+                            dom_counts[3, j] += 1
+                            bar.update(1)
+                        if not dist_utils.is_active() and dom_counts[0, j] == 0:
+                            raise ValueError(f"domains[{name!r}] yielded no samples (an empty domain)")
+                timings["domains"] = time.perf_counter() - t0
+            finally:
+                bar.close()
+
+        t0 = time.perf_counter()
+        result = self._finish(projector, dom_names, tgt_names, tgt_sum, tgt_counts, rows, unit_dom, unit_size,
+                              dom_counts)
+        timings["scores"] = time.perf_counter() - t0
+        result.timings.update(timings)
+        return result
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _finish(self, projector: Projector, dom_names: List[str], tgt_names: List[str], tgt_sum: torch.Tensor,
+                tgt_counts: torch.Tensor, rows: List[torch.Tensor], unit_dom: List[int], unit_size: List[int],
+                dom_counts: torch.Tensor) -> InfluenceResult:
+        n_dom = len(dom_names)
+        dim = projector.dim
+        unit_rows = torch.cat(rows) if rows else projector.zeros(0)
+        ids = torch.tensor(unit_dom, dtype=torch.int64, device=self.device)
+        sizes = torch.tensor(unit_size, dtype=torch.int64)
+        dom_sum = _segment_sum(unit_rows, ids, n_dom, dim)
+
+        # ---- everything that crosses ranks is summed here ----
+        if dist_utils.is_active():
+            dist_utils.check_same_on_all_ranks((dom_names, tgt_names), "domain/target names")
+        counts = torch.cat([tgt_counts.flatten(), dom_counts.flatten()]).to(self.device)
+        dist_utils.all_reduce_sum_([tgt_sum, dom_sum, counts])
+        counts = counts.cpu()
+        n_t = len(tgt_names)
+        tgt_counts = counts[: 3 * n_t].view(3, n_t)
+        dom_counts = counts[3 * n_t :].view(4, n_dom)
+        tgt_counts[1][tgt_counts[2] > 0] = -1
+        dom_counts[1][dom_counts[2] > 0] = -1
+        for name, n in zip(tgt_names, tgt_counts[0]):
+            if n == 0:
+                raise ValueError(f"targets[{name!r}] yielded no samples")
+        for name, n in zip(dom_names, dom_counts[0]):
+            if n == 0:
+                raise ValueError(f"domains[{name!r}] yielded no samples (an empty domain)")
+        tgt_mean = tgt_sum.to(torch.float64) / tgt_counts[0].to(self.device, torch.float64).unsqueeze(1)
+        if not bool(torch.isfinite(tgt_mean).all()):
+            raise FloatingPointError("target gradients are not finite (overflow in the backward pass?)")
+        if not bool(torch.isfinite(dom_sum).all()):
+            bad = [dom_names[j] for j in range(n_dom) if not bool(torch.isfinite(dom_sum[j]).all())]
+            raise FloatingPointError(f"gradients of domains {bad} are not finite (overflow in the backward pass?)")
+
+        # ---- preconditioner on the target side ----
+        damping_used = None
+        if self.preconditioner == "gauss_newton":
+            phi = unit_rows.to(torch.float64)
+            if self.mode == "group":
+                phi = phi / sizes.to(phi.device, torch.float64).sqrt().unsqueeze(1)
+            if dist_utils.is_active():
+                gram = phi.t() @ phi
+                n_rows = torch.tensor([phi.shape[0]], dtype=torch.int64, device=self.device)
+                dist_utils.all_reduce_sum_([gram, n_rows])
+                pt, damping_used = gauss_newton_apply(tgt_mean, gram=gram, n_rows=int(n_rows), damping=self.damping)
+            else:
+                pt, damping_used = gauss_newton_apply(tgt_mean, rows=phi, damping=self.damping)
+        else:
+            pt = tgt_mean
+
+        # ---- S (float64) from the all-reduced domain sums; per-unit scores from the local rows ----
+        s_sum = pt @ dom_sum.to(torch.float64).t()  # [n, G]
+        unit_scores = _unit_scores(unit_rows, ids, n_dom, pt)
+        dom_samples = dom_counts[0]
+        S = s_sum / dom_samples.to(s_sum.device, torch.float64).unsqueeze(0) if self.reduction == "mean" else s_sum
+        S = S.cpu()
+
+        gathered = dist_utils.all_gather_objects((unit_scores.cpu(), ids.cpu(), sizes))
+        all_scores = torch.cat([g[0] for g in gathered])
+        all_ids = torch.cat([g[1] for g in gathered])
+        all_sizes = torch.cat([g[2] for g in gathered])
+        ci_low = ci_high = stab = None
+        if self.n_bootstrap > 0:
+            boot = bootstrap(all_scores, all_ids, all_sizes, n_dom, S, reduction=self.reduction,
+                             n_bootstrap=self.n_bootstrap, confidence=self.confidence, seed=self.bootstrap_seed)
+            ci_low, ci_high, stab = boot["low"], boot["high"], boot["rank_stability"]
+        return InfluenceResult(
+            S=S,
+            domains=tuple(dom_names),
+            targets=tuple(tgt_names),
+            reduction=self.reduction,
+            mode=self.mode,
+            preconditioner=self.preconditioner,
+            sketch_dim=None if self.layout.exact else dim,
+            seed=self.seed,
+            domain_samples=dom_samples.clone(),
+            domain_tokens=dom_counts[1].clone(),
+            domain_batches=dom_counts[3].clone(),
+            target_samples=tgt_counts[0].clone(),
+            target_tokens=tgt_counts[1].clone(),
+            unit="sample" if self.mode == "per_sample" else "micro-batch",
+            unit_scores=all_scores,
+            unit_domains=all_ids,
+            unit_sizes=all_sizes,
+            domain_sketches=dom_sum.cpu(),
+            target_sketches=tgt_mean.cpu(),
+            ci_low=ci_low,
+            ci_high=ci_high,
+            confidence=self.confidence,
+            n_bootstrap=self.n_bootstrap,
+            rank_stability=stab,
+            unit_sketches=unit_rows.cpu() if self.keep_sketches else None,
+            gauss_newton_damping=damping_used,
+            layout=self.layout.describe(),
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _named_iterables(mapping: Any, kind: str) -> Tuple[List[str], List[Iterable[Any]]]:
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"{kind} must be a mapping name -> iterable of batches, got {type(mapping).__name__}")
+        if len(mapping) == 0:
+            raise ValueError(f"{kind} must contain at least one entry")
+        names = list(mapping)
+        for n in names:
+            if not isinstance(n, str):
+                raise TypeError(f"{kind} keys must be str names, got {n!r}")
+            if isinstance(mapping[n], torch.Tensor):
+                iter_batches(mapping[n], n, kind)  # raises the clear "wrap it in a list" error
+        return names, [mapping[n] for n in names]
+
+    def _prepare(self, batch: Any, where: str) -> Any:
+        sig = batch_signature(batch)
+        if self._signature is None:
+            self._signature = (sig, where)
+        elif sig != self._signature[0]:
+            raise TypeError(f"mismatched batch types: {where} is a {sig}, but {self._signature[1]} was a "
+                            f"{self._signature[0]}; every domain and target batch must have the same structure")
+        dev = self.device
+        return tree_map(lambda t: t.to(dev, non_blocking=True)
+                        if isinstance(t, torch.Tensor) and t.device != dev else t, batch)
+
+    def _count(self, counts: torch.Tensor, j: int, losses: torch.Tensor, batch: Any) -> None:
+        counts[0, j] += losses.shape[0]
+        tokens = int(self.count_tokens(batch))
+        if tokens < 0:
+            counts[2, j] += 1
+        else:
+            counts[1, j] += tokens
+
+    def _progress_bar(self, iterables: Sequence[Any]) -> Any:
+        from tqdm.auto import tqdm
+
+        try:
+            total: Optional[int] = sum(len(it) for it in iterables)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        disable = True if (self.progress is False or dist_utils.rank() > 0) else (None if self.progress is None
+                                                                                 else False)
+        return tqdm(total=total, desc="influence", unit="batch", disable=disable, leave=False)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _segment_sum(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, dim: int) -> torch.Tensor:
+    """Deterministic per-domain row sums (the native segment_sum op where it has a kernel)."""
+    if rows.shape[0] == 0:
+        return torch.zeros(n_groups, dim, dtype=rows.dtype, device=rows.device)
+    if _has_kernel("segment_sum", rows.device):
+        return torch.ops.tikmix.segment_sum.default(rows.contiguous(), ids, n_groups)
+    return torch.zeros(n_groups, dim, dtype=rows.dtype, device=rows.device).index_add_(0, ids, rows)
+
+
+def _unit_scores(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, pt: torch.Tensor) -> torch.Tensor:
+    """``scores[u, i] = pt_i · row_u`` in float64 (the native group_influence op where it has a kernel)."""
+    if rows.shape[0] == 0:
+        return torch.zeros(0, pt.shape[0], dtype=torch.float64)
+    r64 = rows.to(torch.float64).contiguous()
+    if _has_kernel("group_influence", rows.device):
+        _, per_sample = torch.ops.tikmix.group_influence.default(r64, ids, n_groups, pt.contiguous(), None)
+        return per_sample
+    return r64 @ pt.t()
