@@ -143,6 +143,15 @@ class TestGroupInfluence:
         with pytest.raises(ValueError, match=rf"{name} must be finite, got {bad}.* at {name}\[{index[0]}, {index[1]}\]"):
             tikmix_ext.group_influence(args["train"], ids, 3, args["target"], args["precond"])
 
+    def test_non_finite_train_found_without_targets_and_overflow_named(self):
+        train, ids, target, _ = _inputs(6, 5, 0, 3, torch.float32)  # n = 0: no output witnesses train
+        train[4, 2] = float("nan")
+        with pytest.raises(ValueError, match=r"train must be finite, got nan at train\[4, 2\]"):
+            tikmix_ext.group_influence(train, ids, 3, target)
+        big = torch.full((3, 2), 3e38)
+        with pytest.raises(ValueError, match=r"per_sample overflowed to inf at per_sample\[0, 0\].*use float64"):
+            tikmix_ext.group_influence(big, torch.zeros(3, dtype=torch.int64), 1, torch.ones(1, 2))
+
     @pytest.mark.parametrize(
         "change, exc, match",
         [

@@ -16,7 +16,7 @@ namespace tikmix::binding {
 namespace {
 
 constexpr int64_t kKronChunkElems = int64_t(1) << 22;  // fp32 elements of a or g converted per sample chunk
-constexpr int64_t kSegmentStrip = 256;                 // columns per segment task
+constexpr int64_t kSegmentMaxStrip = 2048;  // columns per segment task, at most (column split never changes bits)
 constexpr int64_t kScanRows = 1024;                    // rows per non-finite scan task
 
 // The counting sort of rows by group (validates ids: range errors name the first offending entry).
@@ -56,15 +56,20 @@ void segment_into(const at::Tensor& m, const SegmentPlan& plan, int64_t num_grou
   const T* xp = x.data_ptr<T>();
   const int64_t ldx = row_stride(x);
   T* outp = out.data_ptr<T>();
-  const int64_t strips = (k + kSegmentStrip - 1) / kSegmentStrip;
+  // Tasks = (group, column strip). Strips are as wide as possible (each row read is one contiguous run) while
+  // giving ~4 tasks per thread; columns are independent, so the width (hence the thread count) never changes bits.
+  const int64_t want = std::max<int64_t>(1, (4 * int64_t(at::get_num_threads()) + num_groups - 1) / num_groups);
+  int64_t width = std::clamp<int64_t>((k + want - 1) / want, std::min<int64_t>(k, 64), kSegmentMaxStrip);
+  width = std::min(k, (width + 15) / 16 * 16);
+  const int64_t strips = (k + width - 1) / width;
   const int64_t tasks = num_groups * strips;
-  // Aim for ≥ 32K summed elements per parallel chunk; the split never changes the result.
+  // Aim for ≥ 32K summed elements per parallel chunk.
   const int64_t work = std::max<int64_t>(1, x.size(0) * k);
   const int64_t grain = std::max<int64_t>(1, (tasks * 32768) / work);
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t j = t / strips, s = t % strips;
-      const int64_t c0 = s * kSegmentStrip, w = std::min(kSegmentStrip, k - c0);
+      const int64_t c0 = s * width, w = std::min(width, k - c0);
       cpu::segment_reduce(xp, ldx, plan.offsets.data(), plan.rows.data(), j, c0, w, mean, outp + j * k + c0);
     }
   });
@@ -90,33 +95,37 @@ at::Tensor segment_mean_cpu(const at::Tensor& x, const at::Tensor& ids, int64_t 
   return segment_impl("segment_mean", x, ids, num_groups, /*mean=*/true);
 }
 
-// Raises (naming `name` and the first offending entry) if t[rows, cols] holds a NaN or ±inf.
+// Row-major linear index of the first NaN/±inf of the 2-D tensor t, or -1 (parallel over fixed row blocks).
 template <typename T>
-void require_finite_typed(const char* op, const at::Tensor& t, const char* name) {
+int64_t find_nonfinite_typed(const at::Tensor& t) {
   const at::Tensor x = unit_column_stride(t);
   const int64_t rows = x.size(0), cols = x.size(1), ld = row_stride(x);
-  if (rows == 0 || cols == 0) return;
+  if (rows == 0 || cols == 0) return -1;
   const T* p = x.data_ptr<T>();
   const int64_t blocks = (rows + kScanRows - 1) / kScanRows;
   std::vector<int64_t> first(size_t(blocks), -1);
   at::parallel_for(0, blocks, std::max<int64_t>(1, 65536 / (cols * kScanRows)), [&](int64_t begin, int64_t end) {
-                     for (int64_t b = begin; b < end; ++b) {
-                       const int64_t r0 = b * kScanRows, nr = std::min(kScanRows, rows - r0);
-                       const int64_t hit = cpu::first_nonfinite(p + r0 * ld, nr, cols, ld);
-                       first[size_t(b)] = hit < 0 ? -1 : r0 * cols + hit;
-                     }
-                   });
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t hit = first[size_t(b)];
-    if (hit >= 0) fail_nonfinite(op, name, hit, cols, double(p[(hit / cols) * ld + hit % cols]));
-  }
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t r0 = b * kScanRows, nr = std::min(kScanRows, rows - r0);
+      const int64_t hit = cpu::first_nonfinite(p + r0 * ld, nr, cols, ld);
+      first[size_t(b)] = hit < 0 ? -1 : r0 * cols + hit;
+    }
+  });
+  for (int64_t hit : first)
+    if (hit >= 0) return hit;
+  return -1;
 }
 
+int64_t find_nonfinite(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat ? find_nonfinite_typed<float>(t) : find_nonfinite_typed<double>(t);
+}
+
+// Raises (naming `name` and the first offending entry) if the 2-D tensor t holds a NaN or ±inf.
 void require_finite(const char* op, const at::Tensor& t, const char* name) {
-  if (t.scalar_type() == at::kFloat) {
-    require_finite_typed<float>(op, t, name);
-  } else {
-    require_finite_typed<double>(op, t, name);
+  const int64_t hit = find_nonfinite(t);
+  if (hit >= 0) {
+    const int64_t cols = t.size(1);
+    fail_nonfinite(op, name, hit, cols, t.select(0, hit / cols).select(0, hit % cols).item<double>());
   }
 }
 
@@ -162,13 +171,25 @@ std::tuple<at::Tensor, at::Tensor> group_influence_cpu(const at::Tensor& train, 
   constexpr const char* op = "group_influence";
   check_group_influence_inputs(train, ids, num_groups, target, precond);
   const at::AutoDispatchBelowAutograd below_autograd;  // the backward is registered in Python
-  require_finite(op, train, "train");
-  require_finite(op, target, "target");
+  require_finite(op, target, "target");  // small: scanned directly
   if (precond.has_value()) require_finite(op, *precond, "precond");
   const SegmentPlan plan = make_plan(op, ids, num_groups, "num_groups");
   // per_sample[z, i] = target_i · (P · train_z) = (train · (target · P)ᵀ)[z, i]
   const at::Tensor q = precond.has_value() ? at::mm(target, *precond) : target;
   at::Tensor per_sample = at::mm(train, q.t()).contiguous();
+  // train (the large input) is checked through per_sample: with finite target/precond, a NaN/±inf in train_z makes
+  // every per_sample[z, :] non-finite (IEEE: it enters each dot product), so one pass over the small output finds
+  // the first bad row, and only that row of train is scanned to name the entry. With n = 0, scan train itself.
+  if (per_sample.size(1) == 0) {
+    require_finite(op, train, "train");
+  } else if (const int64_t hit = find_nonfinite(per_sample); hit >= 0) {
+    const int64_t z = hit / per_sample.size(1), k = train.size(1);
+    const int64_t in_row = find_nonfinite(train.narrow(0, z, 1));
+    if (in_row >= 0) fail_nonfinite(op, "train", z * k + in_row, k, train.select(0, z).select(0, in_row).item<double>());
+    TORCH_CHECK_VALUE(false, "tikmix.group_influence: per_sample overflowed to ", per_sample.view(-1)[hit].item<double>(),
+                      " at per_sample[", z, ", ", hit % per_sample.size(1), "] although train, target and precond are "
+                      "finite; rescale the inputs or use float64");
+  }
   at::Tensor sums = at::zeros({num_groups, per_sample.size(1)}, per_sample.options());
   if (train.scalar_type() == at::kFloat) {
     segment_into<float>(per_sample, plan, num_groups, /*mean=*/false, sums);
