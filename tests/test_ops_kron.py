@@ -172,6 +172,8 @@ class TestSketchKron:
             (dict(layer=-1), ValueError, "layer must be a non-negative integer"),
             (dict(g=torch.ones(2, 3, 5, device="meta")), ValueError, "one device"),
             (dict(a="activations"), TypeError, "a must be a torch.Tensor or an array supporting DLPack"),
+            (dict(k_in=2.0), TypeError, "k_in must be an int, got float"),
+            (dict(layer=None), TypeError, "layer must be an int, got NoneType"),
         ],
     )
     def test_bad_inputs(self, change, exc, match):

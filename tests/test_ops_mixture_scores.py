@@ -153,6 +153,8 @@ class TestMixtureScores:
             (dict(draws=-5), ValueError, r"draws must be in \[1, 2\^31\), got -5"),
             (dict(draws=2**31), ValueError, r"draws must be in \[1, 2\^31\)"),
             (dict(seed=-1), ValueError, "seed must be a non-negative integer"),
+            (dict(seed=2**64), ValueError, "seed must fit in int64"),
+            (dict(draws=10.5), TypeError, "draws must be an int, got float"),
             (dict(candidates=torch.ones(1, 3, device="meta")), ValueError, "one device"),
         ],
     )

@@ -118,7 +118,7 @@ class TestSegment:
     def test_numpy_in_numpy_out(self, op):
         x = np.random.default_rng(0).standard_normal((9, 4))
         ids = np.array([0, 1, 1, 0, 2, 2, 2, 0, 1])
-        out = OPS[op][0](x, ids, 3)
+        out = OPS[op][0](x, ids, np.int64(3))  # numpy integers are ints too
         assert isinstance(out, np.ndarray) and out.shape == (3, 4) and out.dtype == np.float64
         assert_close(out, OPS[op][1](torch.from_numpy(x), torch.from_numpy(ids), 3), atol=1e-12, rtol=1e-12)
 
@@ -166,6 +166,8 @@ class TestSegment:
             (dict(num_groups=-2), ValueError, "num_groups must be >= 1, got -2"),
             (dict(ids=torch.zeros(4, dtype=torch.int64, device="meta")), ValueError, "one device"),
             (dict(x=[[1.0, 2.0]]), TypeError, "x must be a torch.Tensor or an array supporting DLPack"),
+            (dict(num_groups=3.0), TypeError, "num_groups must be an int, got float"),
+            (dict(num_groups=2**64), ValueError, "num_groups must fit in int64"),
         ],
     )
     def test_bad_inputs(self, op, change, exc, match):
