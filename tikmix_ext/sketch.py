@@ -1,55 +1,151 @@
-"""Typed wrappers and fake kernels of the sketch family: sketch, sketch_accumulate_, projection, sketch_kron.
+"""Typed wrappers, fake kernels and autograd of the sketch family: sketch, sketch_accumulate_, projection.
 
-The projection R is defined once, in csrc/include/tikmix/rng.h (the RNG contract). Detailed input checks live
-in the real kernels (csrc/binding/sketch_checks.h); fakes only compute output metadata.
+The projection R is defined once, in csrc/include/tikmix/rng.h (the RNG contract): ``R[r, c] = ±1/√k`` with the sign
+a pure function of ``(seed, r, c)``. Detailed input checks live in the real kernels (csrc/binding/sketch_checks.h);
+the wrappers only check the Python types of the integer arguments, and fakes only compute output metadata.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Optional
 
 import torch
 
 from . import _load  # noqa: F401  (registers torch.ops.tikmix)
-from ._interop import as_optional_tensor, as_tensor
+from ._interop import as_optional_tensor, as_tensor, check_devices
 
-__all__ = ["sketch", "sketch_accumulate_", "projection"]
+__all__ = ["sketch", "sketch_accumulate_", "projection", "MAX_ROWS", "MAX_K"]
+
+MAX_ROWS = 1 << 44  #: rows of R addressable by the RNG contract: ``offset + d`` must not exceed this
+MAX_K = 1 << 26  #: ``k`` must be below this
+
+
+def _check_int(value: Any, name: str, op: str, low: int = 0, high: int = (1 << 63) - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"tikmix.{op}: {name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"tikmix.{op}: {name} must be in [{low}, {high}], got {value}")
+    return value
 
 
 def sketch(x: Any, k: int, seed: int, offset: int = 0, scale: Optional[Any] = None) -> Any:
-    """Project rows of ``x[N, d]`` to ``[N, k]`` float32: ``(x ⊙ scale) · R[offset:offset+d, :]``.
+    """Project rows of ``x[N, d]`` to ``y[N, k]`` float32: ``y = (x ⊙ scale) · R[offset : offset + d, :]``.
 
-    ``x`` is float32/bfloat16/float16 (accumulation is float32); ``scale`` an optional float32 ``[d]``
-    per-coordinate factor (e.g. an Adam preconditioner). ``offset`` is the global row of ``x``'s first column,
-    so segments of one long vector sketched with their offsets sum to the sketch of the whole vector.
-    Accepts DLPack arrays and returns the caller's kind.
+    Args:
+        x: ``[N, d]`` float32, bfloat16 or float16 (any strides; a torch tensor or a DLPack array such as numpy).
+            Products and sums are float32; NaN or inf in a row of x propagates to that row of y (the op is linear).
+        k: sketch size, ``1 ≤ k < 2^26``. Column c of R does not depend on k (prefix property), only the
+            scale ``1/√k`` does.
+        seed: non-negative int selecting R.
+        offset: global row of R used for x's first column, ``offset + d ≤ 2^44``. Segments of one long vector
+            sketched with their offsets sum to the sketch of the whole vector (see :func:`sketch_accumulate_`).
+        scale: optional float32 ``[d]`` per-coordinate factor (e.g. an Adam preconditioner), applied in float32.
+
+    Returns:
+        ``[N, k]`` float32, of the caller's kind (numpy in → numpy out).
+
+    Differentiable in ``x`` and ``scale`` (the backward multiplies by Rᵀ, generating R in row chunks).
     """
+    op = "sketch"
+    k = _check_int(k, "k", op, 1, MAX_K - 1)
+    seed = _check_int(seed, "seed", op)
+    offset = _check_int(offset, "offset", op, 0, MAX_ROWS)
     xt, back = as_tensor(x, "x")
-    return back(torch.ops.tikmix.sketch.default(xt, k, seed, offset, as_optional_tensor(scale, "scale")))
+    st = as_optional_tensor(scale, "scale")
+    check_devices(op, x=xt, scale=st)
+    return back(torch.ops.tikmix.sketch.default(xt, k, seed, offset, st))
 
 
 @torch.library.register_fake("tikmix::sketch")
 def _sketch_fake(x, k, seed, offset=0, scale=None):
-    torch._check(x.dim() == 2, lambda: "tikmix.sketch: x must be 2-D")
+    # Detailed checks (dtypes, k, seed, offset range, scale shape) live in the real kernel: sketch_checks.h.
+    torch._check(x.dim() == 2, lambda: "tikmix.sketch: x must be 2-D [N, d]")
     return x.new_empty((x.shape[0], k), dtype=torch.float32)
 
 
+def _transposed_sketch(grad: torch.Tensor, d: int, seed: int, offset: int, rows_per_chunk: int = 1 << 16):
+    """``grad[N, k] · R[offset : offset + d, :]ᵀ`` in float32, generating R in chunks of rows (bounded memory)."""
+    k = grad.shape[1]
+    out = grad.new_empty((grad.shape[0], d), dtype=torch.float32)
+    g = grad.to(torch.float32)
+    for r0 in range(0, d, rows_per_chunk):
+        rows = min(rows_per_chunk, d - r0)
+        R = torch.ops.tikmix.projection.default(rows, k, seed, offset + r0).to(g.device)
+        torch.mm(g, R.t(), out=out[:, r0 : r0 + rows])
+    return out
+
+
+def _needs_grad(ctx, index: int) -> bool:
+    flags = ctx.needs_input_grad
+    return index < len(flags) and bool(flags[index])
+
+
+def _sketch_setup_context(ctx, inputs, output):
+    x, _k, seed = inputs[:3]
+    offset = inputs[3] if len(inputs) > 3 else 0
+    scale = inputs[4] if len(inputs) > 4 else None
+    ctx.meta = (x.shape[1], seed, offset, x.dtype)
+    saved_x = x if (scale is not None and _needs_grad(ctx, 4)) else None
+    ctx.save_for_backward(saved_x, scale)
+
+
+def _sketch_backward(ctx, grad):
+    d, seed, offset, x_dtype = ctx.meta
+    saved_x, scale = ctx.saved_tensors
+    gx = gscale = None
+    if _needs_grad(ctx, 0) or _needs_grad(ctx, 4):
+        g_in = _transposed_sketch(grad, d, seed, offset)  # ∂L/∂(x ⊙ scale)
+        if _needs_grad(ctx, 0):
+            gx = (g_in * scale if scale is not None else g_in).to(x_dtype)
+        if _needs_grad(ctx, 4):
+            gscale = (g_in * saved_x.to(torch.float32)).sum(0)
+    return gx, None, None, None, gscale
+
+
+torch.library.register_autograd("tikmix::sketch", _sketch_backward, setup_context=_sketch_setup_context)
+
+
 def sketch_accumulate_(out: Any, x: Any, seed: int, offset: int = 0, scale: Optional[Any] = None) -> None:
-    """In place: ``out[N, k] += (x ⊙ scale) · R[offset:offset+d, :]`` with ``k = out.shape[1]`` (float32 ``out``)."""
+    """In place: ``out[N, k] += (x ⊙ scale) · R[offset : offset + d, :]`` with ``k = out.shape[1]``.
+
+    ``out`` is a contiguous float32 ``[N, k]`` tensor or array (numpy arrays are updated in place); ``x``, ``seed``,
+    ``offset`` and ``scale`` are as in :func:`sketch`. Streaming a long vector segment by segment, each with its
+    global ``offset``, accumulates the sketch of the whole vector without a temporary of out's size (equal to
+    :func:`sketch` of the concatenation up to float32 rounding; bit-exact for small-integer data).
+    Not differentiable (it mutates ``out``).
+    """
+    op = "sketch_accumulate_"
+    seed = _check_int(seed, "seed", op)
+    offset = _check_int(offset, "offset", op, 0, MAX_ROWS)
     out_t, _ = as_tensor(out, "out")
     xt, _ = as_tensor(x, "x")
-    torch.ops.tikmix.sketch_accumulate_.default(out_t, xt, seed, offset, as_optional_tensor(scale, "scale"))
+    st = as_optional_tensor(scale, "scale")
+    check_devices(op, out=out_t, x=xt, scale=st)
+    torch.ops.tikmix.sketch_accumulate_.default(out_t, xt, seed, offset, st)
 
 
 @torch.library.register_fake("tikmix::sketch_accumulate_")
 def _sketch_accumulate_fake(out, x, seed, offset=0, scale=None):
+    # Detailed checks live in the real kernel (sketch_checks.h); nothing to compute for a mutating op.
     return None
 
 
 def projection(rows: int, k: int, seed: int, offset: int = 0) -> torch.Tensor:
-    """Materialise ``R[offset:offset+rows, :k]`` (float32, entries ±1/√k) on the CPU."""
+    """Materialise ``R[offset : offset + rows, :k]`` as a float32 CPU tensor (entries ``±1/√k``).
+
+    Meant for tests and small dense projections: it needs ``rows·k·4`` bytes, which :func:`sketch` never does.
+    """
+    op = "projection"
+    rows = _check_int(rows, "rows", op, 0, MAX_ROWS)
+    k = _check_int(k, "k", op, 1, MAX_K - 1)
+    seed = _check_int(seed, "seed", op)
+    offset = _check_int(offset, "offset", op, 0, MAX_ROWS)
     return torch.ops.tikmix.projection.default(rows, k, seed, offset)
 
 
 @torch.library.register_fake("tikmix::projection")
 def _projection_fake(rows, k, seed, offset=0):
-    return torch.empty((rows, k), dtype=torch.float32, device="meta")
+    # No tensor inputs: the output lives on the CPU, like the real kernel's (under fake mode this is a FakeTensor).
+    return torch.empty((rows, k), dtype=torch.float32, device="cpu")
+
