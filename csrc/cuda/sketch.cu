@@ -1,4 +1,4 @@
-// CUDA sketch kernel: y[N,k] = s_k · (x ⊙ scale) · R[offset : offset + d, :] on the tensor cores, with R's
+// CUDA sketch kernel: y[N,k] = s_k · (x ⊙ scale) · R[offset : offset + d, :] (R: the ±1 signs) on the tensor cores, with R's
 // ±1 entries generated in registers from the hash of the RNG contract (tikmix/rng.h) and never stored.
 //
 // Layout (tikmix/mma_layout.h has the lane arithmetic, tikmix/cuda_plan.h the launch plan):
@@ -18,7 +18,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 
 #include "tikmix/cuda_kernels.h"
@@ -53,7 +52,7 @@ struct Params {
   int64_t k, blocks, k_pad;
   int64_t chunk_tiles;  // tiles per split
   int64_t tiles;        // total tiles: ceil(d / kTileRows)
-  float sk;             // 1/√k rounded to float
+  float sk;             // output scale (1/√k rounded to float for the sketch op)
   int accumulate;
   int splits;
   float* out;           // [n, k], row stride ldo
@@ -352,8 +351,8 @@ cudaError_t launch_mode(const Params& p, const SketchPlan& plan, cudaStream_t st
 }  // namespace
 
 cudaError_t sketch(const void* x, DType dtype, int64_t n, int64_t d, int64_t ldx, const float* scale,
-                   uint64_t seed, uint64_t offset, int64_t k, float* out, int64_t ldo, bool accumulate,
-                   float* workspace, cudaStream_t stream) {
+                   uint64_t seed, uint64_t offset, int64_t k, float out_scale, float* out, int64_t ldo,
+                   bool accumulate, float* workspace, cudaStream_t stream) {
   if (n <= 0 || k <= 0) return cudaSuccess;
   const SketchPlan plan = sketch_plan(n, d, k);
   if (plan.groups > 65535 || plan.splits > 65535 || plan.col_ctas > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
@@ -373,7 +372,7 @@ cudaError_t sketch(const void* x, DType dtype, int64_t n, int64_t d, int64_t ldx
   p.k_pad = plan.k_pad;
   p.chunk_tiles = plan.chunk_tiles;
   p.tiles = std::max<int64_t>(1, ceil_div(d, kTileRows));
-  p.sk = float(1.0 / std::sqrt(double(k)));
+  p.sk = out_scale;
   p.accumulate = accumulate ? 1 : 0;
   p.splits = int(plan.splits);
   p.out = out;
