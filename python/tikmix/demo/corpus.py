@@ -5,21 +5,24 @@ Nothing is downloaded: every domain and target set is produced by a small genera
 
 Target tasks (held-out sets, scored by mean next-token loss):
 
-* ``sums``   -- addition facts ``"37+58=95;"``.
-* ``grammar`` -- sentences of a small English-like grammar.
-* ``echo``   -- a lowercase word, ``>`` and the same word again (``"qzvk>qzvk;"``): the second half is
-  predictable only by copying from the context.
+* ``sums``    -- addition facts ``"37+58=95;"``.
+* ``grammar`` -- sentences of a small English-like grammar (``"the big cat sees a dog. "``).
+* ``lookup``  -- ``key>value;`` pairs of a fixed table of 32 made-up facts (the demo's "world knowledge").
 
-Training domains, on purpose of very different value for those targets:
+Training domains, of deliberately different value for those targets (what the demo's influence
+measurements show on a 2-layer model, in the order they matter):
 
-* ``arith``  -- addition facts in the target format (useful for ``sums``).
-* ``prose``  -- more sentences of the grammar (useful for ``grammar``; its lowercase letters also help
-  ``echo`` a little).
-* ``caps_echo`` -- the copy task in UPPERCASE with longer words. Early in training its letters are the
-  wrong alphabet for every target; once the model has the basics, the copy skill it trains is what
-  ``echo`` still lacks: a domain that helps only late.
-* ``noise``  -- uniformly random bytes (useless: it pulls the model toward the uniform distribution).
-* ``wrong_sums`` -- the ``sums`` prompts with conflicting answers (harmful for ``sums``).
+* ``arith``   -- addition facts in the target format: useful for ``sums``.
+* ``prose``   -- more sentences of the grammar: useful for ``grammar``.
+* ``facts``   -- the true fact table: useful for ``lookup``.
+* ``web``     -- "web pages": one of 12 fixed 30-50 character boilerplate banners (upper case and
+  symbols) followed by a grammar sentence. Early, its gradient is dominated by the boilerplate, which no
+  target contains; once the model has memorised the banners, only the sentence is left to learn and the
+  domain helps ``grammar`` -- a domain that helps only late.
+* ``noise``   -- uniformly random bytes: useless (its influence is ~0 throughout).
+* ``rumours`` -- the ``lookup`` keys followed by random made-up values: the same prompts with
+  conflicting answers. It teaches the format early, and becomes the most harmful domain for ``lookup``
+  once the true facts are being learned.
 
 Each domain is a ``[N, seq_len + 1]`` uint8 array of byte windows cut from a long stream of lines,
 as language-model pre-training cuts documents into fixed-length chunks.
@@ -43,7 +46,6 @@ __all__ = [
 ]
 
 _LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
-_CAPS = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8)
 
 _DET = ["the", "a", "one", "every", "that"]
 _ADJ = ["big", "small", "red", "old", "quick", "quiet", "brave", "green", "tall", "sad"]
@@ -56,13 +58,6 @@ _ADV = ["today", "again", "slowly", "often", "now"]
 def _sums_line(rng: np.random.Generator) -> str:
     a, b = (int(x) for x in rng.integers(0, 100, size=2))
     return f"{a}+{b}={a + b};"
-
-
-def _wrong_sums_line(rng: np.random.Generator) -> str:
-    # Same prompt distribution as ``sums``; the answer is a different, consistent function of the
-    # operands, so the domain teaches the opposite of what the target needs.
-    a, b = (int(x) for x in rng.integers(0, 100, size=2))
-    return f"{a}+{b}={abs(a - b) * 3 % 197};"
 
 
 def _noun_phrase(rng: np.random.Generator) -> str:
@@ -88,37 +83,73 @@ def _word(rng: np.random.Generator, alphabet: np.ndarray, lo: int, hi: int) -> s
     return alphabet[rng.integers(0, len(alphabet), size=n)].tobytes().decode("ascii")
 
 
-def _echo_line(rng: np.random.Generator) -> str:
-    w = _word(rng, _LETTERS, 3, 6)
-    return f"{w}>{w};"
+_BOILER_CHARS = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ[]|=#/:_-<>*", dtype=np.uint8)
 
 
-def _caps_echo_line(rng: np.random.Generator) -> str:
-    w = _word(rng, _CAPS, 4, 9)
-    return f"{w}>{w};"
+class _WebTemplates:
+    """Fixed page boilerplate (navigation bars, banners): a few long random strings drawn once from the seed."""
+
+    def __init__(self, seed: int, count: int = 12) -> None:
+        rng = np.random.default_rng([int(seed), zlib.crc32(b"web")])
+        self.templates = [
+            _BOILER_CHARS[rng.integers(0, len(_BOILER_CHARS), int(rng.integers(30, 50)))].tobytes().decode("ascii")
+            for _ in range(count)
+        ]
+
+    def line(self, rng: np.random.Generator) -> str:
+        return self.templates[int(rng.integers(len(self.templates)))] + " " + _prose_line(rng)
 
 
 _LineGen = Callable[[np.random.Generator], str]
+
+
+class _FactTable:
+    """A fixed table of made-up ``key>value`` facts (the demo's "world knowledge"), drawn from the seed."""
+
+    def __init__(self, seed: int, size: int = 32) -> None:
+        rng = np.random.default_rng([int(seed), zlib.crc32(b"facts")])
+        keys: list[str] = []
+        while len(keys) < size:
+            w = _word(rng, _LETTERS, 3, 6)
+            if w not in keys:
+                keys.append(w)
+        self.keys = keys
+        self.values = [_word(rng, _LETTERS, 3, 7) for _ in range(size)]
+
+    def true_line(self, rng: np.random.Generator) -> str:
+        i = int(rng.integers(len(self.keys)))
+        return f"{self.keys[i]}>{self.values[i]};"
+
+    def rumour_line(self, rng: np.random.Generator) -> str:
+        i = int(rng.integers(len(self.keys)))
+        return f"{self.keys[i]}>{_word(rng, _LETTERS, 3, 7)};"
+
+
+@dataclass(frozen=True)
+class _World:
+    facts: _FactTable
+    web: _WebTemplates
 
 
 @dataclass(frozen=True)
 class _Source:
     name: str
     role: str
-    line: _LineGen | None  # None: random bytes
+    line: Callable[[_World], _LineGen | None]  # None: random bytes
 
 
 DOMAINS: tuple[_Source, ...] = (
-    _Source("arith", "useful (sums)", _sums_line),
-    _Source("prose", "useful (prose)", _prose_line),
-    _Source("caps_echo", "helps late (echo)", _caps_echo_line),
-    _Source("noise", "useless", None),
-    _Source("wrong_sums", "harmful (sums)", _wrong_sums_line),
+    _Source("arith", "useful (sums)", lambda w: _sums_line),
+    _Source("prose", "useful (grammar)", lambda w: _prose_line),
+    _Source("facts", "useful (lookup)", lambda w: w.facts.true_line),
+    _Source("web", "helps late (grammar)", lambda w: w.web.line),
+    _Source("noise", "useless", lambda w: None),
+    _Source("rumours", "harmful (lookup)", lambda w: w.facts.rumour_line),
 )
 TARGETS: tuple[_Source, ...] = (
-    _Source("sums", "target", _sums_line),
-    _Source("grammar", "target", _prose_line),
-    _Source("echo", "target", _echo_line),
+    _Source("sums", "target", lambda w: _sums_line),
+    _Source("grammar", "target", lambda w: _prose_line),
+    _Source("lookup", "target", lambda w: w.facts.true_line),
 )
 DOMAIN_ROLES: dict[str, str] = {d.name: d.role for d in DOMAINS}
 
@@ -128,17 +159,18 @@ def _rng(seed: int, kind: str, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), key])
 
 
-def _windows(source: _Source, rng: np.random.Generator, n: int, width: int) -> np.ndarray:
+def _windows(line: _LineGen | None, rng: np.random.Generator, n: int, width: int) -> np.ndarray:
     total = n * width
-    if source.line is None:
+    if line is None:
         return rng.integers(0, 256, size=(n, width), dtype=np.uint8)
+    line_fn = line
     chunks: list[str] = []
     size = 0
     while size < total + width:
-        line = source.line(rng)
+        line = line_fn(rng)
         chunks.append(line)
         size += len(line)
-    stream = np.frombuffer("".join(chunks).encode("ascii"), dtype=np.uint8)
+    stream = np.frombuffer("".join(chunks).encode("latin-1"), dtype=np.uint8)
     start = int(rng.integers(0, width))  # windows start anywhere in a line, as chunked documents do
     return stream[start : start + total].reshape(n, width).copy()
 
@@ -198,9 +230,12 @@ def build_corpus(
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     width = seq_len + 1
-    domains = {d.name: _windows(d, _rng(seed, "train", d.name), train_sequences, width) for d in DOMAINS}
+    world = _World(_FactTable(seed), _WebTemplates(seed))
+    domains = {
+        d.name: _windows(d.line(world), _rng(seed, "train", d.name), train_sequences, width) for d in DOMAINS
+    }
     dev, test = {}, {}
     for t in TARGETS:
-        rows = _windows(t, _rng(seed, "target", t.name), dev_sequences + test_sequences, width)
+        rows = _windows(t.line(world), _rng(seed, "target", t.name), dev_sequences + test_sequences, width)
         dev[t.name], test[t.name] = rows[:dev_sequences], rows[dev_sequences:]
     return DemoCorpus(seq_len, domains, dev, test, dict(DOMAIN_ROLES))

@@ -1,0 +1,155 @@
+"""The ``tikmix`` command line: ``tikmix demo``, ``tikmix run CONFIG.yaml``, ``tikmix report FILE.json``.
+
+* ``tikmix demo`` -- no downloads: trains a small GPT on an embedded multi-domain corpus with a static
+  uniform mixture, staged TiKMiX-D and staged TiKMiX-M on the same token budget, prints the results table
+  and writes ``report.json``, per-method histories and PNG plots into ``--out``.
+* ``tikmix run CONFIG.yaml`` -- the same loop on your data (token files or text folders per domain),
+  single process or under ``torchrun``; ``--resume`` continues from the last checkpoint. See
+  :mod:`tikmix.runner` for the config reference.
+* ``tikmix report FILE.json`` -- re-draws the table and plots from a demo report or a run history.
+
+``main(argv)`` returns the exit status: 0 on success, 2 for a usage or config error (the message names
+the flag or config key), 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _static_weights(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected name=weight pairs separated by commas, got {part!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"weight of {name!r} is not a number: {value!r}") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(prog="tikmix", description="Influence-driven dynamic data mixtures (TiKMiX).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,run,report}")
+
+    d = sub.add_parser("demo", help="uniform vs TiKMiX-D vs TiKMiX-M on an embedded corpus (no downloads)",
+                       description="Train a small GPT on an embedded multi-domain corpus with a static uniform "
+                                   "mixture and with staged TiKMiX-D / TiKMiX-M on the same token budget.")
+    d.add_argument("--device", default="cpu", help="torch device (default cpu; a CUDA device uses the CUDA kernels)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the corpus, model, sampler and influence (default 0)")
+    d.add_argument("--out", default=None, help="output folder (default ./tikmix-demo/seed<SEED>)")
+    d.add_argument("--budget", type=int, default=None, metavar="TOKENS",
+                   help="training tokens per method (default 3,072,000 = 1500 steps x 32 x 64)")
+    d.add_argument("--quick", action="store_true", help="a tiny budget for smoke tests (~1 min)")
+    d.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    d.add_argument("--methods", default=None,
+                   help="comma-separated subset of uniform,static,tikmix-d,tikmix-m (default all but static)")
+    d.add_argument("--static-weights", type=_static_weights, default=None, metavar="NAME=W,...",
+                   help="also train a static mixture of your choice, e.g. arith=0.3,prose=0.3,facts=0.4")
+    d.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("run", help="staged TiKMiX training on your own data from a YAML config")
+    r.add_argument("config", help="YAML config (reference: tikmix.runner docstring / README)")
+    r.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if present")
+    r.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    r.add_argument("--check", action="store_true", help="only validate the config and exit")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    rep = sub.add_parser("report", help="re-draw the table and plots from a report/history JSON")
+    rep.add_argument("file", help="report.json of tikmix demo, or history.json of tikmix run / a Controller")
+    rep.add_argument("--out", default=None, help="where the PNGs go (default: next to the file)")
+    return p
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tikmix.demo.run import run_demo, settings_for
+    from tikmix.report import format_tables
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    try:
+        settings = settings_for(seed=args.seed, quick=args.quick, budget=args.budget, device=args.device,
+                                methods=methods, static_weights=args.static_weights)
+    except ValueError as exc:
+        print(f"tikmix demo: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("tikmix-demo") / f"seed{args.seed}"
+    steps = settings.steps
+    print(f"[tikmix demo] seed {settings.seed}, {steps} steps x {settings.tokens_per_step} tokens per method "
+          f"({steps * settings.tokens_per_step:,} tokens), methods: {', '.join(settings.methods)}, "
+          f"device {settings.device}; writing to {out}", flush=True)
+    t0 = time.perf_counter()
+    report = run_demo(settings, out, progress=not args.no_progress, plots=not args.no_plots)
+    print()
+    print(format_tables(report))
+    print()
+    for name, c in report["comparison"].items():
+        verdict = "beats" if c["beats_baseline"] else "does NOT beat"
+        print(f"{name} {verdict} uniform on the mean target loss by {c['mean_delta']:+.4f} "
+              f"({c['mean_delta_pct']:+.1f}%); influence + solving = {100 * c['influence_share']:.1f}% of training time")
+    print(f"\nreport: {out / 'report.json'}")
+    for p in report.get("plots", []):
+        print(f"plot:   {p}")
+    print(f"total wall time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tikmix.runner import ConfigError, load_config, train
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"tikmix run: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config}: OK")
+        return 0
+    try:
+        train(cfg, resume=args.resume, progress=not args.no_progress)
+    except ConfigError as exc:
+        print(f"tikmix run: config error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tikmix.report import render
+
+    try:
+        tables, plots = render(args.file, args.out)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"tikmix report: error: {exc}", file=sys.stderr)
+        return 2
+    print(tables)
+    for p in plots:
+        print(f"plot: {p}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tikmix`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "run":
+        return _run(args)
+    return _report(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,505 @@
+"""The training-loop controller: staged, influence-driven domain mixtures (TiKMiX) in three lines.
+
+.. code-block:: python
+
+    controller = tikmix.Controller(model, sampler, domains=domain_datasets, targets=target_sets,
+                                   loss_fn=loss_fn, stages=[1000, 2000, 3000])
+    for step, batch in enumerate(loader, start=1):
+        ...; optimizer.step()
+        controller.step(step)        # no-op between boundaries; at a boundary: measure, solve, re-weight
+
+At each stage boundary the controller
+
+1. draws a fresh, seeded sample of every domain (``samples_per_domain`` rows, never the rows the sampler
+   is about to train on in particular, just a uniform draw of the domain) and takes the target sets;
+2. measures Group Influence ``S`` (targets x domains, larger = more helpful) with
+   :class:`tikmix.GroupInfluence`;
+3. solves for the next mixture: ``solver="direct"`` (TiKMiX-D, :func:`tikmix.solve_direct`) or
+   ``solver="regression"`` (TiKMiX-M, :func:`tikmix.solve_regression`, started from the TiKMiX-D
+   answer and labelled by resampling per-sample influence rows), always with the Pareto constraint
+   ``S @ w >= S @ w_prior`` against the mixture of the stage that just ended;
+4. schedules the new weights on the sampler from the next step not yet produced;
+5. appends a record to :attr:`Controller.history` and (on rank 0) writes the JSON history file.
+
+Everything the controller decides is a function of the model, the seed and the stage index, so a run
+resumed from :meth:`Controller.state_dict` (which embeds the sampler's state) reproduces the history and the
+final mixture of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+__all__ = ["Controller", "HISTORY_FORMAT"]
+
+HISTORY_FORMAT = "tikmix.history/1"
+_STATE_FORMAT = "tikmix.controller/1"
+_SOLVERS = ("direct", "regression")
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy / torch values (recursively) into JSON-serialisable Python objects."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if hasattr(value, "as_dict"):
+        return _jsonable(value.as_dict())
+    return repr(value)
+
+
+def _rows(data: Any, name: str) -> Any:
+    """A target set or domain dataset as something with ``len`` and ``[i]`` (tensor rows or a Dataset)."""
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(np.ascontiguousarray(data))
+    if isinstance(data, torch.Tensor):
+        if data.dim() == 0 or data.shape[0] == 0:
+            raise ValueError(f"{name} must hold at least one sample, got a tensor of shape {tuple(data.shape)}")
+        return data
+    if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+        raise TypeError(
+            f"{name} must be a tensor, a numpy array or a map-style dataset (len and []), got {type(data).__name__}"
+        )
+    if len(data) == 0:
+        raise ValueError(f"{name} is empty: it must hold at least one sample")
+    return data
+
+
+class Controller:
+    """Runs TiKMiX's stage schedule inside any training loop.
+
+    Args:
+        model: the model being trained (its parameters are read, never changed).
+        sampler: a :class:`tikmix.MixtureSampler` (or anything with ``num_domains``, ``weights_at(step)``,
+            ``set_weights(weights, at_step)``, ``next_free_step``, ``realised_counts(step)``, ``state_dict`` and
+            ``load_state_dict``) feeding the training loop; the controller re-weights it.
+        domains: domain name -> that domain's training data (tensor/array of rows or map-style dataset), in
+            the sampler's domain order. Influence samples are drawn from here.
+        targets: target name -> target examples (tensor/array of rows or map-style dataset); ``S`` has one
+            row per target, in this order. All examples are used, up to ``target_samples``.
+        loss_fn: ``loss_fn(model, batch) -> Tensor[B]`` per-sequence losses (the :class:`tikmix.GroupInfluence`
+            protocol), e.g. :func:`tikmix.demo.model.sequence_loss`.
+        stages: stage boundaries, strictly increasing positive ints, in ``stage_unit``. At each boundary the
+            mixture for the following stage is chosen. The first stage uses the sampler's initial weights.
+        stage_unit: ``"steps"`` (default) or ``"tokens"`` (then ``tokens_per_step`` is required; a boundary
+            falls on the first step whose cumulative tokens reach it).
+        tokens_per_step: global tokens per optimizer step (e.g. batch size x sequence length).
+        solver: ``"direct"`` (TiKMiX-D) or ``"regression"`` (TiKMiX-M).
+        solver_options: extra keyword arguments for :func:`tikmix.solve_direct` (``"direct"``), or a dict
+            ``{"direct": {...}, "regression": {...}}`` for the two steps of TiKMiX-M.
+        influence: a ready :class:`tikmix.GroupInfluence`, or a dict of its keyword arguments (default
+            ``{"k": 1024}``; TiKMiX-M forces ``mode="per_sample"``).
+        samples_per_domain: rows drawn from each domain at every boundary.
+        target_samples: at most this many examples per target (the first ones); None = all.
+        batch_size: micro-batch size used while measuring influence.
+        collate: turns a list of dataset items into a batch for ``loss_fn`` (default
+            :func:`torch.utils.data.default_collate`).
+        device: where batches go (default: the device of the model's first parameter).
+        history_path: JSON file rewritten after every boundary (rank 0 only); None = keep in memory.
+        seed: seeds the influence samples, the sketch and TiKMiX-M.
+        total_steps: optional; a boundary at or after it is rejected (it would never be reached).
+
+    Attributes:
+        history: the run's JSON-ready history dict (``"format"``, ``"domains"``, ``"targets"``, ``"stages"``:
+            one record per boundary, ``"metrics"``: what :meth:`log_metrics` recorded, ``"final"``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sampler: Any,
+        *,
+        domains: Mapping[str, Any],
+        targets: Mapping[str, Any],
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+        stages: Sequence[int],
+        stage_unit: str = "steps",
+        tokens_per_step: int | None = None,
+        solver: str = "direct",
+        solver_options: Mapping[str, Any] | None = None,
+        influence: Any = None,
+        samples_per_domain: int = 64,
+        target_samples: int | None = None,
+        batch_size: int = 32,
+        collate: Callable[[list[Any]], Any] | None = None,
+        device: torch.device | str | None = None,
+        history_path: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        total_steps: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        for attr in ("set_weights", "weights_at", "state_dict", "load_state_dict", "num_domains"):
+            if not hasattr(sampler, attr):
+                raise TypeError(f"sampler must be a tikmix.MixtureSampler-like object; it has no {attr!r}")
+        if not callable(loss_fn):
+            raise TypeError("loss_fn must be callable: loss_fn(model, batch) -> Tensor[B]")
+        if not isinstance(domains, Mapping) or not domains:
+            raise ValueError("domains must be a non-empty mapping name -> dataset")
+        if not isinstance(targets, Mapping) or not targets:
+            raise ValueError("targets must be a non-empty mapping name -> examples")
+        if len(domains) != sampler.num_domains:
+            raise ValueError(
+                f"domains has {len(domains)} entries but the sampler mixes {sampler.num_domains} domains"
+            )
+        if solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
+        if stage_unit not in ("steps", "tokens"):
+            raise ValueError(f"stage_unit must be 'steps' or 'tokens', got {stage_unit!r}")
+        for name, value in (("samples_per_domain", samples_per_domain), ("batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if target_samples is not None and (not isinstance(target_samples, int) or target_samples <= 0):
+            raise ValueError(f"target_samples must be a positive int or None, got {target_samples!r}")
+
+        self.model = model
+        self.sampler = sampler
+        self.loss_fn = loss_fn
+        self.domain_names = [str(n) for n in domains]
+        self.target_names = [str(n) for n in targets]
+        self._domains = {n: _rows(d, f"domains[{n!r}]") for n, d in domains.items()}
+        self._targets = {n: _rows(t, f"targets[{n!r}]") for n, t in targets.items()}
+        self.solver = solver
+        self.solver_options = dict(solver_options or {})
+        self.samples_per_domain = samples_per_domain
+        self.target_samples = target_samples
+        self.batch_size = batch_size
+        self.collate = collate or default_collate
+        self.device = torch.device(device) if device is not None else self._model_device()
+        self.history_path = Path(history_path) if history_path is not None else None
+        self.seed = int(seed)
+        self.tokens_per_step = tokens_per_step
+        self.stage_unit = stage_unit
+        self.boundaries = self._boundary_steps(stages, stage_unit, tokens_per_step, total_steps)
+        self.stage_spec = [int(s) for s in stages]
+        self.total_steps = total_steps
+        self._influence = self._make_influence(influence)
+        self._done: list[int] = []
+        self._last_wall: float | None = None
+        self._train_s = 0.0
+        self.history: dict[str, Any] = {
+            "format": HISTORY_FORMAT,
+            "domains": self.domain_names,
+            "targets": self.target_names,
+            "solver": "tikmix-d" if solver == "direct" else "tikmix-m",
+            "stage_boundaries": {"unit": stage_unit, "values": self.stage_spec, "steps": self.boundaries},
+            "tokens_per_step": tokens_per_step,
+            "initial_weights": [float(x) for x in sampler.weights_at(0)],
+            "stages": [],
+            "metrics": [],
+            "final": None,
+        }
+
+    # ------------------------------------------------------------------ construction helpers
+    def _model_device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @staticmethod
+    def _boundary_steps(
+        stages: Sequence[int], unit: str, tokens_per_step: int | None, total_steps: int | None
+    ) -> list[int]:
+        if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence):
+            raise TypeError(f"stages must be a sequence of ints, got {type(stages).__name__}")
+        values: list[int] = []
+        for i, s in enumerate(stages):
+            if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s <= 0:
+                raise ValueError(f"stages[{i}] must be a positive int, got {s!r}")
+            values.append(int(s))
+        if any(b <= a for a, b in zip(values, values[1:])):
+            raise ValueError(f"stages must be strictly increasing, got {values}")
+        if unit == "tokens":
+            if not isinstance(tokens_per_step, int) or tokens_per_step <= 0:
+                raise ValueError("tokens_per_step must be a positive int when stage_unit='tokens'")
+            steps = [-(-v // tokens_per_step) for v in values]  # first step reaching the token count
+            if any(b <= a for a, b in zip(steps, steps[1:])):
+                raise ValueError(
+                    f"stages {values} (tokens) map to steps {steps} with {tokens_per_step} tokens per step: "
+                    "two boundaries fall on the same step"
+                )
+        else:
+            steps = values
+        if total_steps is not None:
+            for v, s in zip(values, steps):
+                if s >= total_steps:
+                    raise ValueError(
+                        f"stages: boundary {v} ({unit}) is at step {s}, not before the end of training "
+                        f"(total_steps={total_steps})"
+                    )
+        return steps
+
+    def _make_influence(self, influence: Any) -> Any:
+        from tikmix.influence import GroupInfluence
+
+        if isinstance(influence, GroupInfluence):
+            if self.solver == "regression" and getattr(influence, "mode", "per_sample") != "per_sample":
+                raise ValueError("solver='regression' (TiKMiX-M) needs a GroupInfluence with mode='per_sample'")
+            return influence
+        if influence is not None and not isinstance(influence, Mapping):
+            raise TypeError(
+                f"influence must be a tikmix.GroupInfluence or a dict of its options, got {type(influence).__name__}"
+            )
+        opts: dict[str, Any] = {"k": 1024, "seed": self.seed, "progress": False, "n_bootstrap": 200}
+        opts.update(influence or {})
+        if self.solver == "regression":
+            opts["mode"] = "per_sample"
+        return GroupInfluence(self.model, self.loss_fn, **opts)
+
+    # ------------------------------------------------------------------ samples for influence
+    def _stage_rng(self, stage: int, salt: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, 0x7153, stage, salt])
+
+    def _batches(self, data: Any, idx: np.ndarray) -> list[Any]:
+        out = []
+        for a in range(0, len(idx), self.batch_size):
+            items = [data[int(i)] for i in idx[a : a + self.batch_size]]
+            batch = self.collate(items)
+            out.append(_to_device(batch, self.device))
+        return out
+
+    def _influence_inputs(self, stage: int) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+        rank, world = _dist()
+        domain_batches: dict[str, list[Any]] = {}
+        for j, name in enumerate(self.domain_names):
+            data = self._domains[name]
+            n = len(data)
+            rng = self._stage_rng(stage, j)
+            take = min(self.samples_per_domain, n)
+            idx = rng.choice(n, size=take, replace=False) if take < n else rng.permutation(n)
+            domain_batches[name] = self._batches(data, idx[rank::world])
+        target_batches: dict[str, list[Any]] = {}
+        for name in self.target_names:
+            data = self._targets[name]
+            n = len(data) if self.target_samples is None else min(len(data), self.target_samples)
+            idx = np.arange(n)
+            target_batches[name] = self._batches(data, idx[rank::world])
+        return domain_batches, target_batches
+
+    # ------------------------------------------------------------------ the hook
+    def step(self, step: int) -> dict[str, Any] | None:
+        """Call once after every optimizer step with the number of steps completed (1-based).
+
+        Between boundaries this only keeps the training-time clock. At a boundary it measures influence,
+        solves, re-weights the sampler and returns the new history record (else returns None). A boundary
+        already handled (e.g. before a resume) is not handled again.
+        """
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be a non-negative int (optimizer steps completed), got {step!r}")
+        now = time.perf_counter()
+        if self._last_wall is not None:
+            self._train_s += now - self._last_wall
+        self._last_wall = now
+        step = int(step)
+        if step not in self.boundaries or step in self._done:
+            return None
+        record = self._boundary(step, self.boundaries.index(step))
+        self._last_wall = time.perf_counter()
+        return record
+
+    def _boundary(self, step: int, stage: int) -> dict[str, Any]:
+        t_start = time.perf_counter()
+        domain_batches, target_batches = self._influence_inputs(stage)
+        t0 = time.perf_counter()
+        result = self._influence.compute(domain_batches, target_batches)
+        t_influence = time.perf_counter() - t0
+        S = _to_numpy(result.S)
+        w_prior = np.asarray(self.sampler.weights_at(step), dtype=np.float64)
+
+        t0 = time.perf_counter()
+        weights, report = self._solve(S, w_prior, result, stage)
+        t_solve = time.perf_counter() - t0
+
+        at_step = max(step, int(getattr(self.sampler, "next_free_step", step)))
+        self.sampler.set_weights(weights.tolist(), at_step=at_step)
+        prev_step = self.boundaries[stage - 1] if stage > 0 else 0
+        realised = self._realised(prev_step, step)
+        record = {
+            "stage": stage,
+            "step": step,
+            "tokens": step * self.tokens_per_step if self.tokens_per_step else None,
+            "applies_from_step": at_step,
+            "weights_prior": w_prior.tolist(),
+            "weights": [float(x) for x in weights],
+            "S": S.tolist(),
+            "S_ci": _ci(result),
+            "rank_stability": _jsonable(getattr(result, "rank_stability", None)),
+            "influence_samples": _jsonable(getattr(result, "domain_samples", None)),
+            "influence_tokens": _jsonable(getattr(result, "domain_tokens", None)),
+            "realised_previous_stage": realised,
+            "solver": _jsonable(report),
+            "timing": {
+                "train_s": self._train_s,
+                "influence_s": t_influence,
+                "solve_s": t_solve,
+                "controller_s": time.perf_counter() - t_start,
+            },
+        }
+        self._train_s = 0.0
+        self._done.append(step)
+        self.history["stages"].append(record)
+        self._write_history()
+        return record
+
+    def _solve(self, S: np.ndarray, w_prior: np.ndarray, result: Any, stage: int) -> tuple[np.ndarray, Any]:
+        from tikmix.solvers import solve_direct
+
+        opts = dict(self.solver_options)
+        if self.solver == "direct":
+            res = solve_direct(S, w_prior, **opts)
+            return np.asarray(res.weights, dtype=np.float64), res
+        from tikmix.solvers import mixture_score_fn, solve_regression
+
+        d_opts = dict(opts.get("direct", {}))
+        r_opts = dict(opts.get("regression", {}))
+        base = solve_direct(S, w_prior, **d_opts)
+        score_fn = mixture_score_fn(
+            result.per_sample, result.sample_domains, S=S, w_prior=w_prior, seed=self.seed + stage, **r_opts.pop("score", {})
+        )
+        r_opts.setdefault("seed", self.seed + stage)
+        res = solve_regression(score_fn, base.weights, **r_opts)
+        report = {"direct": base, "regression": res}
+        return np.asarray(res.weights, dtype=np.float64), report
+
+    def _realised(self, start: int, stop: int) -> dict[str, Any] | None:
+        if not hasattr(self.sampler, "realised_counts"):
+            return None
+        a = self.sampler.realised_counts(start)
+        b = self.sampler.realised_counts(stop)
+        samples = (np.asarray(b.samples) - np.asarray(a.samples)).tolist()
+        tokens = None
+        if getattr(b, "tokens", None) is not None and getattr(a, "tokens", None) is not None:
+            tokens = (np.asarray(b.tokens) - np.asarray(a.tokens)).tolist()
+        return {"from_step": start, "to_step": stop, "samples": samples, "tokens": tokens}
+
+    # ------------------------------------------------------------------ metrics, end of run, files
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record scalar metrics (e.g. target losses) at a step; they go into ``history["metrics"]``."""
+        row = {"step": int(step)}
+        for k, v in metrics.items():
+            row[str(k)] = float(v)
+        self.history["metrics"].append(row)
+
+    def finish(self, step: int, **extra: Any) -> dict[str, Any]:
+        """Close the run at ``step``: record the last stage's realised counts and the final mixture."""
+        start = self.boundaries[len(self._done) - 1] if self._done else 0
+        now = time.perf_counter()
+        if self._last_wall is not None:
+            self._train_s += now - self._last_wall
+            self._last_wall = now
+        self.history["final"] = {
+            "step": int(step),
+            "weights": [float(x) for x in self.sampler.weights_at(max(step - 1, 0))],
+            "realised_last_stage": self._realised(start, step),
+            "realised_total": self._realised(0, step),
+            "train_s_last_stage": self._train_s,
+            **_jsonable(extra),
+        }
+        self._write_history()
+        return self.history["final"]
+
+    def _write_history(self) -> None:
+        if self.history_path is None or _dist()[0] != 0:
+            return
+        self.history_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.history_path.with_suffix(self.history_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(_jsonable(self.history), indent=1))
+        os.replace(tmp, self.history_path)
+
+    # ------------------------------------------------------------------ state
+    def _config(self) -> dict[str, Any]:
+        return {
+            "domains": self.domain_names,
+            "targets": self.target_names,
+            "solver": self.solver,
+            "stage_steps": self.boundaries,
+            "seed": self.seed,
+        }
+
+    def state_dict(self, step: int | None = None) -> dict[str, Any]:
+        """Everything needed to resume: handled boundaries, the history and the sampler's state.
+
+        ``step``: the trainer's step count, passed on to ``sampler.state_dict(step=...)`` (use it when a
+        prefetching DataLoader runs the sampler ahead of training).
+        """
+        sampler_state = self.sampler.state_dict(step=step) if step is not None else self.sampler.state_dict()
+        return {
+            "format": _STATE_FORMAT,
+            "config": self._config(),
+            "done": list(self._done),
+            "history": json.loads(json.dumps(_jsonable(self.history))),
+            "sampler": sampler_state,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (and the sampler's state inside it); the config must match."""
+        if not isinstance(state_dict, Mapping) or state_dict.get("format") != _STATE_FORMAT:
+            raise ValueError(f"state_dict is not a tikmix controller state (format {_STATE_FORMAT!r})")
+        config = state_dict.get("config", {})
+        mine = self._config()
+        diff = [k for k in mine if config.get(k) != mine[k]]
+        if diff:
+            raise ValueError(
+                "state_dict comes from a different controller configuration: "
+                + ", ".join(f"{k} (saved {config.get(k)!r}, now {mine[k]!r})" for k in diff)
+            )
+        self.sampler.load_state_dict(state_dict["sampler"])
+        self._done = [int(s) for s in state_dict["done"]]
+        self.history = json.loads(json.dumps(state_dict["history"]))
+        self._last_wall = None
+        self._train_s = 0.0
+
+    @property
+    def stages_done(self) -> int:
+        """Number of boundaries handled so far."""
+        return len(self._done)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _ci(result: Any) -> Any:
+    low, high = getattr(result, "ci_low", None), getattr(result, "ci_high", None)
+    if low is None or high is None:
+        return None
+    return {"low": _jsonable(low), "high": _jsonable(high), "confidence": getattr(result, "confidence", None)}
