@@ -129,7 +129,28 @@ def test_batchnorm_in_train_mode_makes_per_sample_undefined():
     assert_unchanged(model, before)
     assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers())), "running statistics changed"
     # excluding the batch-norm parameters does not help: the hooked parameters' per-sample gradients are coupled too
-    with pytest.raises(RuntimeError, match="per-sample gradient"):
+    with pytest.raises(RuntimeError, match="per-sample gradient"), pytest.warns(RuntimeWarning, match="emb.weight"):
         GroupInfluence(model, lm_loss, k=None, mode="per_sample", params=["emb.*", "out.*"],
                        progress=False).compute(doms, tgts)
     assert_unchanged(model, before)
+
+
+class _Flattening(TinyLM):
+    """Applies the head to a flattened [B·T, d] view: the head's input is not sample-major."""
+
+    def forward(self, idx):
+        b, t = idx.shape
+        pos = torch.arange(t, device=idx.device).expand(b, t)
+        x = self.tok(idx) + self.pos(pos)
+        x = x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln(x))))
+        return self.head(self.ln_f(x).reshape(b * t, -1)).view(b, t, -1)
+
+
+def test_per_sample_handles_modules_whose_input_is_not_sample_major():
+    torch.manual_seed(0)
+    model = _Flattening(tied=False).double().eval()
+    doms, tgts = make_data(n_domains=2, n_targets=1)
+    res = GroupInfluence(model, lm_loss, k=None, mode="per_sample", progress=False, n_bootstrap=0).compute(doms, tgts)
+    params = [p for p in model.parameters() if p is not model.mix.weight]  # mix is unused by this forward
+    ref = influence_ref(model, lm_loss, doms, tgts, params=params)
+    torch.testing.assert_close(res.S, ref, rtol=1e-9, atol=1e-12)

@@ -173,7 +173,7 @@ def run_loss(model: nn.Module, loss_fn: LossFn, batch: Any, where: str) -> torch
     bad = ~torch.isfinite(losses.detach())
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"loss_fn returned a non-finite loss ({float(losses[i])}) at index {i} for {where}")
+        raise ValueError(f"loss_fn returned a non-finite loss ({float(losses.detach()[i])}) at index {i} for {where}")
     if not losses.requires_grad:
         raise ValueError(f"loss_fn's losses for {where} do not depend on the selected parameters (no autograd "
                          "graph); were they computed under torch.no_grad(), or detached?")

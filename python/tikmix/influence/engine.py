@@ -210,7 +210,8 @@ class GroupInfluence:
         tgt_names, tgt_iters = self._named_iterables(targets, "targets")
         slots = self.layout.slots
         timings: Dict[str, float] = {}
-        with _ModelGuard(self.model, [p for _, p in self.named_params]):
+        with _ModelGuard(self.model, [p for _, p in self.named_params]), torch.inference_mode(False), \
+                torch.enable_grad():
             scales = None
             if self.preconditioner == "adam":
                 assert self.optimizer is not None

@@ -94,7 +94,7 @@ def gauss_newton_apply(targets: torch.Tensor, *, rows: Optional[torch.Tensor] = 
             small.diagonal().add_(n * lam)
             inner = torch.linalg.solve(small, phi @ t.t())  # [N, n]
             return (t - (phi.t() @ inner).t()) / lam, lam
-        gram = phi.t() @ phi
+        gram, n_rows = phi.t() @ phi, n
     if gram is None or n_rows is None:
         raise ValueError("gauss_newton_apply needs rows, or gram and n_rows")
     n = int(n_rows)
