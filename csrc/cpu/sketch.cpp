@@ -233,7 +233,8 @@ void sketch_items(const SketchPlan& plan, const SketchInput& in, const SketchOut
 
   Buffer P = aligned_buffer(size_t(plan.n_block) * size_t(kt_pad) * 4);
   Buffer A = aligned_buffer(size_t(plan.n_block) * size_t(db + 2) * 4);
-  Buffer B = plan.fused ? aligned_buffer(64) : aligned_buffer(size_t(db + 2) * size_t(kt_pad) * 4);
+  const bool use_fused = plan.fused && K.fused_f32 != nullptr;
+  Buffer B = use_fused ? aligned_buffer(64) : aligned_buffer(size_t(db + 2) * size_t(kt_pad) * 4);
   float* Pf = reinterpret_cast<float*>(P.get());
 
   for (int64_t item = begin; item < end; ++item) {
@@ -266,7 +267,7 @@ void sketch_items(const SketchPlan& plan, const SketchInput& in, const SketchOut
         const int64_t lda = round_up(kc, 16);
         float* Af = reinterpret_cast<float*>(A.get());
         K.pack_f32(xblk, in.type, in.ld, sc, m, kc, Af, lda);
-        if (plan.fused && K.fused_f32) {
+        if (use_fused) {
           K.fused_f32(Af, lda, m, kc, key, row, blk0, nblk, Pf, ncols);
         } else {
           float* Bf = reinterpret_cast<float*>(B.get());
