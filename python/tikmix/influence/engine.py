@@ -337,9 +337,12 @@ class GroupInfluence:
         S = S.cpu()
 
         gathered = dist_utils.all_gather_objects((unit_scores.cpu(), ids.cpu(), sizes))
-        all_scores = torch.cat([g[0] for g in gathered])
+        # canonical unit order: by domain, then rank, then local order (= one process's order on contiguous shards)
         all_ids = torch.cat([g[1] for g in gathered])
-        all_sizes = torch.cat([g[2] for g in gathered])
+        order = torch.sort(all_ids, stable=True).indices
+        all_ids = all_ids[order]
+        all_scores = torch.cat([g[0] for g in gathered])[order]
+        all_sizes = torch.cat([g[2] for g in gathered])[order]
         ci_low = ci_high = stab = None
         if self.n_bootstrap > 0:
             boot = bootstrap(all_scores, all_ids, all_sizes, n_dom, S, reduction=self.reduction,
