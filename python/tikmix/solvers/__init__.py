@@ -1,0 +1,21 @@
+"""Mixture solvers: TiKMiX-D (:func:`solve_direct`) and TiKMiX-M (:func:`solve_regression`).
+
+Both are pure functions on numpy (or torch) arrays, deterministic for a seed, and return a
+:class:`MixtureResult` (weights plus status, objective terms, constraint slack / fit quality and trace).
+"""
+from __future__ import annotations
+
+from .direct import direct_objective, row_scale, solve_direct
+from .regression import MixtureScoreFn, mixture_score_fn, solve_regression
+from .result import InfeasibleConstraintsError, MixtureResult
+
+__all__ = [
+    "solve_direct",
+    "solve_regression",
+    "mixture_score_fn",
+    "MixtureScoreFn",
+    "MixtureResult",
+    "InfeasibleConstraintsError",
+    "direct_objective",
+    "row_scale",
+]
