@@ -135,6 +135,12 @@ def test_sketch_strided_and_unaligned_inputs_bit_exact(dtype):
         assert_bits_equal(OPS.sketch(xd, 16, 3, 11), OPS.sketch(view(base_cpu).contiguous(), 16, 3, 11), what)
 
 
+def test_sketch_more_than_65535_sample_groups():
+    # at most 65535 groups of 64 samples per launch: this needs two launches of the kernel
+    x = small_ints((64 * 65535 + 100, 5), seed=12)
+    assert_bits_equal(OPS.sketch(x.to(DEV), 4, 1, 3), OPS.sketch(x, 4, 1, 3), "N > 64·65535")
+
+
 def test_sketch_edge_shapes():
     x = torch.randn(5, 0)
     assert_bits_equal(OPS.sketch(x.to(DEV), 7, 0), torch.zeros(5, 7), "d = 0")

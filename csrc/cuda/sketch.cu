@@ -324,8 +324,10 @@ __global__ void sketch_reduce_kernel(const float* __restrict__ partial, int spli
   }
 }
 
+constexpr int64_t kMaxGridY = 65535;
+
 template <int NT, int MODE>
-cudaError_t launch_mma(const Params& p, const SketchPlan& plan, cudaStream_t stream) {
+cudaError_t launch_mma(const Params& p, const SketchPlan& plan, int64_t groups, cudaStream_t stream) {
   constexpr int S = 8 * NT;
   const int pitch_raw = MODE == kSplit ? kTileRows * p.esize + 16 : kPitch16;
   const size_t smem = MODE == kSplit ? size_t(kStagesSplit) * S * pitch_raw + size_t(kParts) * S * kPitch16
@@ -333,18 +335,18 @@ cudaError_t launch_mma(const Params& p, const SketchPlan& plan, cudaStream_t str
   auto kernel = sketch_mma_kernel<NT, MODE>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
-  const dim3 grid(unsigned(plan.col_ctas), unsigned(plan.groups), unsigned(plan.splits));
+  const dim3 grid(unsigned(plan.col_ctas), unsigned(groups), unsigned(plan.splits));
   kernel<<<grid, 32 * plan.warps, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
 template <int MODE>
-cudaError_t launch_mode(const Params& p, const SketchPlan& plan, cudaStream_t stream) {
+cudaError_t launch_mode(const Params& p, const SketchPlan& plan, int64_t groups, cudaStream_t stream) {
   switch (plan.n_tiles) {
-    case 1: return launch_mma<1, MODE>(p, plan, stream);
-    case 2: return launch_mma<2, MODE>(p, plan, stream);
-    case 4: return launch_mma<4, MODE>(p, plan, stream);
-    default: return launch_mma<8, MODE>(p, plan, stream);
+    case 1: return launch_mma<1, MODE>(p, plan, groups, stream);
+    case 2: return launch_mma<2, MODE>(p, plan, groups, stream);
+    case 4: return launch_mma<4, MODE>(p, plan, groups, stream);
+    default: return launch_mma<8, MODE>(p, plan, groups, stream);
   }
 }
 
@@ -355,7 +357,10 @@ cudaError_t sketch(const void* x, DType dtype, int64_t n, int64_t d, int64_t ldx
                    bool accumulate, float* workspace, cudaStream_t stream) {
   if (n <= 0 || k <= 0) return cudaSuccess;
   const SketchPlan plan = sketch_plan(n, d, k);
-  if (plan.groups > 65535 || plan.splits > 65535 || plan.col_ctas > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
+  // grid.y ≤ 65535 sample groups per launch: more samples (> 4M) go in several launches (always one split then,
+  // because the workspace cap of the plan allows splits only for n·k_pad ≤ 2^27).
+  if (plan.splits > 65535 || plan.col_ctas > 0x7FFFFFFF || (plan.splits > 1 && plan.groups > kMaxGridY))
+    return cudaErrorInvalidConfiguration;
   Params p{};
   p.x = static_cast<const char*>(x);
   p.n = n;
@@ -380,10 +385,18 @@ cudaError_t sketch(const void* x, DType dtype, int64_t n, int64_t d, int64_t ldx
   p.partial = workspace;
   if (plan.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
 
-  cudaError_t err;
-  if (dtype == DType::kBFloat16 && scale == nullptr) err = launch_mode<kDirectBF16>(p, plan, stream);
-  else if (dtype == DType::kFloat16 && scale == nullptr) err = launch_mode<kDirectF16>(p, plan, stream);
-  else err = launch_mode<kSplit>(p, plan, stream);
+  cudaError_t err = cudaSuccess;
+  const int64_t group_samples = 8 * int64_t(plan.n_tiles);
+  for (int64_t g0 = 0; g0 < plan.groups && err == cudaSuccess; g0 += kMaxGridY) {
+    const int64_t groups = std::min(kMaxGridY, plan.groups - g0);
+    Params q = p;
+    q.x = p.x + g0 * group_samples * p.ldx_bytes;
+    q.out = p.out + g0 * group_samples * ldo;
+    q.n = std::min(n - g0 * group_samples, groups * group_samples);
+    if (dtype == DType::kBFloat16 && scale == nullptr) err = launch_mode<kDirectBF16>(q, plan, groups, stream);
+    else if (dtype == DType::kFloat16 && scale == nullptr) err = launch_mode<kDirectF16>(q, plan, groups, stream);
+    else err = launch_mode<kSplit>(q, plan, groups, stream);
+  }
   if (err != cudaSuccess || plan.splits == 1) return err;
 
   const int threads = 256;

@@ -301,7 +301,7 @@ void check_plan() {
     ok = ok && p.warps >= 1 && p.warps <= cuda::kMaxWarps && p.col_ctas * p.warps >= p.blocks &&
          (p.col_ctas - 1) * p.warps < p.blocks;
     ok = ok && p.splits >= 1 && p.splits * p.chunk_tiles >= tiles && (p.splits - 1) * p.chunk_tiles < tiles;
-    ok = ok && p.splits <= cuda::kMaxSplits && p.groups <= 65535;
+    ok = ok && p.splits <= cuda::kMaxSplits && (p.splits == 1 || p.groups <= 65535);  // else: several launches
     ok = ok && (p.splits == 1 || p.splits * n * p.k_pad <= cuda::kMaxWorkspaceFloats);
     ok = ok && cuda::sketch_workspace_floats(n, d, k) == (p.splits > 1 ? p.splits * n * p.k_pad : 0);
     fail += !ok;
@@ -313,7 +313,7 @@ void check_plan() {
     const int64_t k = 1 + int64_t(gen() % (int64_t(1) << (1 + gen() % 17)));
     check(n, d, k);
   }
-  for (int64_t n : std::initializer_list<int64_t>{1, 2, 7, 8, 9, 16, 17, 33, 64, 65, 256, 4000000})
+  for (int64_t n : std::initializer_list<int64_t>{1, 2, 7, 8, 9, 16, 17, 33, 64, 65, 256, 4000000, 10000000})
     for (int64_t d : std::initializer_list<int64_t>{0, 1, 63, 64, 65, 4096, 100000000, int64_t(1) << 40})
       for (int64_t k : std::initializer_list<int64_t>{1, 63, 64, 65, 512, 8192, 16384}) check(n, d, k);
   std::printf("CHECK plan_invariants %d %d\n", fail, cases);
