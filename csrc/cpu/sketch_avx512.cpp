@@ -7,6 +7,8 @@
 //   tile_bf16  : ±1 bf16 tile in pair-interleaved (VNNI) layout: pdep interleaves the bits of rows r, r+1,
 //                then one vpblendmw per 32 entries
 //   gemm_bf16  : 6 × 64 register block of vdpbf16ps (bf16 pairs × bf16 pairs → fp32)
+//   table_*    : the table ("four Russians") path: per 6-row group, the 64 signed sums of x for 16/32 samples;
+//                a column then costs one lookup-add per group (x transposed in registers while packing)
 #include <immintrin.h>
 
 #include <cstring>
@@ -257,6 +259,151 @@ TIKMIX_AVX512BF16 void gemm_bf16_avx512(const uint32_t* A, int64_t lda, int64_t 
   }
 }
 
+// ---- table path ----------------------------------------------------------------------------------------------
+
+TIKMIX_AVX512 void table_indices_avx512(uint64_t key, uint64_t row0, uint64_t blk0, int64_t nblk, uint8_t* I,
+                                        int64_t ldi) {
+  for (int64_t b = 0; b < nblk; ++b) {
+    for (int g = 0; g < kGroups; ++g) {
+      __m512i acc = _mm512_setzero_si512();
+#pragma GCC unroll 6
+      for (int j = 0; j < kGroupRows; ++j) {
+        const uint64_t w = sign_word(key, row0 + uint64_t(kGroupRows * g + j), blk0 + uint64_t(b));
+        // byte c of the result gets bit j ⇔ bit c of the word (column 64·b + c of row j) is set
+        acc = _mm512_or_si512(acc, _mm512_maskz_mov_epi8(__mmask64(w), _mm512_set1_epi8(char(1 << j))));
+      }
+      _mm512_storeu_si512(I + g * ldi + 64 * b, acc);
+    }
+  }
+}
+
+// In-register transpose of a 16 × 16 float block (rows r[i] become columns).
+TIKMIX_AVX512 TIKMIX_INLINE void transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h)
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0x88);
+      t[8 * h + i + 4] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0xdd);
+    }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// Up to 16 values x[j0 .. j0+n) of one row as fp32 (times scale), zero beyond n.
+TIKMIX_AVX512 TIKMIX_INLINE __m512 load_row16(const void* row, XType type, const float* scale, int64_t j0, int64_t n) {
+  const __mmask16 keep = __mmask16(n >= 16 ? 0xFFFFu : ((1u << n) - 1u));
+  __m512 v;
+  if (type == XType::kF32) {
+    v = _mm512_maskz_loadu_ps(keep, static_cast<const float*>(row) + j0);
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(keep, static_cast<const uint16_t*>(row) + j0);
+    v = type == XType::kBF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                             : _mm512_cvtph_ps(h);
+  }
+  if (scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(keep, scale + j0));
+  return v;
+}
+
+template <int NV>
+TIKMIX_AVX512 TIKMIX_INLINE void table_block_nv(const void* x, XType type, int64_t ld, const float* scale, int64_t m,
+                                                int64_t kc, const uint8_t* I, int64_t ldi, int64_t ncols, float* C,
+                                                float* work) {
+  constexpr int L = 16 * NV;
+  float* xt = work;              // [48][L]: xt[j · L + s] = x[s, j]
+  float* T = work + kTableRows * L;  // [8][64][L]
+  const size_t esize = type == XType::kF32 ? 4 : 2;
+  // 1. Pack x transposed, 16 samples × 16 rows at a time.
+  for (int sg = 0; sg < NV; ++sg) {
+    for (int j0 = 0; j0 < kTableRows; j0 += 16) {
+      const int64_t n = kc - j0 < 0 ? 0 : (kc - j0 > 16 ? 16 : kc - j0);
+      __m512 v[16];
+#pragma GCC unroll 16
+      for (int s = 0; s < 16; ++s) {
+        const int64_t i = 16 * sg + s;
+        v[s] = (i < m && n > 0)
+                   ? load_row16(static_cast<const unsigned char*>(x) + size_t(i) * size_t(ld) * esize, type, scale, j0, n)
+                   : _mm512_setzero_ps();
+      }
+      transpose16(v);
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t) _mm512_store_ps(xt + (j0 + t) * L + 16 * sg, v[t]);
+    }
+  }
+  // 2. Tables: level j adds row j to the 2^j sums over rows < j (+x: index unchanged, −x: index + 2^j).
+  const __m512i signbit = _mm512_set1_epi32(int(0x80000000u));
+  for (int g = 0; g < kGroups; ++g) {
+    float* Tg = T + g * 64 * L;
+    const float* xg = xt + kGroupRows * g * L;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const __m512 x0 = _mm512_load_ps(xg + 16 * v);
+      _mm512_store_ps(Tg + 16 * v, x0);
+      _mm512_store_ps(Tg + L + 16 * v, _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x0), signbit)));
+      for (int j = 1; j < kGroupRows; ++j) {
+        const __m512 xj = _mm512_load_ps(xg + j * L + 16 * v);
+        const int half = 1 << j;
+        for (int e = 0; e < half; ++e) {
+          const __m512 t = _mm512_load_ps(Tg + e * L + 16 * v);
+          _mm512_store_ps(Tg + (e + half) * L + 16 * v, _mm512_sub_ps(t, xj));
+          _mm512_store_ps(Tg + e * L + 16 * v, _mm512_add_ps(t, xj));
+        }
+      }
+    }
+  }
+  // 3. Columns, 4 at a time: one lookup-add per group.
+  for (int64_t c = 0; c < ncols; c += 4) {
+    __m512 acc[4][NV];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[q][v] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int g = 0; g < kGroups; ++g) {
+      const float* Tg = T + g * 64 * L;
+      const uint8_t* Ig = I + g * ldi + c;
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        const float* e = Tg + int64_t(Ig[q]) * L;
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[q][v] = _mm512_add_ps(acc[q][v], _mm512_load_ps(e + 16 * v));
+      }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        float* p = C + (c + q) * L + 16 * v;
+        _mm512_store_ps(p, _mm512_add_ps(_mm512_load_ps(p), acc[q][v]));
+      }
+  }
+}
+
+TIKMIX_AVX512 void table_block_avx512(const void* x, XType type, int64_t ld, const float* scale, int64_t m, int64_t kc,
+                                      int64_t lanes, const uint8_t* I, int64_t ldi, int64_t ncols, float* C,
+                                      float* work) {
+  if (lanes == 16)
+    table_block_nv<1>(x, type, ld, scale, m, kc, I, ldi, ncols, C, work);
+  else
+    table_block_nv<2>(x, type, ld, scale, m, kc, I, ldi, ncols, C, work);
+}
+
 }  // namespace
 
 bool avx512_kernels(IsaKernels& table, bool allow_bf16) {
@@ -271,6 +418,8 @@ bool avx512_kernels(IsaKernels& table, bool allow_bf16) {
   table.gemm_f32 = gemm_f32_avx512;
   table.pack_f32 = pack_f32_avx512;
   table.fused_f32 = fused_f32_avx512;
+  table.table_indices = table_indices_avx512;
+  table.table_block = table_block_avx512;
   if (allow_bf16 && __builtin_cpu_supports("avx512bf16")) {
     table.name = "avx512-bf16";
     table.tile_bf16 = tile_bf16_avx512;

@@ -32,7 +32,23 @@ struct IsaKernels {
   // C[i, c] += Σ_{p<kp} dot(A[i, p], B[p, c]) with A, B bf16 pairs (vdpbf16ps), fp32 accumulation, ncols % 64 == 0.
   void (*gemm_bf16)(const uint32_t* A, int64_t lda, int64_t m, const uint32_t* B, int64_t ldb, int64_t ncols,
                     int64_t kp, float* C, int64_t ldc) = nullptr;
+  // ---- table path ("four Russians" on the signs; N ≥ 5) ----
+  // Rows come in groups of kGroupRows = 6; a block holds kGroups = 8 groups (48 rows). For each group and each
+  // sample, the 64 signed sums T[e] = Σ_j ±x[row j] (bit j of e set ⇔ R[row j, c] < 0) are built once, in row
+  // order; a column then costs one table lookup-add per group instead of 6 multiply-adds.
+  // I[g · ldi + c] = the 6 sign bits of rows row0 + 6g + j (j < 6) at column 64·blk0 + c, for g < 8, c < 64·nblk.
+  void (*table_indices)(uint64_t key, uint64_t row0, uint64_t blk0, int64_t nblk, uint8_t* I, int64_t ldi) = nullptr;
+  // For `lanes` (16 or 32) samples: C[c · lanes + s] += Σ_{g<8} T_g[I[g, c]][s] (a sum from 0 in group order),
+  // with T built from x[s, j] (s < m, j < kc ≤ 48, converted to fp32 and multiplied by scale; zero beyond).
+  // work: at least table_work_floats(lanes) floats, 64-byte aligned.
+  void (*table_block)(const void* x, XType type, int64_t ld, const float* scale, int64_t m, int64_t kc, int64_t lanes,
+                      const uint8_t* I, int64_t ldi, int64_t ncols, float* C, float* work) = nullptr;
 };
+
+constexpr int kGroupRows = 6;
+constexpr int kGroups = 8;
+constexpr int kTableRows = kGroupRows * kGroups;  // 48 rows of R per table block
+constexpr int64_t table_work_floats(int64_t lanes) { return (kTableRows + kGroups * 64) * lanes; }
 
 const IsaKernels& generic_kernels();
 // Fills in the AVX-512 entries when the CPU (and OS) support them; returns false otherwise.

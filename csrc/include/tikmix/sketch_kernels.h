@@ -36,7 +36,8 @@ struct SketchPlan {
   int64_t chunk = 0, chunks = 0;      // rows of d per item; chunks > 1 needs a partials buffer + combine_chunks
   int64_t d_block = 0;                // rows of R generated per tile inside an item
   bool fused = false;                 // N ≤ 4: fused sign-apply path, no tile
-  bool bf16_kernel = false;           // bf16 input without scale on a CPU with AVX512-BF16: vdpbf16ps kernel
+  bool table = false;                 // N ≥ 5: table path (per 6-row group, all 64 signed sums of x; lookup-adds)
+  bool bf16_kernel = false;           // tile path with bf16 input, no scale, AVX512-BF16: vdpbf16ps kernel
   int64_t items() const { return k_tiles * n_blocks * chunks; }
 };
 
