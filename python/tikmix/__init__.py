@@ -26,10 +26,24 @@ from .data import (
     concat_domains,
     write_token_file,
 )
+from .influence import GroupInfluence, InfluenceResult, RankAgreement, kendall_tau, rank_stability
+from .solvers import InfeasibleConstraintsError, MixtureResult, mixture_score_fn, solve_direct, solve_regression
+from .controller import Controller
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Controller",
+    "GroupInfluence",
+    "InfeasibleConstraintsError",
+    "InfluenceResult",
+    "MixtureResult",
+    "RankAgreement",
+    "kendall_tau",
+    "mixture_score_fn",
+    "rank_stability",
+    "solve_direct",
+    "solve_regression",
     "ByteTokenizer",
     "DomainConcatDataset",
     "MixtureIterableDataset",
