@@ -686,7 +686,10 @@ def solve_direct(
             break
     ok = [o for o in attempts if o["status"] == 0]
     if ok:
-        chosen = min(ok, key=lambda o: o["fun"])  # both ran only for method="auto" at m <= 64
+        chosen = ok[0]  # both ran only for method="auto" at m <= 64: the barrier wins if clearly lower
+        for o in ok[1:]:
+            if o["fun"] < chosen["fun"] - 1e-9 * max(1.0, abs(chosen["fun"])):
+                chosen = o
         status, msg = 0, _STATUS_MESSAGES[0] + chosen["note"]
         if chosen is not attempts[0]:
             first = attempts[0]

@@ -70,8 +70,8 @@ def _make_model(model: Any, params: Optional[Dict[str, Any]], seed: int) -> Any:
         return _LightGBM(params or {}, seed)
     if params:
         raise ValueError("model_params applies to model='lightgbm' only; configure your own model directly")
-    if callable(model) and not hasattr(model, "fit"):
-        model = model()  # a factory
+    if isinstance(model, type) or (callable(model) and not hasattr(model, "fit")):
+        model = model()  # a class or a zero-argument factory
     if not (hasattr(model, "fit") and hasattr(model, "predict")):
         raise TypeError(f"model must be 'lightgbm' or have fit(X, y) and predict(X); got {type(model).__name__}")
     return model
@@ -218,7 +218,8 @@ def solve_regression(
         How many top predictions are averaged into ``w_best``.
     samples_per_round : int >= top_k
         Dirichlet samples per round.
-    model : "lightgbm" or an object with ``fit(X, y)`` / ``predict(X)`` (or a zero-argument factory of one)
+    model : "lightgbm", or an object with ``fit(X, y)`` / ``predict(X)`` (or its class, or a zero-argument
+        factory)
         The surrogate. It sees only the support of w0 (domains with w0_j > 0) as features.
     model_params : dict, optional
         LightGBM parameters overriding the defaults (``num_boost_round`` included).
