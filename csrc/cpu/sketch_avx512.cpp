@@ -30,6 +30,20 @@ namespace tikmix::cpu::detail {
 
 namespace {
 
+// ---- the RNG contract, 8 rows at a time (vpmullq): lane i = sign_word(key, row + i, block) ---------------------
+
+TIKMIX_AVX512 TIKMIX_INLINE __m512i sign_words_x8(uint64_t key, uint64_t row, uint64_t block) {
+  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i r = _mm512_add_epi64(_mm512_set1_epi64(int64_t((block << kRowBits) + row)), lane);
+  __m512i z = _mm512_add_epi64(_mm512_set1_epi64(int64_t(key)), _mm512_mullo_epi64(r, _mm512_set1_epi64(int64_t(kGolden))));
+  z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 30));
+  z = _mm512_mullo_epi64(z, _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ULL)));
+  z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 27));
+  z = _mm512_mullo_epi64(z, _mm512_set1_epi64(int64_t(0x94D049BB133111EBULL)));
+  z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+  return z;
+}
+
 // ---- fp32 ----------------------------------------------------------------------------------------------------
 
 TIKMIX_AVX512 void tile_f32_avx512(uint64_t key, uint64_t row0, int64_t rows, uint64_t blk0, int64_t cols,
@@ -144,21 +158,26 @@ TIKMIX_AVX512 TIKMIX_INLINE void fused_tile(const float* A, int64_t lda, int64_t
 #pragma GCC unroll 16
     for (int j = 0; j < 4 * W; ++j) acc[i][j] = _mm512_setzero_ps();
   const __m512i signbit = _mm512_set1_epi32(int(0x80000000u));
-  for (int64_t r = 0; r < kc; ++r) {
-    uint64_t w[W];
+  alignas(64) uint64_t words[W][8];
+  for (int64_t r8 = 0; r8 < kc; r8 += 8) {
 #pragma GCC unroll 4
-    for (int q = 0; q < W; ++q) w[q] = sign_word(key, row0 + uint64_t(r), blk + uint64_t(q));
+    for (int q = 0; q < W; ++q)
+      _mm512_store_si512(words[q], sign_words_x8(key, row0 + uint64_t(r8), blk + uint64_t(q)));
+    const int rows = kc - r8 < 8 ? int(kc - r8) : 8;
+    for (int rr = 0; rr < rows; ++rr) {
+      const int64_t r = r8 + rr;
 #pragma GCC unroll 4
-    for (int i = 0; i < M; ++i) {
-      const __m512i xv = _mm512_castps_si512(_mm512_set1_ps(A[i * lda + r]));
+      for (int i = 0; i < M; ++i) {
+        const __m512i xv = _mm512_castps_si512(_mm512_set1_ps(A[i * lda + r]));
 #pragma GCC unroll 4
-      for (int q = 0; q < W; ++q)
+        for (int q = 0; q < W; ++q)
 #pragma GCC unroll 4
-        for (int h = 0; h < 4; ++h) {
-          // Flip the sign bit of x where the hash bit is set (x · (±1), exact), then add.
-          const __m512i v = _mm512_mask_xor_epi32(xv, __mmask16(w[q] >> (16 * h)), xv, signbit);
-          acc[i][4 * q + h] = _mm512_add_ps(acc[i][4 * q + h], _mm512_castsi512_ps(v));
-        }
+          for (int h = 0; h < 4; ++h) {
+            // Flip the sign bit of x where the hash bit is set (x · (±1), exact), then add.
+            const __m512i v = _mm512_mask_xor_epi32(xv, __mmask16(words[q][rr] >> (16 * h)), xv, signbit);
+            acc[i][4 * q + h] = _mm512_add_ps(acc[i][4 * q + h], _mm512_castsi512_ps(v));
+          }
+      }
     }
   }
 #pragma GCC unroll 4
@@ -263,14 +282,18 @@ TIKMIX_AVX512BF16 void gemm_bf16_avx512(const uint32_t* A, int64_t lda, int64_t 
 
 TIKMIX_AVX512 void table_indices_avx512(uint64_t key, uint64_t row0, uint64_t blk0, int64_t nblk, uint8_t* I,
                                         int64_t ldi) {
+  alignas(64) uint64_t words[kTableRows];
   for (int64_t b = 0; b < nblk; ++b) {
+#pragma GCC unroll 6
+    for (int r = 0; r < kTableRows; r += 8)
+      _mm512_store_si512(words + r, sign_words_x8(key, row0 + uint64_t(r), blk0 + uint64_t(b)));
     for (int g = 0; g < kGroups; ++g) {
       __m512i acc = _mm512_setzero_si512();
 #pragma GCC unroll 6
       for (int j = 0; j < kGroupRows; ++j) {
-        const uint64_t w = sign_word(key, row0 + uint64_t(kGroupRows * g + j), blk0 + uint64_t(b));
-        // byte c of the result gets bit j ⇔ bit c of the word (column 64·b + c of row j) is set
-        acc = _mm512_or_si512(acc, _mm512_maskz_mov_epi8(__mmask64(w), _mm512_set1_epi8(char(1 << j))));
+        // byte c of the result gets bit j ⇔ bit c of the word (column 64·b + c of row 6g + j) is set
+        const __mmask64 bits = __mmask64(words[kGroupRows * g + j]);
+        acc = _mm512_or_si512(acc, _mm512_maskz_mov_epi8(bits, _mm512_set1_epi8(char(1 << j))));
       }
       _mm512_storeu_si512(I + g * ldi + 64 * b, acc);
     }
