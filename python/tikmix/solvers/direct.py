@@ -30,8 +30,8 @@ _AUTO_SLSQP_MAX_M = 64
 
 _STATUS_MESSAGES = {
     0: "Optimization terminated successfully.",
-    1: "Iteration limit reached in every start; returned the best feasible iterate.",
-    2: "SLSQP failed in every start; returned the best feasible point found (may be w_prior).",
+    1: "Iteration limit reached; returned the best feasible point found.",
+    2: "The solvers failed; returned the best feasible point found (w_prior or an LP point at worst).",
 }
 
 
@@ -372,8 +372,8 @@ def _diagnose_lp_failure(prob: _Problem) -> None:
     )
 
 
-def _find_interior(prob: _Problem, rng: np.random.Generator) -> Tuple[np.ndarray, float, bool]:
-    """LP stage. Returns (anchor point, t*, single_point).
+def _find_interior(prob: _Problem, rng: np.random.Generator) -> Tuple[np.ndarray, bool]:
+    """LP stage. Returns (anchor point, single_point).
 
     anchor: a feasible point with the largest smallest Pareto slack t* (strictly feasible when t* > 0).
     If t* ~ 0 the Pareto rows that cannot be slack become equalities (prob.eq_rows) and domains that must be 0
@@ -387,7 +387,7 @@ def _find_interior(prob: _Problem, rng: np.random.Generator) -> Tuple[np.ndarray
     t_star = float(res.x[-1])
     anchor = _clean(res.x[: prob.m], prob.lb, prob.ub)
     if t_star > _LP_TOL or prob.P_all.shape[0] == 0:
-        return anchor, t_star, False
+        return anchor, False
     # Degenerate: some Pareto rows are implicitly equalities on the feasible set.
     eq_idx, keep = [], []
     for i in range(prob.P_all.shape[0]):
@@ -426,7 +426,7 @@ def _find_interior(prob: _Problem, rng: np.random.Generator) -> Tuple[np.ndarray
         anchor = _clean(res.x[: prob.m], prob.lb, prob.ub)
     if prob.maxcv(prob.w_prior) <= prob.tol:
         anchor = prob.w_prior.copy()  # exactly feasible for the Pareto constraint
-    return anchor, t_star, single
+    return anchor, single
 
 
 def _repair(prob: _Problem, w: np.ndarray, anchor: np.ndarray) -> Tuple[np.ndarray, float]:
@@ -522,6 +522,16 @@ def solve_direct(
         ``"absmax"`` uses ``max_j |S_ij| + eps`` for every row; ``"none"`` uses P itself.
     eps : float
         The paper's 1e-8 in the denominator. Note it matters if S is tiny in absolute terms (rescale S).
+    method : "auto" | "slsqp" | "barrier"
+        ``"slsqp"``: the paper's solver, scipy SLSQP from uniform (restarts below; a converged answer is
+        re-started from itself while that still lowers the objective, because SLSQP's stopping test fires early
+        on badly scaled curvature). ``"barrier"``: a log-barrier Newton method with exact Hessians and the std
+        term as a second-order-cone epigraph (tikmix.solvers._barrier): the same optimum, accurate where std is
+        not differentiable (all targets balanced, where SLSQP can stall), and fast at many domains (SLSQP needs
+        about m iterations of O(m^3) each). ``"auto"`` (default): at m <= 64 run SLSQP, then the barrier as a
+        check, and return SLSQP's answer unless the barrier's objective is lower by more than 1e-9 (relative);
+        at m > 64 the barrier alone. Whichever is asked for, the other is tried if it fails. The result's
+        ``method`` field says whose answer was returned.
     restarts : int >= 0
         Extra SLSQP starts tried after the uniform start fails.
     maxiter, ftol : SLSQP options per start.
@@ -539,14 +549,15 @@ def solve_direct(
         ``weights`` [m], ``success``, ``status``, ``message``, ``fun``, ``nit``, ``nfev``, ``njev``,
         ``terms`` ({"std", "sum", "entropy"}), ``P``, ``P_hat``, ``improvement`` (= S@w - S@w_prior),
         ``slack`` (per constraint, >= 0 when it holds), ``maxcv``, ``row_scale``, ``starts``,
-        ``multipliers`` (when scipy provides them), ``solver="tikmix-d"``.
+        ``multipliers`` (SLSQP's, when it provided the answer), ``method`` ("slsqp"/"barrier"/"none"),
+        ``solver="tikmix-d"``.
 
         ====== ====================================================================================
         status message
         ====== ====================================================================================
         0      Optimization terminated successfully.
-        1      Iteration limit reached in every start; returned the best feasible iterate.
-        2      SLSQP failed in every start; returned the best feasible point found (may be w_prior).
+        1      Iteration limit reached; returned the best feasible point found.
+        2      The solvers failed; returned the best feasible point found (w_prior or an LP point at worst).
         ====== ====================================================================================
 
     Raises
@@ -655,7 +666,7 @@ def solve_direct(
         return _finish(prob, w, alpha, beta, gamma, 0, "Only one domain: the mixture is [1].", 0, 0, 0, [], None,
                        mw=mw, Mw=Mw, cap=cap, stage_tokens=stage_tokens)
 
-    anchor, t_star, single = _find_interior(prob, rng)
+    anchor, single = _find_interior(prob, rng)
     if single:
         w = anchor
         return _finish(
@@ -698,13 +709,12 @@ def solve_direct(
         w, nit = chosen["w"], chosen["nit"]
     else:
         # no method converged: best feasible point seen, or the LP anchor
-        cands = [(o["fun"], o["w"], o["nit"]) for o in attempts if o["w"] is not None]
-        f_anchor = _objective_only(prob, anchor, alpha, beta, gamma)
-        cands.append((f_anchor, anchor, 0))
-        _, w, nit = min(cands, key=lambda c: c[0])
+        cands = [(o["fun"], o["w"], o["nit"], o["method"]) for o in attempts if o["w"] is not None]
+        cands.append((_objective_only(prob, anchor, alpha, beta, gamma), anchor, 0, "none"))
+        _, w, nit, which = min(cands, key=lambda c: c[0])
         status = 1 if any(o["status"] == 1 for o in attempts) else 2
         msg = f"{_STATUS_MESSAGES[status]} [" + "; ".join(f"{o['method']}:{o['note']}" for o in attempts) + "]"
-        chosen = {"method": "none", "multipliers": None}
+        chosen = {"method": which, "multipliers": None}
     records = [r for o in attempts for r in o["records"]]
     res = _finish(prob, w, alpha, beta, gamma, status, msg, nit, nfev, njev, records, chosen.get("multipliers"),
                   mw=mw, Mw=Mw, cap=cap, stage_tokens=stage_tokens)
@@ -939,6 +949,7 @@ def _finish(
         row_scale=prob.scale,
         starts=starts,
         solver="tikmix-d",
+        method="none",
     )
     if multipliers is not None:
         out["multipliers"] = multipliers

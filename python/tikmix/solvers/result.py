@@ -71,9 +71,13 @@ class MixtureResult(dict):
     nfev, njev : int
         Objective and gradient evaluations over all starts.
     starts : list of dict
-        One entry per SLSQP start: ``{"start", "status", "message", "nit", "fun", "maxcv"}``.
-    multipliers : dict, optional
-        SLSQP's Lagrange multipliers of the accepted start, when scipy provides them.
+        One entry per solver run: ``{"method", "start", "status", "message", "nit", "fun", "maxcv", "repair"}``
+        (``repair``: how far the answer was moved toward a strictly feasible point to meet ``tol``).
+    method : str
+        Whose answer was returned: ``"slsqp"``, ``"barrier"`` or ``"none"`` (no optimisation needed, or the
+        LP fallback point).
+    multipliers : ndarray, optional
+        SLSQP's Lagrange multipliers of the accepted start, when SLSQP provided the answer.
 
     TiKMiX-M fields (``solve_regression``)
     --------------------------------------
@@ -97,8 +101,8 @@ class MixtureResult(dict):
     status message
     ====== ====================================================================================
     0      Optimization terminated successfully.
-    1      Iteration limit reached in every start; returned the best feasible iterate.
-    2      SLSQP failed in every start; returned the best feasible point found (may be w_prior).
+    1      Iteration limit reached; returned the best feasible point found.
+    2      The solvers failed; returned the best feasible point found (w_prior or an LP point at worst).
     ====== ====================================================================================
 
     ``solve_regression``:
