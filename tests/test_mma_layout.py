@@ -1,10 +1,14 @@
-"""CPU checks of the CUDA sketch kernel's lane/fragment arithmetic (no GPU needed).
+"""CPU checks of the CUDA sketch kernel (no GPU needed).
 
-tests/cpp/mma_layout_harness.cpp includes the kernel's own headers (tikmix/mma_layout.h, tikmix/cuda_plan.h,
-tikmix/rng.h), runs the per-lane functions for all 32 lanes of a warp with emulated shuffles, ldmatrix and
-mma.m16n8k16 (from their PTX-documented layouts), and compares with the reference R. This file compiles it with
-g++ (cached by source hash), runs it and checks every line it prints; sign rows are re-derived here with an
-independent Python hash.
+1. tests/cpp/mma_layout_harness.cpp includes the kernel's own headers (tikmix/mma_layout.h, tikmix/cuda_plan.h,
+   tikmix/rng.h), runs the per-lane functions for all 32 lanes of a warp with emulated shuffles, ldmatrix and
+   mma.m16n8k16 (from their PTX-documented layouts), and compares with the reference R.
+2. tests/cpp/sketch_emu_harness.cpp compiles csrc/cuda/sketch.cu itself with -DTIKMIX_CPU_EMULATION: the real
+   launcher and kernel (staging, fp32 split, pipeline, generator, MMAs, epilogue, split-K reduction) run on the
+   CPU through tests/cpp/cuda_emu.h (threads as fibers, warp collectives by their PTX semantics) and are compared
+   with a float64 reference, bit for bit where the sums are exact.
+This file compiles both with g++ (cached by source hash), runs them and checks every line they print; sign rows are
+re-derived here with an independent Python hash.
 """
 from __future__ import annotations
 
@@ -21,6 +25,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT / "tests" / "cpp" / "mma_layout_harness.cpp"
 HEADERS = [ROOT / "csrc" / "include" / "tikmix" / h for h in ("mma_layout.h", "cuda_plan.h", "rng.h")]
+EMU_HARNESS = ROOT / "tests" / "cpp" / "sketch_emu_harness.cpp"
+EMU_SOURCES = [EMU_HARNESS, ROOT / "tests" / "cpp" / "cuda_emu.h", ROOT / "csrc" / "cuda" / "sketch.cu",
+               ROOT / "csrc" / "include" / "tikmix" / "cuda_kernels.h", *HEADERS]
+EMU_CASES = (
+    "bf16_n9_k256",
+    "bf16_n64_general",
+    "f16_n1",
+    "f16_11bit",
+    "f32_split_n70_two_groups",
+    "f32_24bit",
+    "bf16_scale_splitk",
+    "f32_unaligned_rows",
+    "bf16_unaligned_base",
+    "f16_accumulate",
+    "f32_accumulate_splitk",
+    "bf16_n20_k1",
+    "bf16_d1_k65",
+    "f32_general_k129",
+)
 CHECKS = (
     "byte_transpose",
     "fragments_vs_rng",
@@ -49,37 +72,59 @@ def _sign_word(seed: int, row: int, block: int) -> int:
     return _mix64(_mix64(seed + _G) + ((block << 44) + row) * _G)
 
 
-@pytest.fixture(scope="module")
-def harness_output() -> str:
+def _build_and_run(name: str, main: Path, sources: list, extra_flags: list) -> str:
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
     if cxx is None:
-        pytest.skip("g++ not found: cannot build the lane-arithmetic harness")
+        pytest.skip("g++ not found: cannot build the CPU harness of the CUDA kernel")
     digest = hashlib.sha256()
-    for path in [HARNESS, *HEADERS]:
+    for path in sources:
         digest.update(path.read_bytes())
-    digest.update(cxx.encode())
+    digest.update(" ".join([cxx, *extra_flags]).encode())
     cache = Path(tempfile.gettempdir()) / "tikmix_mma_harness"
     cache.mkdir(parents=True, exist_ok=True)
-    exe = cache / f"harness_{digest.hexdigest()[:16]}"
+    exe = cache / f"{name}_{digest.hexdigest()[:16]}"
     if not exe.exists():
         tmp = exe.with_suffix(f".tmp{os.getpid()}")
-        cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", f"-I{ROOT / 'csrc' / 'include'}", str(HARNESS), "-o", str(tmp)]
+        cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", *extra_flags, f"-I{ROOT / 'csrc' / 'include'}",
+               f"-I{ROOT / 'tests' / 'cpp'}", str(main), "-o", str(tmp)]
         build = subprocess.run(cmd, capture_output=True, text=True)
-        assert build.returncode == 0, f"harness failed to compile:\n{build.stderr}"
-        assert "warning" not in build.stderr, f"harness compiled with warnings:\n{build.stderr}"
+        assert build.returncode == 0, f"{name} failed to compile:\n{build.stderr}"
+        assert "warning" not in build.stderr, f"{name} compiled with warnings:\n{build.stderr}"
         os.replace(tmp, exe)
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"{name} exited with {run.returncode}:\n{run.stderr}"
     return run.stdout
 
 
-@pytest.mark.parametrize("name", CHECKS)
-def test_harness_check(harness_output: str, name: str) -> None:
-    match = re.search(rf"^CHECK {name} (\d+) (\d+)$", harness_output, re.M)
+@pytest.fixture(scope="module")
+def harness_output() -> str:
+    return _build_and_run("layout", HARNESS, [HARNESS, *HEADERS], [])
+
+
+@pytest.fixture(scope="module")
+def emulated_kernel_output() -> str:
+    # The kernel's `#pragma unroll` and its unused stream argument mean nothing to g++.
+    flags = ["-DTIKMIX_CPU_EMULATION", "-Wno-unknown-pragmas", "-Wno-unused-parameter"]
+    return _build_and_run("sketch_emu", EMU_HARNESS, EMU_SOURCES, flags)
+
+
+def _check_line(output: str, name: str) -> None:
+    match = re.search(rf"^CHECK {name} (\d+) (\d+)$", output, re.M)
     assert match is not None, f"check {name} missing from the harness output"
     failures, cases = int(match.group(1)), int(match.group(2))
     assert cases > 0
     assert failures == 0, f"{name}: {failures} of {cases} cases failed"
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_harness_check(harness_output: str, name: str) -> None:
+    _check_line(harness_output, name)
+
+
+@pytest.mark.parametrize("name", EMU_CASES)
+def test_emulated_kernel(emulated_kernel_output: str, name: str) -> None:
+    """The real sketch launcher + kernel, run on the CPU, equals the float64 reference (bitwise where exact)."""
+    _check_line(emulated_kernel_output, f"emu_{name}")
 
 
 def test_fragment_signs_match_python_hash(harness_output: str) -> None:

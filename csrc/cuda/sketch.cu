@@ -14,8 +14,14 @@
 //     kernel adds them in split order, scales by s_k and stores (or adds to) out. With one split the first
 //     kernel writes out directly. No float atomics: the bits depend on (N, d, k) only.
 // All row and offset arithmetic is 64-bit.
+#if defined(TIKMIX_CPU_EMULATION)
+// tests/cpp/cuda_emu.h: the few CUDA primitives used below, emulated on the CPU (fibers for threads, warp
+// collectives by their PTX semantics), so that tests/test_mma_layout.py runs this exact kernel code without a GPU.
+#include "cuda_emu.h"
+#else
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -60,6 +66,8 @@ struct Params {
   float* partial;       // [splits][n][k_pad] when splits > 1
 };
 
+#if !defined(TIKMIX_CPU_EMULATION)
+// ---- the hardware primitives (emulated by tests/cpp/cuda_emu.h) -----------------------------------------------
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -94,6 +102,13 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
   }
 }
 
+__device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
+  __half_raw hr;
+  hr.x = uint16_t(bits);
+  return __half2float(__half(hr));
+}
+#endif  // !TIKMIX_CPU_EMULATION
+
 // Stage x rows row0 .. row0 + kTileRows of samples sample0 .. sample0 + S into `dst` ([S][pitch] bytes),
 // zero-filling rows ≥ d and samples ≥ n. The per-chunk work is 32-bit except the one source address.
 __device__ __forceinline__ void load_tile(const Params& p, char* dst, int pitch, int S, int64_t sample0,
@@ -105,7 +120,7 @@ __device__ __forceinline__ void load_tile(const Params& p, char* dst, int pitch,
   const int lg = p.esize == 4 ? 2 : 1;                              // log2(bytes per element)
   const char* src0 = p.x + sample0 * p.ldx_bytes + (row0 << lg);
   if (p.aligned) {
-    const int cps_log2 = lg + 3;                                    // 16-byte chunks per sample row: 8 or 16
+    const int cps_log2 = lg + 2;  // log2(16-byte chunks per sample row): kTileRows·esize/16 = 8 or 16
     const int bytes_left = rows_left << lg;
     for (int idx = tid; idx < (S << cps_log2); idx += nthreads) {
       const int s = idx >> cps_log2, cb = (idx & ((1 << cps_log2) - 1)) << 4;  // chunk byte offset in the row
@@ -128,10 +143,8 @@ __device__ __forceinline__ void load_tile(const Params& p, char* dst, int pitch,
 __device__ __forceinline__ float load_as_float(const char* p, int dtype) {
   if (dtype == int(DType::kFloat32)) return *reinterpret_cast<const float*>(p);
   const uint32_t bits = *reinterpret_cast<const uint16_t*>(p);
-  if (dtype == int(DType::kBFloat16)) return __uint_as_float(bits << 16);
-  __half_raw hr;
-  hr.x = uint16_t(bits);
-  return __half2float(__half(hr));
+  if (dtype == int(DType::kBFloat16)) return mma::bits_f32(bits << 16);
+  return half_bits_to_float(bits);
 }
 
 // Split-path conversion of one staged tile: raw [S][pitch_raw] of x's dtype → kParts × [S][kPitch16] bf16.
@@ -169,7 +182,11 @@ __global__ void __launch_bounds__(kThreadsMax) sketch_mma_kernel(const Params p)
   constexpr int kStages = MODE == kSplit ? kStagesSplit : kStagesDirect;
   constexpr int kNParts = MODE == kSplit ? kParts : 1;
   constexpr int S = 8 * NT;  // samples per CTA
+#if defined(TIKMIX_CPU_EMULATION)
+  char* smem = emu::dynamic_smem();
+#else
   extern __shared__ __align__(16) char smem[];
+#endif
 
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5;
@@ -336,7 +353,11 @@ cudaError_t launch_mma(const Params& p, const SketchPlan& plan, int64_t groups, 
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid(unsigned(plan.col_ctas), unsigned(groups), unsigned(plan.splits));
+#if defined(TIKMIX_CPU_EMULATION)
+  emu::launch(grid, dim3(32 * plan.warps), smem, [&] { kernel(p); });
+#else
   kernel<<<grid, 32 * plan.warps, smem, stream>>>(p);
+#endif
   return cudaGetLastError();
 }
 
@@ -402,8 +423,14 @@ cudaError_t sketch(const void* x, DType dtype, int64_t n, int64_t d, int64_t ldx
   const int threads = 256;
   const int64_t total = n * k;
   const unsigned blocks = unsigned(std::min<int64_t>(ceil_div(total, threads), 65535 * 8));
+#if defined(TIKMIX_CPU_EMULATION)
+  emu::launch(dim3(blocks), dim3(threads), 0, [&] {
+    sketch_reduce_kernel(workspace, p.splits, n, k, plan.k_pad, p.sk, p.accumulate, out, ldo);
+  });
+#else
   sketch_reduce_kernel<<<blocks, threads, 0, stream>>>(workspace, p.splits, n, k, plan.k_pad, p.sk, p.accumulate, out,
                                                        ldo);
+#endif
   return cudaGetLastError();
 }
 

@@ -3,7 +3,11 @@
 // Every launcher enqueues on `stream`, never synchronises, and returns the first CUDA error it saw
 // (cudaSuccess otherwise); it does not check arguments the binding has already checked.
 #pragma once
+#if defined(TIKMIX_CPU_EMULATION)
+#include "cuda_emu.h"  // tests/cpp: CPU stand-ins for the CUDA runtime types (tests/test_mma_layout.py)
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 #include <cstdint>
 
