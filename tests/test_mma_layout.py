@@ -7,6 +7,8 @@
    launcher and kernel (staging, fp32 split, pipeline, generator, MMAs, epilogue, split-K reduction) run on the
    CPU through tests/cpp/cuda_emu.h (threads as fibers, warp collectives by their PTX semantics) and are compared
    with a float64 reference, bit for bit where the sums are exact.
+3. tests/cpp/reduce_emu_harness.cpp does the same for csrc/cuda/segment.cu and mixture.cu and compares them bit for
+   bit with the CPU kernels of csrc/cpu (the shared contract order of reduce_kernels.h).
 This file compiles both with g++ (cached by source hash), runs them and checks every line they print; sign rows are
 re-derived here with an independent Python hash.
 """
@@ -27,7 +29,23 @@ HARNESS = ROOT / "tests" / "cpp" / "mma_layout_harness.cpp"
 HEADERS = [ROOT / "csrc" / "include" / "tikmix" / h for h in ("mma_layout.h", "cuda_plan.h", "rng.h")]
 EMU_HARNESS = ROOT / "tests" / "cpp" / "sketch_emu_harness.cpp"
 EMU_SOURCES = [EMU_HARNESS, ROOT / "tests" / "cpp" / "cuda_emu.h", ROOT / "csrc" / "cuda" / "sketch.cu",
+               ROOT / "csrc" / "cuda" / "launch.cuh",
                ROOT / "csrc" / "include" / "tikmix" / "cuda_kernels.h", *HEADERS]
+REDUCE_HARNESS = ROOT / "tests" / "cpp" / "reduce_emu_harness.cpp"
+CPU_REDUCE = [ROOT / "csrc" / "cpu" / "segment.cpp", ROOT / "csrc" / "cpu" / "mixture.cpp"]
+REDUCE_SOURCES = [REDUCE_HARNESS, ROOT / "tests" / "cpp" / "cuda_emu.h", ROOT / "csrc" / "cuda" / "launch.cuh",
+                  ROOT / "csrc" / "cuda" / "segment.cu", ROOT / "csrc" / "cuda" / "mixture.cu",
+                  ROOT / "csrc" / "include" / "tikmix" / "reduce_kernels.h", *CPU_REDUCE,
+                  ROOT / "csrc" / "include" / "tikmix" / "cuda_kernels.h", *HEADERS]
+REDUCE_CASES = (
+    "segment_f32_small",
+    "segment_f32_chunks",
+    "segment_f64_chunks",
+    "segment_f32_one_row",
+    "mixture_f32",
+    "mixture_f64",
+    "mixture_one_draw",
+)
 EMU_CASES = (
     "bf16_n9_k256",
     "bf16_n64_general",
@@ -72,7 +90,7 @@ def _sign_word(seed: int, row: int, block: int) -> int:
     return _mix64(_mix64(seed + _G) + ((block << 44) + row) * _G)
 
 
-def _build_and_run(name: str, main: Path, sources: list, extra_flags: list) -> str:
+def _build_and_run(name: str, main: Path, sources: list, extra_flags: list, extra_units: tuple = ()) -> str:
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
     if cxx is None:
         pytest.skip("g++ not found: cannot build the CPU harness of the CUDA kernel")
@@ -86,7 +104,7 @@ def _build_and_run(name: str, main: Path, sources: list, extra_flags: list) -> s
     if not exe.exists():
         tmp = exe.with_suffix(f".tmp{os.getpid()}")
         cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", *extra_flags, f"-I{ROOT / 'csrc' / 'include'}",
-               f"-I{ROOT / 'tests' / 'cpp'}", str(main), "-o", str(tmp)]
+               f"-I{ROOT / 'tests' / 'cpp'}", str(main), *map(str, extra_units), "-o", str(tmp)]
         build = subprocess.run(cmd, capture_output=True, text=True)
         assert build.returncode == 0, f"{name} failed to compile:\n{build.stderr}"
         assert "warning" not in build.stderr, f"{name} compiled with warnings:\n{build.stderr}"
@@ -106,6 +124,12 @@ def emulated_kernel_output() -> str:
     # The kernel's `#pragma unroll` and its unused stream argument mean nothing to g++.
     flags = ["-DTIKMIX_CPU_EMULATION", "-Wno-unknown-pragmas", "-Wno-unused-parameter"]
     return _build_and_run("sketch_emu", EMU_HARNESS, EMU_SOURCES, flags)
+
+
+@pytest.fixture(scope="module")
+def emulated_reduce_output() -> str:
+    flags = ["-DTIKMIX_CPU_EMULATION", "-Wno-unknown-pragmas", "-Wno-unused-parameter"]
+    return _build_and_run("reduce_emu", REDUCE_HARNESS, REDUCE_SOURCES, flags, tuple(CPU_REDUCE))
 
 
 def _check_line(output: str, name: str) -> None:
@@ -151,3 +175,9 @@ def test_plan_of_benchmark_shapes(harness_output: str) -> None:
     assert plans[(256, 100_000_000, 8192)]["groups"] == 4  # 4 sample groups regenerate R
     small = plans[(3, 1000, 10)]
     assert small == {"nt": 1, "groups": 1, "warps": 1, "col_ctas": 1, "splits": 1, "chunk_tiles": 16}
+
+
+@pytest.mark.parametrize("name", REDUCE_CASES)
+def test_emulated_reduce_kernels_bit_identical_to_cpu(emulated_reduce_output: str, name: str) -> None:
+    """CUDA segment-sum and mixture_scores kernels, run on the CPU, equal the CPU kernels bit for bit."""
+    _check_line(emulated_reduce_output, f"emu_{name}")

@@ -2,7 +2,7 @@
 // tikmix/reduce_kernels.h — domains j ascending, draws t ascending, float64 adds from +0.0, row of draw t =
 // rows_j[resample_word(key, c, j, t) mod n_j] — so the result equals the CPU's bit for bit. Lanes of a warp take
 // consecutive columns of one candidate where n allows: they hash the same draws and read one row together.
-#include <cuda_runtime.h>
+#include "launch.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -13,7 +13,7 @@
 namespace tikmix::cuda {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kMixThreads = 128;
 
 template <typename T>
 __global__ void mixture_scores_kernel(const T* __restrict__ per_sample, int64_t ld, int64_t n,
@@ -46,9 +46,9 @@ cudaError_t scores_impl(const T* per_sample, int64_t ld, int64_t n, const int64_
                         T* out, int64_t ldo, cudaStream_t stream) {
   const int64_t total = num_cand * n;
   if (total == 0) return cudaSuccess;
-  const unsigned grid = unsigned(std::min<int64_t>(ceil_div(total, kThreads), int64_t(1) << 20));
-  mixture_scores_kernel<T><<<grid, kThreads, 0, stream>>>(per_sample, ld, n, offsets, rows, counts, num_cand,
-                                                          num_groups, draws, rng_key(seed), out, ldo);
+  const unsigned grid = unsigned(std::min<int64_t>(ceil_div(total, kMixThreads), int64_t(1) << 20));
+  TIKMIX_LAUNCH(mixture_scores_kernel<T>, grid, kMixThreads, 0, stream, per_sample, ld, n, offsets, rows, counts,
+                num_cand, num_groups, draws, rng_key(seed), out, ldo);
   return cudaGetLastError();
 }
 

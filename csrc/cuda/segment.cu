@@ -6,7 +6,7 @@
 // The binding sorts rows by group (stable) and finds the segments — maximal runs with one group and one chunk —
 // with ATen; the two kernels here are one thread per (segment, column) and one per (group, column), with
 // consecutive threads on consecutive columns (coalesced row reads).
-#include <cuda_runtime.h>
+#include "launch.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -21,10 +21,10 @@ __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(
 __device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
 __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
 
-constexpr int kThreads = 256;
+constexpr int kSegThreads = 256;
 
 unsigned grid_for(int64_t total) {
-  return unsigned(std::max<int64_t>(1, std::min<int64_t>(ceil_div(total, kThreads), int64_t(1) << 20)));
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>(ceil_div(total, kSegThreads), int64_t(1) << 20)));
 }
 
 template <typename T>
@@ -66,8 +66,8 @@ cudaError_t partials_impl(const T* x, int64_t ldx, int64_t k, const int64_t* row
                           const int64_t* seg_start, int64_t num_segments, T* partial, cudaStream_t stream) {
   const int64_t total = num_segments * k;
   if (total == 0) return cudaSuccess;
-  segment_partials_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(x, ldx, k, rows, n_rows, seg_start,
-                                                                      num_segments, partial);
+  TIKMIX_LAUNCH(segment_partials_kernel<T>, grid_for(total), kSegThreads, 0, stream, x, ldx, k, rows, n_rows,
+                seg_start, num_segments, partial);
   return cudaGetLastError();
 }
 
@@ -76,8 +76,8 @@ cudaError_t combine_impl(const T* partial, int64_t k, const int64_t* group_seg, 
                          int64_t num_groups, bool mean, T* out, int64_t ldo, cudaStream_t stream) {
   const int64_t total = num_groups * k;
   if (total == 0) return cudaSuccess;
-  segment_combine_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(partial, k, group_seg, offsets, num_groups,
-                                                                     mean ? 1 : 0, out, ldo);
+  TIKMIX_LAUNCH(segment_combine_kernel<T>, grid_for(total), kSegThreads, 0, stream, partial, k, group_seg, offsets,
+                num_groups, mean ? 1 : 0, out, ldo);
   return cudaGetLastError();
 }
 

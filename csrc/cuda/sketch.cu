@@ -14,14 +14,9 @@
 //     kernel adds them in split order, scales by s_k and stores (or adds to) out. With one split the first
 //     kernel writes out directly. No float atomics: the bits depend on (N, d, k) only.
 // All row and offset arithmetic is 64-bit.
-#if defined(TIKMIX_CPU_EMULATION)
-// tests/cpp/cuda_emu.h: the few CUDA primitives used below, emulated on the CPU (fibers for threads, warp
-// collectives by their PTX semantics), so that tests/test_mma_layout.py runs this exact kernel code without a GPU.
-#include "cuda_emu.h"
-#else
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#endif
+// launch.cuh: CUDA headers, or with -DTIKMIX_CPU_EMULATION (tests/test_mma_layout.py) tests/cpp/cuda_emu.h, which
+// emulates the few primitives below on the CPU so that this exact kernel code runs without a GPU.
+#include "launch.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -353,11 +348,7 @@ cudaError_t launch_mma(const Params& p, const SketchPlan& plan, int64_t groups, 
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid(unsigned(plan.col_ctas), unsigned(groups), unsigned(plan.splits));
-#if defined(TIKMIX_CPU_EMULATION)
-  emu::launch(grid, dim3(32 * plan.warps), smem, [&] { kernel(p); });
-#else
-  kernel<<<grid, 32 * plan.warps, smem, stream>>>(p);
-#endif
+  TIKMIX_LAUNCH(kernel, grid, 32 * plan.warps, smem, stream, p);
   return cudaGetLastError();
 }
 
@@ -423,14 +414,8 @@ cudaError_t sketch(const void* x, DType dtype, int64_t n, int64_t d, int64_t ldx
   const int threads = 256;
   const int64_t total = n * k;
   const unsigned blocks = unsigned(std::min<int64_t>(ceil_div(total, threads), 65535 * 8));
-#if defined(TIKMIX_CPU_EMULATION)
-  emu::launch(dim3(blocks), dim3(threads), 0, [&] {
-    sketch_reduce_kernel(workspace, p.splits, n, k, plan.k_pad, p.sk, p.accumulate, out, ldo);
-  });
-#else
-  sketch_reduce_kernel<<<blocks, threads, 0, stream>>>(workspace, p.splits, n, k, plan.k_pad, p.sk, p.accumulate, out,
-                                                       ldo);
-#endif
+  TIKMIX_LAUNCH(sketch_reduce_kernel, blocks, threads, 0, stream, workspace, p.splits, n, k, plan.k_pad, p.sk,
+                p.accumulate, out, ldo);
   return cudaGetLastError();
 }
 

@@ -1,7 +1,7 @@
-// CPU emulation of the CUDA features that csrc/cuda/sketch.cu uses — test-only (tests/test_mma_layout.py).
+// CPU emulation of the CUDA features that csrc/cuda/*.cu use — test-only (tests/test_mma_layout.py).
 //
-// sketch.cu compiled with -DTIKMIX_CPU_EMULATION includes this header instead of the CUDA headers, so the real
-// kernel code (staging, conversion, pipeline, generator, MMAs, epilogue, split-K reduction) runs on the CPU:
+// The .cu files compiled with -DTIKMIX_CPU_EMULATION include this header (via launch.cuh) instead of the CUDA
+// headers, so the real kernel code (staging, conversion, pipeline, generator, MMAs, epilogue, split-K reduction) runs on the CPU:
 //   - each CUDA thread is a fiber (ucontext) of one OS thread; a CTA's fibers run round-robin and switch only at
 //     __syncthreads and warp collectives, which are barriers; a pass without progress aborts (deadlock);
 //   - warp collectives follow their PTX definitions: __shfl_xor_sync, ldmatrix.x4 (lanes 8q..8q+7 give the row
@@ -200,6 +200,9 @@ inline T __ldg(const T* p) {
 }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
 
 inline void cp_async16(void* dst, const void* src, int bytes) {
   if (bytes > 0) std::memcpy(dst, src, size_t(bytes));
