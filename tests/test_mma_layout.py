@@ -61,6 +61,8 @@ EMU_CASES = (
     "bf16_n20_k1",
     "bf16_d1_k65",
     "f32_general_k129",
+    "bf16_k1024_eight_warps_two_ctas",
+    "bf16_two_groups_splitk",
 )
 CHECKS = (
     "byte_transpose",

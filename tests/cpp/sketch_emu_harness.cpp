@@ -127,6 +127,8 @@ int main() {
       {"bf16_n20_k1", DType::kBFloat16, 20, 64, 1, 11, 0},
       {"bf16_d1_k65", DType::kBFloat16, 3, 1, 65, 12, 5, false, false, false},
       {"f32_general_k129", DType::kFloat32, 6, 500, 129, 13, 3, false, false, false},
+      {"bf16_k1024_eight_warps_two_ctas", DType::kBFloat16, 3, 100, 1024, 14, 1},
+      {"bf16_two_groups_splitk", DType::kBFloat16, 70, 8400, 16, 15, (uint64_t(1) << 44) - 9000},
   };
   for (const Case& c : cases) run(c);
   return 0;
