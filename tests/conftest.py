@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import os
 
+# Small dense solves in the solvers are >100x slower with multi-threaded OpenBLAS on an oversubscribed
+# 2-core box; tests pin BLAS to one thread (set before numpy is first imported). Users are unaffected.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 import torch
 
