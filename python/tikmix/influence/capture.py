@@ -13,8 +13,9 @@ output gradients into per-sample sketches without materialising per-sample weigh
 
 A module is hooked only when its class uses the stock ``forward`` of these types. Every other selected parameter
 (custom modules, parameters used directly in ``forward``) gets per-sample gradients from ``torch.func``
-(``vmap(grad(...))`` over the samples, one extra vectorised forward/backward). The first micro-batch of every
-domain is *verified*: per-sample gradients must sum to the batch gradient of the same backward. A hooked parameter
+(``vmap(grad(...))`` over the samples, one extra vectorised forward/backward). The first training micro-batch is
+*verified* against plain autograd on the same graph: per-sample gradients must sum to the batch gradient, and those
+of two probe samples (first and last) to the gradient of their summed losses (one extra backward). A hooked parameter
 that fails (e.g. a weight also used functionally, as ``nn.MultiheadAttention`` does with ``out_proj.weight``) is
 moved to ``torch.func`` with a warning and the micro-batch is redone; a ``torch.func`` parameter that fails means the
 loss couples samples (batch norm in train mode, in-batch terms, ``scale_grad_by_freq``), and per-sample influence is
@@ -340,7 +341,9 @@ class PerSampleCapture:
         in_dims = tree_map(lambda t: 0 if isinstance(t, torch.Tensor) else None, batch)
         # torch.func.grad ignores an outer no_grad for its own differentiation; the outer one only keeps the results
         # from tracking the model's other parameters.
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # vmap's fallback for ops without a batching rule (e.g. CPU flash attention) warns on every call
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
             out = vmap(grad(one), in_dims=(None, in_dims), randomness="different",
                        chunk_size=self.func_chunk_size)(params, batch)
         return {name: t.detach() for name, t in out.items()}

@@ -6,6 +6,7 @@ Sketch layout and how ``k`` splits: :mod:`tikmix.influence.sketch_space`. Captur
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -102,8 +103,8 @@ class GroupInfluence:
         n_bootstrap: bootstrap replicates for ``ci_low``/``ci_high``/``rank_stability`` (0 disables). Group mode
             resamples micro-batches (needs ≥ 2 per domain), per-sample mode samples.
         confidence: interval level. bootstrap_seed: seed of the resampling.
-        verify: per-sample mode: check on each domain's first micro-batch that per-sample gradients sum to the batch
-            gradient (:mod:`.capture`).
+        verify: per-sample mode: check on the first training micro-batch that per-sample gradients match autograd's
+            (:mod:`.capture`; costs one extra backward once per :meth:`compute`).
         keep_sketches: keep per-unit sketches ``[U, K]`` in the result (for resampling-based uses such as TiKMiX-M).
         count_tokens: ``batch -> int`` token counter (default: ``input_ids`` or the first integer tensor's numel).
         progress: tqdm bar over micro-batches: True, False, or None (only on a terminal; always off on ranks > 0).
@@ -241,9 +242,10 @@ class GroupInfluence:
                 unit_dom: List[int] = []
                 unit_size: List[int] = []
                 dom_counts = torch.zeros(4, len(dom_names), dtype=torch.int64)  # samples, tokens, unknown, batches
+                verified = False
                 capture = (PerSampleCapture(self.model, self.loss_fn, slots, projector, self._owners,
                                             self.func_chunk_size) if self.mode == "per_sample" else None)
-                with capture if capture is not None else _nullcontext():
+                with capture if capture is not None else contextlib.nullcontext():
                     for j, (name, it) in enumerate(zip(dom_names, dom_iters)):
                         for b, batch in enumerate(iter_batches(it, name, "domains")):
                             where = f"domains[{name!r}] batch {b}"
@@ -258,7 +260,8 @@ class GroupInfluence:
                                 unit_dom.append(j)
                                 unit_size.append(losses.shape[0])
                             else:
-                                losses, r = capture.run(batch, where, verify=self.verify and b == 0)
+                                losses, r = capture.run(batch, where, verify=self.verify and not verified)
+                                verified = True
                                 rows.append(r)
                                 unit_dom.extend([j] * r.shape[0])
                                 unit_size.extend([1] * r.shape[0])
@@ -422,14 +425,6 @@ class GroupInfluence:
         disable = True if (self.progress is False or dist_utils.rank() > 0) else (None if self.progress is None
                                                                                  else False)
         return tqdm(total=total, desc="influence", unit="batch", disable=disable, leave=False)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _segment_sum(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, dim: int) -> torch.Tensor:
