@@ -15,9 +15,11 @@ At each stage boundary the controller
 2. measures Group Influence ``S`` (targets x domains, larger = more helpful) with
    :class:`tikmix.GroupInfluence`;
 3. solves for the next mixture: ``solver="direct"`` (TiKMiX-D, :func:`tikmix.solve_direct`) or
-   ``solver="regression"`` (TiKMiX-M, :func:`tikmix.solve_regression`, started from the TiKMiX-D
-   answer and labelled by resampling per-sample influence rows), always with the Pareto constraint
-   ``S @ w >= S @ w_prior`` against the mixture of the stage that just ended;
+   ``solver="regression"`` (TiKMiX-M, :func:`tikmix.solve_regression` in a box around the TiKMiX-D
+   answer, candidates labelled by resampling per-sample influence rows), always with the Pareto constraint
+   ``S @ w >= S @ w_prior`` against the mixture of the stage that just ended (TiKMiX-D imposes it; the
+   TiKMiX-M answer is pulled back toward the TiKMiX-D one just far enough to meet it, and replaced by it
+   when the surrogate's held-out fit is poor -- ``report["used"]`` says which);
 4. schedules the new weights on the sampler from the next step not yet produced;
 5. appends a record to :attr:`Controller.history` and (on rank 0) writes the JSON history file.
 
@@ -201,6 +203,7 @@ class Controller:
         self.stage_spec = [int(s) for s in stages]
         self.total_steps = total_steps
         self._influence = self._make_influence(influence)
+        import tikmix.solvers  # noqa: F401  (import scipy/LightGBM now, not inside the first solve's timing)
         self._done: list[int] = []
         self._last_wall: float | None = None
         self._train_s = 0.0
@@ -379,14 +382,30 @@ class Controller:
 
         d_opts = dict(opts.get("direct", {}))
         r_opts = dict(opts.get("regression", {}))
+        score_opts = dict(r_opts.pop("score", {}))
         base = solve_direct(S, w_prior, **d_opts)
+        w_d = np.asarray(base.weights, dtype=np.float64)
+        # Labels: the TiKMiX-D objective of a mixed sample drawn with each candidate's proportions, from the
+        # per-sample influence rows (no extra backward pass).
+        score_opts.setdefault("aggregate", "tikmix")
+        for key in ("alpha", "beta", "gamma", "normalize", "eps"):
+            if key in d_opts:
+                score_opts.setdefault(key, d_opts[key])
         score_fn = mixture_score_fn(
-            result.per_sample, result.sample_domains, S=S, w_prior=w_prior, seed=self.seed + stage, **r_opts.pop("score", {})
+            _to_numpy(result.unit_scores), _to_numpy(result.unit_domains).astype(np.int64), len(self.domain_names),
+            seed=self.seed + 7919 * (stage + 1), **score_opts,
         )
         r_opts.setdefault("seed", self.seed + stage)
-        res = solve_regression(score_fn, base.weights, **r_opts)
-        report = {"direct": base, "regression": res}
-        return np.asarray(res.weights, dtype=np.float64), report
+        res = solve_regression(score_fn, w_d, **r_opts)
+        if int(res.status) != 0:
+            # The surrogate is not trustworthy (e.g. held-out R^2 below min_r2): keep TiKMiX-D's answer.
+            report = {"direct": base, "regression": res, "pareto_step": 0.0,
+                      "used": f"tikmix-d (TiKMiX-M status {int(res.status)}: {res.message})"}
+            return w_d, report
+        w_m = np.asarray(res.weights, dtype=np.float64)
+        weights, t = _pareto_segment(S, w_prior, w_d, w_m)
+        report = {"direct": base, "regression": res, "pareto_step": t, "used": "tikmix-m"}
+        return weights, report
 
     def _realised(self, start: int, stop: int) -> dict[str, Any] | None:
         if not hasattr(self.sampler, "realised_counts"):
@@ -496,6 +515,25 @@ def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
+
+
+def _pareto_segment(S: np.ndarray, w_prior: np.ndarray, w_d: np.ndarray, w_m: np.ndarray,
+                    tol: float = 1e-9) -> tuple[np.ndarray, float]:
+    """The point ``w_d + t (w_m - w_d)`` with the largest ``t`` in [0, 1] that keeps ``S @ w >= S @ w_prior``.
+
+    TiKMiX-M searches a box around the TiKMiX-D answer ``w_d`` (which meets the Pareto constraint) without
+    constraints; this pulls its answer back along the segment toward ``w_d`` just far enough that no target
+    is predicted worse than under the previous stage's mixture. Returns the mixture and ``t``.
+    """
+    base = S @ w_d - S @ w_prior  # >= 0 (up to the solver's tolerance)
+    slope = S @ (w_m - w_d)
+    t = 1.0
+    for b, g in zip(base, slope):
+        if g < 0:
+            t = min(t, max(0.0, (b + tol * max(1.0, abs(b))) / -g))
+    w = w_d + t * (w_m - w_d)
+    w = np.clip(w, 0.0, None)
+    return w / w.sum(), float(t)
 
 
 def _ci(result: Any) -> Any:

@@ -231,7 +231,7 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                 ax.axvline(b, color="0.8", lw=0.8, ls="--")
             ax.set_title("mean target loss" if key == "mean" else f"target: {key}")
             ax.set_xlabel("step")
-            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("held-out loss")
         axes[0][0].legend(fontsize=8)
         fig.tight_layout()
@@ -252,11 +252,15 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                 Sn = np.divide(S, scale, out=np.zeros_like(S), where=scale > 0)
                 im = ax.imshow(Sn, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
                 ax.set_xticks(range(len(domains)), domains, rotation=60, ha="right", fontsize=8)
-                ax.set_yticks(range(len(targets)), targets, fontsize=8)
+                if ax is axes[0][0]:
+                    ax.set_yticks(range(len(targets)), targets, fontsize=8)
+                else:
+                    ax.set_yticks([])
                 ax.set_title(f"step {s['step']}", fontsize=9)
                 for i in range(Sn.shape[0]):
                     for j in range(Sn.shape[1]):
-                        ax.text(j, i, f"{Sn[i, j]:.2f}", ha="center", va="center", fontsize=6)
+                        ax.text(j, i, f"{Sn[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if abs(Sn[i, j]) > 0.6 else "black")
             fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="S / max|S| per target")
             fig.suptitle(f"Group influence S per stage ({name}; rows scaled by their largest |S|)")
             paths.append(out / "influence.png")

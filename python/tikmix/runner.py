@@ -479,10 +479,10 @@ def train(
                 f"{n}={w:.3f}" for n, w in zip(names, rec["weights"])))
         if step % t["eval_every"] == 0 or step == t["steps"]:
             losses = _evaluate(model, test_sets, device)
-            controller.log_metrics(step, {"train_loss": float(loss), **{f"target/{k}": v for k, v in losses.items()}})
+            controller.log_metrics(step, {"train_loss": loss.detach().item(), **{f"target/{k}": v for k, v in losses.items()}})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss.detach().item():.3f}", refresh=False)
         if step % t["checkpoint_every"] == 0 or step == end:
             save(step)
     if bar is not None:

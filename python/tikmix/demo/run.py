@@ -70,11 +70,11 @@ class DemoSettings:
     stages: tuple[float, ...] = (0.25, 0.5, 0.75)
     eval_every: int = 100
     train_sequences: int = 4096
-    samples_per_domain: int = 128
+    samples_per_domain: int = 64
     sketch_k: int = 2048
     methods: tuple[str, ...] = ("uniform", "tikmix-d", "tikmix-m")
     static_weights: dict[str, float] | None = None
-    regression: dict[str, Any] = field(default_factory=lambda: {"n_candidates": 256, "rounds": 4})
+    regression: dict[str, Any] = field(default_factory=lambda: {"n_candidates": 512, "rounds": 4})
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -201,7 +201,7 @@ def train_method(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss_value = float(loss)
+        loss_value = loss.detach().item()
         train_s += time.perf_counter() - t0
         if controller is not None:
             controller.step(step)

@@ -1,0 +1,205 @@
+"""Controller in a plain training loop: boundaries, history, sampler re-weighting, exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tikmix.controller import Controller
+from tikmix.data import MixtureSampler
+from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+
+SEQ = 16
+BATCH = 8
+STEPS = 30
+BOUNDARIES = [10, 20]
+
+
+def _data(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Three tiny domains: a repeated pattern (the target's), its conflicting variant, and noise."""
+    rng = np.random.default_rng(seed)
+    n = 64
+
+    def pattern(text: bytes) -> torch.Tensor:
+        stream = np.frombuffer(text * (n * (SEQ + 1) // len(text) + 2), dtype=np.uint8)
+        starts = rng.integers(0, len(text), n)
+        return torch.from_numpy(np.stack([stream[s : s + SEQ + 1] for s in starts]).astype(np.int64))
+
+    domains = {
+        "good": pattern(b"abcabcabd;"),
+        "bad": pattern(b"abdabdabc;"),
+        "noise": torch.from_numpy(rng.integers(0, 256, (n, SEQ + 1))),
+    }
+    targets = {"t": pattern(b"abcabcabd;")[:16]}
+    return domains, targets
+
+
+def _setup(tmp_path=None, solver: str = "direct"):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(seq_len=SEQ, n_layer=1, n_head=2, d_model=16))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    domains, targets = _data()
+    sizes = [len(v) for v in domains.values()]
+    sampler = MixtureSampler(sizes, [1 / 3] * 3, batch_size=BATCH, seed=3, tokens_per_sample=SEQ)
+    rows = torch.cat(list(domains.values()))
+    ctrl = Controller(
+        model, sampler, domains=domains, targets=targets, loss_fn=sequence_loss, stages=BOUNDARIES,
+        influence={"k": 64, "n_bootstrap": 20}, samples_per_domain=16, batch_size=8, seed=5,
+        total_steps=STEPS, tokens_per_step=BATCH * SEQ,
+        history_path=None if tmp_path is None else tmp_path / "history.json", solver=solver,
+    )
+    return model, opt, sampler, ctrl, rows
+
+
+def _train(model, opt, sampler, ctrl, rows, start: int, stop: int) -> None:
+    loader = iter(DataLoader(rows, batch_size=BATCH, sampler=sampler))
+    for step in range(start + 1, stop + 1):
+        loss = sequence_loss(model, next(loader)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ctrl.step(step)
+
+
+def _strip_timing(history: dict) -> dict:
+    h = json.loads(json.dumps(history))
+    for s in h["stages"]:
+        s.pop("timing")
+    if h.get("final"):
+        h["final"].pop("train_s_last_stage", None)
+    return h
+
+
+def test_boundaries_reweight_sampler_and_write_history(tmp_path):
+    model, opt, sampler, ctrl, rows = _setup(tmp_path)
+    assert ctrl.step(0) is None
+    _train(model, opt, sampler, ctrl, rows, 0, STEPS)
+    ctrl.finish(STEPS)
+    h = json.loads((tmp_path / "history.json").read_text())
+    assert h["format"] == "tikmix.history/1"
+    assert h["domains"] == ["good", "bad", "noise"] and h["targets"] == ["t"]
+    assert [s["step"] for s in h["stages"]] == BOUNDARIES
+    for s in h["stages"]:
+        w = np.array(s["weights"])
+        assert w.shape == (3,) and abs(w.sum() - 1) < 1e-9 and (w >= 0).all()
+        assert np.array(s["S"]).shape == (1, 3)
+        # the Pareto constraint against the stage that just ended holds for the chosen mixture
+        S = np.array(s["S"])
+        assert (S @ w >= S @ np.array(s["weights_prior"]) - 1e-6).all()
+        assert sampler.weights_at(s["applies_from_step"]) is not None
+        assert set(s["timing"]) >= {"train_s", "influence_s", "solve_s"}
+        assert sum(s["realised_previous_stage"]["samples"]) == BATCH * (s["step"] - (0 if s["stage"] == 0 else 10))
+    # the mixture really changed, and the sampler follows it from the boundary on
+    last = h["stages"][-1]
+    assert np.abs(np.array(last["weights"]) - 1 / 3).max() > 0.01
+    assert np.allclose(sampler.weights_at(STEPS - 1), last["weights"], atol=1e-12)
+    assert np.allclose(sampler.weights_at(5), [1 / 3] * 3)
+    # the domain that matches the target gets more weight than noise once measured
+    good, _, noise = last["weights"]
+    assert good > noise
+    assert sum(h["final"]["realised_total"]["tokens"]) == STEPS * BATCH * SEQ
+
+
+def test_resume_reproduces_history_and_weights():
+    # uninterrupted
+    model, opt, sampler, ctrl, rows = _setup()
+    _train(model, opt, sampler, ctrl, rows, 0, STEPS)
+    ctrl.finish(STEPS)
+    full = _strip_timing(ctrl.history)
+    full_params = [p.detach().clone() for p in model.parameters()]
+
+    # interrupted after step 15 (between the boundaries), saved, rebuilt from scratch, resumed
+    model, opt, sampler, ctrl, rows = _setup()
+    _train(model, opt, sampler, ctrl, rows, 0, 15)
+    saved = {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "opt": opt.state_dict(),
+        "ctrl": json.loads(json.dumps(ctrl.state_dict(step=15))),  # must survive JSON
+    }
+    del model, opt, sampler, ctrl
+    model, opt, sampler, ctrl, rows = _setup()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    ctrl.load_state_dict(saved["ctrl"])
+    assert ctrl.stages_done == 1
+    _train(model, opt, sampler, ctrl, rows, 15, STEPS)
+    ctrl.finish(STEPS)
+    resumed = _strip_timing(ctrl.history)
+
+    assert resumed["stages"] == full["stages"]
+    assert resumed["final"]["weights"] == full["final"]["weights"]
+    for a, b in zip(full_params, model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_boundary_is_not_repeated():
+    model, opt, sampler, ctrl, rows = _setup()
+    _train(model, opt, sampler, ctrl, rows, 0, 10)
+    assert ctrl.stages_done == 1
+    assert ctrl.step(10) is None  # the same boundary again does nothing
+    assert ctrl.stages_done == 1
+
+
+def test_tokens_unit_maps_to_steps():
+    model, opt, sampler, ctrl, rows = _setup()
+    c = Controller(model, sampler, domains=_data()[0], targets=_data()[1], loss_fn=sequence_loss,
+                   stages=[1000, 2048], stage_unit="tokens", tokens_per_step=BATCH * SEQ,
+                   influence={"k": 8})
+    assert c.boundaries == [8, 16]  # first step whose cumulative tokens reach each boundary
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"stages": [10, 5]}, "strictly increasing"),
+        ({"stages": [0]}, r"stages\[0\]"),
+        ({"stages": [10, 40]}, "total_steps"),
+        ({"solver": "magic"}, "solver"),
+        ({"stage_unit": "tokens"}, "tokens_per_step"),
+        ({"samples_per_domain": 0}, "samples_per_domain"),
+        ({"influence": 3}, "influence"),
+    ],
+)
+def test_bad_arguments_raise_naming_them(kwargs, match):
+    model, opt, sampler, _, _ = _setup()
+    domains, targets = _data()
+    args = dict(domains=domains, targets=targets, loss_fn=sequence_loss, stages=[10, 20], total_steps=30)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        Controller(model, sampler, **args)
+
+
+def test_domain_count_must_match_sampler():
+    model, opt, sampler, _, _ = _setup()
+    domains, targets = _data()
+    domains.pop("noise")
+    with pytest.raises(ValueError, match="domains has 2 entries"):
+        Controller(model, sampler, domains=domains, targets=targets, loss_fn=sequence_loss, stages=[10])
+
+
+def test_load_state_dict_rejects_other_configuration():
+    _, _, _, ctrl, _ = _setup()
+    state = ctrl.state_dict()
+    state["config"]["stage_steps"] = [5, 20]
+    with pytest.raises(ValueError, match="stage_steps"):
+        ctrl.load_state_dict(state)
+    with pytest.raises(ValueError, match="not a tikmix controller state"):
+        ctrl.load_state_dict({"format": "other"})
+
+
+def test_regression_solver_meets_pareto_and_records_both_solvers():
+    model, opt, sampler, ctrl, rows = _setup(solver="regression")
+    ctrl.solver_options = {"regression": {"n_candidates": 64, "rounds": 2, "top_k": 8, "samples_per_round": 256}}
+    _train(model, opt, sampler, ctrl, rows, 0, 12)
+    (rec,) = ctrl.history["stages"]
+    assert rec["solver"]["regression"]["solver"] == "tikmix-m"
+    assert rec["solver"]["direct"]["solver"] == "tikmix-d"
+    assert 0.0 <= rec["solver"]["pareto_step"] <= 1.0
+    assert rec["solver"]["used"].startswith(("tikmix-m", "tikmix-d (TiKMiX-M status"))
+    S, w, w0 = np.array(rec["S"]), np.array(rec["weights"]), np.array(rec["weights_prior"])
+    assert abs(w.sum() - 1) < 1e-9 and (w >= 0).all()
+    assert (S @ w >= S @ w0 - 1e-6 * np.abs(S).max()).all()

@@ -1,0 +1,136 @@
+"""``tikmix demo --quick`` end to end (report structure, mixture changed, plots), plus the corpus and model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tikmix.cli import main
+from tikmix.demo.corpus import DOMAIN_ROLES, build_corpus
+from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    torch.set_num_threads(1)
+    assert main(["demo", "--quick", "--seed", "0", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_quick_demo_report_structure(demo_out):
+    report = json.loads((demo_out / "report.json").read_text())
+    assert report["format"] == "tikmix.demo/1"
+    domains, targets = report["domains"], report["targets"]
+    assert domains == ["arith", "prose", "facts", "web", "noise", "rumours"]
+    assert targets == ["sums", "grammar", "lookup"]
+    assert list(report["methods"]) == ["uniform", "tikmix-d", "tikmix-m"]
+    steps = report["settings"]["steps"]
+    tokens = steps * report["settings"]["batch_size"] * report["settings"]["model"]["seq_len"]
+    for name, m in report["methods"].items():
+        assert set(m["final"]) == set(targets)
+        assert all(np.isfinite(v) and 0 < v < 10 for v in m["final"].values())
+        assert m["mean"] == pytest.approx(np.mean(list(m["final"].values())))
+        assert m["curve"][-1]["step"] == steps
+        assert sum(m["realised_tokens"]) == tokens  # same token budget for every method
+        assert m["timing"]["train_s"] > 0
+    for name in ("tikmix-d", "tikmix-m"):
+        c = report["comparison"][name]
+        assert set(c["delta"]) == set(targets)
+        assert c["mean_delta"] == pytest.approx(report["methods"]["uniform"]["mean"] - report["methods"][name]["mean"])
+        assert 0 <= c["influence_share"] < 5
+
+
+def test_quick_demo_controller_changed_the_mixture(demo_out):
+    report = json.loads((demo_out / "report.json").read_text())
+    for name in ("tikmix-d", "tikmix-m"):
+        hist = report["methods"][name]["history"]
+        assert hist == json.loads((demo_out / f"history_{name}.json").read_text())
+        stages = hist["stages"]
+        assert [s["step"] for s in stages] == [40, 80, 120]
+        for s in stages:
+            assert np.array(s["S"]).shape == (3, 6)
+            w = np.array(s["weights"])
+            assert abs(w.sum() - 1) < 1e-9 and (w >= 0).all()
+        last = np.array(stages[-1]["weights"])
+        assert np.abs(last - 1 / 6).max() > 0.02, last
+        # realised tokens of the last stage follow the last mixture (exact per-batch counts)
+        realised = np.array(hist["final"]["realised_last_stage"]["samples"], dtype=float)
+        np.testing.assert_allclose(realised / realised.sum(), last, atol=1 / 32)
+    # the uniform baseline never changes its mixture
+    assert report["methods"]["uniform"]["weights_final"] == pytest.approx([1 / 6] * 6)
+
+
+def test_quick_demo_plots_and_report_redraw(demo_out, tmp_path, capsys):
+    for name in ("mixture.png", "loss_curves.png", "influence.png"):
+        assert (demo_out / name).read_bytes()[:8] == PNG
+    assert main(["report", str(demo_out / "report.json"), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Target loss at the end of training" in printed and "tikmix-m: domain weights per stage" in printed
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["influence.png", "loss_curves.png", "mixture.png"]
+    # a single controller history re-draws too
+    assert main(["report", str(demo_out / "history_tikmix-d.json"), "--out", str(tmp_path / "h")]) == 0
+    assert "Group influence at step 40" in capsys.readouterr().out
+
+
+def test_report_rejects_unknown_files(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"format": "something else"}')
+    assert main(["report", str(bad)]) == 2
+    assert "unknown format" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing.json")]) == 2
+
+
+def test_demo_flags_are_validated(capsys):
+    assert main(["demo", "--budget", "10", "--no-progress"]) == 2
+    assert "--budget" in capsys.readouterr().err
+    assert main(["demo", "--methods", "uniform,best", "--quick", "--no-progress"]) == 2
+    with pytest.raises(SystemExit):
+        main(["demo", "--static-weights", "arith"])
+
+
+def test_corpus_is_deterministic_and_shaped():
+    a = build_corpus(3, seq_len=32, train_sequences=40, dev_sequences=4, test_sequences=6)
+    b = build_corpus(3, seq_len=32, train_sequences=40, dev_sequences=4, test_sequences=6)
+    c = build_corpus(4, seq_len=32, train_sequences=40, dev_sequences=4, test_sequences=6)
+    assert list(a.domains) == list(DOMAIN_ROLES)
+    for name in a.domains:
+        assert a.domains[name].shape == (40, 33) and a.domains[name].dtype == np.uint8
+        np.testing.assert_array_equal(a.domains[name], b.domains[name])
+        assert not np.array_equal(a.domains[name], c.domains[name])
+    for t in a.target_dev:
+        assert a.target_dev[t].shape == (4, 33) and a.target_test[t].shape == (6, 33)
+        # dev and test are disjoint windows of one stream
+        assert not any((row == a.target_test[t]).all(axis=1).any() for row in a.target_dev[t])
+    # the domains are what they claim: ascii text except the noise domain
+    assert a.domains["noise"].max() > 127
+    assert all(a.domains[n].max() < 128 for n in a.domains if n != "noise")
+    assert b";" in a.domains["rumours"].tobytes() and b">" in a.domains["facts"].tobytes()
+    with pytest.raises(ValueError, match="train_sequences"):
+        build_corpus(0, train_sequences=0)
+
+
+def test_model_and_sequence_loss():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(seq_len=16, n_layer=1, n_head=2, d_model=8))
+    batch = torch.randint(0, 256, (3, 17))
+    loss = sequence_loss(model, batch)
+    assert loss.shape == (3,) and torch.isfinite(loss).all()
+    # per-sequence: each row's loss is independent of the other rows
+    torch.testing.assert_close(sequence_loss(model, batch[1:2]), loss[1:2])
+    # near log(256) at initialisation
+    assert abs(float(loss.detach().mean()) - np.log(256)) < 0.5
+    assert model.head.weight is model.tok_emb.weight
+    with pytest.raises(ValueError, match="exceeds config.seq_len"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="T\\+1"):
+        sequence_loss(model, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(d_model=10, n_head=4)
+    with pytest.raises(ValueError, match="n_layer"):
+        GPTConfig(n_layer=0)
