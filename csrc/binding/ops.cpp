@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "tikmix/rng.h"
+#include "tikmix/sketch_kernels.h"
 
 TORCH_LIBRARY(tikmix, m) {
   // y[N,k] = (x ⊙ scale) · R[offset : offset + d, :], fp32 accumulation and output.
@@ -41,6 +42,7 @@ pybind11::dict build_info() {
   info["compiler"] = "gcc " __VERSION__;
 #endif
   info["rng"] = "splitmix64-rademacher-v1";
+  info["cpu_isa"] = tikmix::cpu::sketch_isa();  // the CPU sketch path chosen at run time
   return info;
 }
 
