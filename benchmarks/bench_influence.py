@@ -11,7 +11,7 @@ phase once; a warm-up round, then ``--repeats`` rounds; medians), so drifting ma
 CPU the ratio uses process CPU time (robust on shared machines; with ``--threads 1`` it is the compute itself), wall
 time is shown too; on CUDA wall time after ``torch.cuda.synchronize()``. Peak memory: on CUDA
 ``torch.cuda.max_memory_allocated`` during the phase minus what was allocated before; on CPU the peak resident set
-size (``ru_maxrss``) of a fresh process running the phase once, minus its RSS with model and data built.
+size (VmHWM, reset after set-up) of a fresh process running the phase once, minus its RSS with model and data built.
 
     python benchmarks/bench_influence.py --device cpu --threads 1
     python benchmarks/bench_influence.py --device cuda --d-model 768 --layers 12 --seq 1024 --batch 8 --k 8192
@@ -48,7 +48,18 @@ def _setup(args: argparse.Namespace) -> Dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=256, seq_len=args.seq, n_layer=args.layers, n_head=args.heads, d_model=args.d_model)
-    model = GPT(cfg).to(device).eval()
+
+    class SampleMajorGPT(GPT):
+        """The demo GPT with positions looked up as [B, T]: per-sample mode then needs no torch.func pass."""
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            b, t = idx.shape
+            x = self.tok_emb(idx) + self.pos_emb(torch.arange(t, device=idx.device).expand(b, t))
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.ln_f(x))
+
+    model = (GPT if args.positions == "shared" else SampleMajorGPT)(cfg).to(device).eval()
     if args.dtype == "bf16":
         model = model.to(torch.bfloat16)
     g = torch.Generator().manual_seed(1)
@@ -80,12 +91,26 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _hwm_mb() -> float:
+    """Peak RSS (VmHWM) of this process in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _cpu_peak_phase(args: argparse.Namespace) -> Dict[str, Any]:
-    """Internal (fresh process): peak RSS growth of one run of ``args.phase``."""
+    """Internal (fresh process): peak RSS growth of one run of ``args.phase`` above the RSS with model and data."""
     env = _setup(args)
     rss0 = _rss_mb()
+    try:  # reset the peak (Linux ≥ 4.0), so imports and set-up do not count
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     env["runners"][args.phase]()
-    return {"phase": args.phase, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0}
+    return {"phase": args.phase, "peak_mb": _hwm_mb() - rss0}
 
 
 def _timed(args: argparse.Namespace, phases: List[str]) -> Dict[str, Dict[str, Any]]:
@@ -130,6 +155,9 @@ def main(argv: List[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=2048)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--params", default="all", help="'all' or comma-separated fnmatch patterns")
+    ap.add_argument("--positions", choices=("shared", "sample"), default="shared",
+                    help="shared: the demo GPT ([T] positions broadcast over the batch: per-sample mode takes "
+                         "torch.func for pos_emb); sample: positions looked up as [B, T]")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--phases", default=",".join(PHASES))
@@ -157,7 +185,8 @@ def main(argv: List[str] | None = None) -> None:
     print(f"GPT d_model={args.d_model} layers={args.layers} seq={args.seq}, {first['parameters'] / 1e6:.2f}M params, "
           f"{args.domains} domains + 1 target x {args.batches} micro-batches x {args.batch} seqs = {first['tokens']} "
           f"tokens, k={args.k}, device={args.device}, dtype={args.dtype}, threads={args.threads or 'default'}, "
-          f"params={args.params}; ratio of median {clock} time over {args.repeats} interleaved rounds")
+          f"params={args.params}, positions={args.positions}; ratio of median {clock} time over {args.repeats} "
+          "interleaved rounds")
     print(f"{'phase':<12} {'wall s':>8} {'cpu s':>8} {'ratio':>7} {'target':>8} {'peak MB':>9}")
     rows = []
     for p in phases:
