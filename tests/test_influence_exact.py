@@ -1,6 +1,8 @@
 """Exact setting (k=None): S equals brute-force float64 inner products of full gradients, in both modes."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -79,6 +81,8 @@ def test_per_sample_falls_back_to_torch_func_where_hooks_cannot_see_samples():
     model = _model(shared_positions=True, extra_param=True)
     doms, tgts = make_data(n_domains=2, n_targets=2)
     res = GroupInfluence(model, lm_loss, k=None, mode="per_sample", progress=False, n_bootstrap=0).compute(doms, tgts)
+    capture = res.layout["per_sample_capture"]
+    assert capture["pos.weight"] == capture["gate"] == "func" and capture["fc1.weight"] == "hooks"
     torch.testing.assert_close(res.S, influence_ref(model, lm_loss, doms, tgts), rtol=1e-9, atol=1e-12)
 
 
@@ -154,3 +158,43 @@ def test_per_sample_handles_modules_whose_input_is_not_sample_major():
     params = [p for p in model.parameters() if p is not model.mix.weight]  # mix is unused by this forward
     ref = influence_ref(model, lm_loss, doms, tgts, params=params)
     torch.testing.assert_close(res.S, ref, rtol=1e-9, atol=1e-12)
+
+
+class _HookRules(nn.Module):
+    """Every hook rule: Embedding with padding_idx, RMSNorm, LayerNorm without bias, Linear with and without bias,
+    a Linear called twice per forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(32, 8, padding_idx=0)
+        self.rms = nn.RMSNorm(8)
+        self.ln = nn.LayerNorm(8, bias=False)
+        self.lin = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 32, bias=False)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        x = x + self.lin(self.rms(x))
+        x = x + self.lin(torch.tanh(x))  # the same module twice
+        return self.out(self.ln(x))
+
+
+@pytest.mark.skipif(not hasattr(nn, "RMSNorm"), reason="nn.RMSNorm needs torch >= 2.4")
+def test_every_hook_rule_matches_bruteforce():
+    torch.manual_seed(2)
+    model = _HookRules().double().eval()
+    doms, tgts = make_data(n_domains=2, n_targets=2)
+    doms["d0"][0][:, :3] = 0  # padding tokens
+    gi = GroupInfluence(model, lm_loss, k=None, mode="per_sample", progress=False, n_bootstrap=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every parameter must stay on the hook path
+        res = gi.compute(doms, tgts)
+    assert set(res.layout["per_sample_capture"].values()) == {"hooks"}
+    torch.testing.assert_close(res.S, influence_ref(model, lm_loss, doms, tgts), rtol=1e-9, atol=1e-12)
+    params = params_of(model)
+    g = torch.cat([per_sample_grads_ref(model, lm_loss, b, params) for b in doms.values()])
+    t = torch.stack([per_sample_grads_ref(model, lm_loss, b, params).mean(0) for b in tgts.values()])
+    torch.testing.assert_close(res.unit_scores, g @ t.t(), rtol=1e-9, atol=1e-12)

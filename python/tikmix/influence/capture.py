@@ -259,12 +259,8 @@ class PerSampleCapture:
         slots = self._module_slots.get(module)
         if not slots or not inputs or not isinstance(inputs[0], torch.Tensor):
             return
-        x = inputs[0].detach()
+        x = inputs[0].detach()  # shares storage with what autograd saves anyway: no extra memory
         rule = hook_rule(module)
-        if rule == "layer_norm":
-            x = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
-        elif rule == "rms_norm":
-            x = F.rms_norm(x, module.normalized_shape, None, module.eps)
 
         def on_grad(g: torch.Tensor, module=module, x=x, rule=rule, slots=slots) -> None:
             if self._collect and self._error is None:
@@ -301,7 +297,11 @@ class PerSampleCapture:
             slot = slots["weight"]
             self.projector.add_embedding(rows, slot, idx, g3, None)
             self._record(slot, lambda sel: _lookup_total(slot.shape, idx[sel], g3[sel]))
-        else:  # layer_norm / rms_norm
+        else:  # layer_norm / rms_norm: weight gradient Σ_t g_t ⊙ x̂_t with x̂ the normalised input
+            if rule == "layer_norm":
+                x = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+            else:
+                x = F.rms_norm(x, module.normalized_shape, None, module.eps)
             nd = len(module.normalized_shape)
             gs = g.reshape(b, -1, *g.shape[g.dim() - nd:])
             if "weight" in slots:

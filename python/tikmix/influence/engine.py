@@ -279,6 +279,8 @@ class GroupInfluence:
                               dom_counts)
         timings["scores"] = time.perf_counter() - t0
         result.timings.update(timings)
+        if capture is not None:  # how each parameter's per-sample gradients were captured
+            result.layout["per_sample_capture"] = {s.name: capture.source[s.index] for s in slots}
         return result
 
     # ------------------------------------------------------------------------------------------------------------

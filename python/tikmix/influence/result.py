@@ -59,7 +59,8 @@ class InfluenceResult:
         target_sketches: ``[n_targets, K]`` mean target sketches (∇f_i projected, before any Gauss-Newton solve).
         unit_sketches: ``[U, K]`` per-unit sketches, when ``keep_sketches=True`` (else None).
         gauss_newton_damping: λ used by ``gauss_newton`` (else None).
-        layout: description of the sketch layout; timings: seconds spent per phase.
+        layout: description of the sketch layout (per-sample mode adds ``per_sample_capture``: parameter name →
+            ``"hooks"`` or ``"func"``, how its per-sample gradients were obtained); timings: seconds per phase.
     """
 
     S: torch.Tensor
