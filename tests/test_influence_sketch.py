@@ -125,3 +125,19 @@ def test_sketched_S_converges_to_exact_like_one_over_sqrt_k():
     ratio = e_small / e_large  # 1/√k predicts √16 = 4
     assert 2.5 < ratio < 6.5, (e_small, e_large, ratio)
     assert e_large < 0.2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode,preconditioner", [("group", "identity"), ("per_sample", "identity"),
+                                                 ("per_sample", "gauss_newton")])
+def test_cuda_equals_cpu(mode, preconditioner):
+    torch.manual_seed(0)
+    model = TinyLM(d=16).eval()
+    doms, tgts = make_data(n_domains=3, n_targets=2)
+    kw = dict(k=512, seed=5, mode=mode, preconditioner=preconditioner, progress=False, n_bootstrap=50)
+    cpu = GroupInfluence(model, lm_loss, **kw).compute(doms, tgts)
+    gpu = GroupInfluence(model.cuda(), lm_loss, **kw).compute(doms, tgts)  # batches are moved to the model's device
+    scale = float(cpu.S.abs().max())
+    torch.testing.assert_close(gpu.S, cpu.S, rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(gpu.unit_scores, cpu.unit_scores, rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(gpu.domain_sketches, cpu.domain_sketches, rtol=1e-4, atol=1e-5)
