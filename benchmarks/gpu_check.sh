@@ -94,10 +94,10 @@ run_stage build 210 build
 run_stage info 30 info
 # -P: keep the repository root off sys.path, so `import tikmix_ext` is the installed build, not ./tikmix_ext
 run_stage tests 150 env TIKMIX_REQUIRE_CUDA=1 "$PY" -P -m pytest -q -p no:cacheprovider -o addopts="" \
-  tests/test_cuda_ops.py tests/test_mma_layout.py --junitxml="$OUT/junit_cuda.xml" -rfE
+  tests/test_cuda_ops.py tests/test_mma_layout.py tests/test_influence_sketch.py --junitxml="$OUT/junit_cuda.xml" -rfE
 TAIL_LINES=40 run_stage bench 150 "$PY" benchmarks/bench_sketch_gpu.py --out "$OUT"
 if [[ -f benchmarks/bench_influence.py ]]; then
-  run_stage influence 60 "$PY" benchmarks/bench_influence.py --device cuda
+  run_stage influence 90 "$PY" benchmarks/bench_influence.py --device cuda --d-model 768 --layers 12 --seq 1024 --k 8192
 else
   SUMMARY+=("skipped influence (benchmarks/bench_influence.py does not exist)")
 fi
