@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .._splitmix import GOLDEN, MASK64, mix, mix_inplace, mix_int  # noqa: F401  (re-exported for tests)
+
 __all__ = [
     "mix",
     "permute",
@@ -37,54 +39,20 @@ __all__ = [
     "MixturePlan",
 ]
 
-MASK64 = (1 << 64) - 1
-G = 0x9E3779B97F4A7C15
-_M1 = 0xBF58476D1CE4E5B9
-_M2 = 0x94D049BB133111EB
+G = GOLDEN
 TAG_BLOCK = 0x626C6F636B5F6B79  # "block_ky"
 TAG_DOMAIN = 0x646F6D61696E5F6B  # "domain_k"
 _ROUND_CONSTANTS = (0x243F6A8885A308D3, 0x13198A2E03707344, 0xA4093822299F31D0, 0x082EFA98EC4E6C89)
 
 # Multipliers as 1-element arrays: numpy multiplies a uint64 array by an array ~10x faster than by a scalar.
 _U64_G = np.array([G], dtype=np.uint64)
-_U64_M1 = np.array([_M1], dtype=np.uint64)
-_U64_M2 = np.array([_M2], dtype=np.uint64)
 _U64_ROUNDS = tuple(np.array([c], dtype=np.uint64) for c in _ROUND_CONSTANTS)
 _ONE_ARR = np.array([1], dtype=np.uint64)
-_S30, _S27, _S31 = (np.array([k], dtype=np.uint64) for k in (30, 27, 31))
-
-
-def mix_int(z: int) -> int:
-    """SplitMix64 finaliser on a Python int (taken modulo 2**64)."""
-    z &= MASK64
-    z = ((z ^ (z >> 30)) * _M1) & MASK64
-    z = ((z ^ (z >> 27)) * _M2) & MASK64
-    return z ^ (z >> 31)
-
-
-def mix(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser, elementwise on a uint64 array (wrapping arithmetic)."""
-    z = np.array(z, dtype=np.uint64, ndmin=1)  # a copy; array (not scalar) ops wrap silently
-    _mix_inplace(z, np.empty_like(z))
-    return z
 
 
 def half_bits(n: int) -> int:
     """Half-width ``h`` of the Feistel network used for ``[0, n)``: the least ``h`` with ``4**h >= n``."""
     return ((int(n) - 1).bit_length() + 1) // 2
-
-
-def _mix_inplace(z: np.ndarray, buf: np.ndarray) -> None:
-    """``z = mix(z)`` in place (``buf``: scratch of the same shape). Written as out= calls with distinct
-    input and output arrays: numpy's in-place ``z *= c`` is several times slower on uint64."""
-    np.right_shift(z, _S30, out=buf)
-    np.bitwise_xor(z, buf, out=buf)
-    np.multiply(buf, _U64_M1, out=z)
-    np.right_shift(z, _S27, out=buf)
-    np.bitwise_xor(z, buf, out=buf)
-    np.multiply(buf, _U64_M2, out=z)
-    np.right_shift(z, _S31, out=buf)
-    np.bitwise_xor(z, buf, out=z)
 
 
 def _feistel(x: np.ndarray, h: np.ndarray, key: np.ndarray) -> np.ndarray:
@@ -100,7 +68,7 @@ def _feistel(x: np.ndarray, h: np.ndarray, key: np.ndarray) -> np.ndarray:
     for c in _U64_ROUNDS:
         np.bitwise_xor(right, key, out=f)
         np.bitwise_xor(f, c, out=f)
-        _mix_inplace(f, buf)
+        mix_inplace(f, buf)
         np.bitwise_and(f, mask, out=f)
         np.bitwise_xor(f, left, out=f)  # new right = left ^ F(right); new left = right
         left, right, f = right, f, left

@@ -32,34 +32,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .._splitmix import GOLDEN, MASK64, mix, mix_int
+
 __all__ = ["Slot", "Layout", "Projector", "sign_tile", "kron_seed"]
 
-_MASK = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
+_MASK = MASK64
+_GOLDEN = GOLDEN
 _ROW_BITS = 44
 
 
 # ---- RNG contract (csrc/include/tikmix/rng.h), vectorised for the small Kronecker tiles -------------------------
-def _mix_int(z: int) -> int:
-    z &= _MASK
-    z ^= z >> 30
-    z = (z * 0xBF58476D1CE4E5B9) & _MASK
-    z ^= z >> 27
-    z = (z * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
-
-
 def kron_seed(seed: int, layer: int, tag: int) -> int:
     """``kron_seed(s, l, t) = mix(s ^ mix(2·l + t))`` of rng.h (a u64 Python int)."""
-    return _mix_int(seed ^ _mix_int(2 * layer + tag))
-
-
-def _mix_np(z: np.ndarray) -> np.ndarray:
-    z = z ^ (z >> np.uint64(30))
-    z = z * np.uint64(0xBF58476D1CE4E5B9)
-    z = z ^ (z >> np.uint64(27))
-    z = z * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    return mix_int(seed ^ mix_int(2 * layer + tag))
 
 
 def sign_tile(rows: int, k: int, seed: int, row0: int = 0) -> torch.Tensor:
@@ -72,7 +57,7 @@ def sign_tile(rows: int, k: int, seed: int, row0: int = 0) -> torch.Tensor:
         raise ValueError(f"sign_tile: need rows >= 0 and k >= 1, got rows={rows}, k={k}")
     if row0 < 0 or row0 + rows > (1 << _ROW_BITS):
         raise ValueError(f"sign_tile: rows [{row0}, {row0 + rows}) exceed the RNG contract's limit 2^44")
-    key = np.uint64(_mix_int((seed & _MASK) + _GOLDEN))
+    key = np.uint64(mix_int((seed & _MASK) + _GOLDEN))
     blocks = (k + 63) // 64
     out = np.empty((rows, k), dtype=np.float32)
     shifts = np.arange(64, dtype=np.uint64)
@@ -81,7 +66,7 @@ def sign_tile(rows: int, k: int, seed: int, row0: int = 0) -> torch.Tensor:
         b = (np.arange(blocks, dtype=np.uint64) << np.uint64(_ROW_BITS))[None, :]
         for r0 in range(0, rows, step):
             r = np.arange(row0 + r0, row0 + min(rows, r0 + step), dtype=np.uint64)[:, None]
-            words = _mix_np(key + (b + r) * np.uint64(_GOLDEN))
+            words = mix(key + (b + r) * np.uint64(_GOLDEN))
             bits = (words[:, :, None] >> shifts) & np.uint64(1)
             out[r0 : r0 + r.shape[0]] = (1.0 - 2.0 * bits.reshape(r.shape[0], blocks * 64)[:, :k]).astype(np.float32)
     return torch.from_numpy(out)

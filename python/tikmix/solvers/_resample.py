@@ -24,29 +24,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._splitmix import GOLDEN, mix as mix64, mix_int
+
 __all__ = ["mix64", "resample_word", "draw_counts", "mixture_scores_np"]
 
-_MASK = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_G64 = np.uint64(_GOLDEN)
-_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
-
-
-def mix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    z = z ^ (z >> _S30)
-    z = z * _M1
-    z = z ^ (z >> _S27)
-    z = z * _M2
-    return z ^ (z >> _S31)
+_G64 = np.uint64(GOLDEN)
 
 
 def resample_word(seed: int, c: np.ndarray, j: np.ndarray, t: np.ndarray) -> np.ndarray:
     """``resample_word(rng_key(seed), c, j, t)`` of rng.h for arrays of (c, j, t); returns uint64."""
     with np.errstate(over="ignore"):
-        key = mix64(np.array([(int(seed) + _GOLDEN) & _MASK], dtype=np.uint64))[0]
+        key = np.uint64(mix_int(int(seed) + GOLDEN))
         inner = mix64(key ^ mix64(np.asarray(c, dtype=np.uint64) * _G64 + np.asarray(j, dtype=np.uint64)))
         return mix64(inner + np.asarray(t, dtype=np.uint64) * _G64)
 
