@@ -95,7 +95,7 @@ def _demo(args: argparse.Namespace) -> int:
     for name, c in report["comparison"].items():
         verdict = "beats" if c["beats_baseline"] else "does NOT beat"
         print(f"{name} {verdict} uniform on the mean target loss by {c['mean_delta']:+.4f} "
-              f"({c['mean_delta_pct']:+.1f}%); influence + solving = {100 * c['influence_share']:.1f}% of training time")
+              f"({c['mean_delta_pct']:+.1f}%); influence + solving took {100 * c['influence_share']:.1f}% of the training time")
     print(f"\nreport: {out / 'report.json'}")
     for p in report.get("plots", []):
         print(f"plot:   {p}")
