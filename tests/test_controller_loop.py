@@ -198,8 +198,27 @@ def test_regression_solver_meets_pareto_and_records_both_solvers():
     (rec,) = ctrl.history["stages"]
     assert rec["solver"]["regression"]["solver"] == "tikmix-m"
     assert rec["solver"]["direct"]["solver"] == "tikmix-d"
-    assert 0.0 <= rec["solver"]["pareto_step"] <= 1.0
+    assert 0.0 <= rec["solver"]["pull_back_t"] <= 1.0
     assert rec["solver"]["used"].startswith(("tikmix-m", "tikmix-d (TiKMiX-M status"))
     S, w, w0 = np.array(rec["S"]), np.array(rec["weights"]), np.array(rec["weights_prior"])
     assert abs(w.sum() - 1) < 1e-9 and (w >= 0).all()
     assert (S @ w >= S @ w0 - 1e-6 * np.abs(S).max()).all()
+
+
+def test_pull_back_keeps_tikmix_d_constraints():
+    from tikmix.controller import _pull_back
+
+    S = np.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    w_prior = np.array([0.4, 0.3, 0.3])
+    w_d = np.array([0.5, 0.3, 0.2])  # feasible: S @ w_d >= S @ w_prior, L1 shift 0.2
+    w_m = np.array([0.2, 0.2, 0.6])  # violates Pareto on row 0 and the shift cap
+    w, t = _pull_back(S, w_prior, w_d, w_m, {"max_shift": 0.25})
+    assert 0 < t < 1
+    assert (S @ w >= S @ w_prior - 1e-8).all() and np.abs(w - w_prior).sum() <= 0.25 + 1e-8
+    # the largest such t: a little further along the segment breaks a constraint
+    w2 = w_d + min(1.0, t + 1e-3) * (w_m - w_d)
+    assert (S @ w2 < S @ w_prior - 1e-9).any() or np.abs(w2 - w_prior).sum() > 0.25
+    # a feasible TiKMiX-M answer is kept as is
+    w_ok = np.array([0.45, 0.35, 0.2])
+    w, t = _pull_back(S, w_prior, w_d, w_ok, {"max_shift": 0.25})
+    assert t == 1.0 and np.allclose(w, w_ok)

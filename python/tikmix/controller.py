@@ -18,7 +18,8 @@ At each stage boundary the controller
    ``solver="regression"`` (TiKMiX-M, :func:`tikmix.solve_regression` in a box around the TiKMiX-D
    answer, candidates labelled by resampling per-sample influence rows), always with the Pareto constraint
    ``S @ w >= S @ w_prior`` against the mixture of the stage that just ended (TiKMiX-D imposes it; the
-   TiKMiX-M answer is pulled back toward the TiKMiX-D one just far enough to meet it, and replaced by it
+   TiKMiX-M answer is pulled back toward the TiKMiX-D one just far enough to meet it and any other
+   TiKMiX-D constraint given in ``solver_options``, and replaced by it
    when the surrogate's held-out fit is poor -- ``report["used"]`` says which);
 4. schedules the new weights on the sampler from the next step not yet produced;
 5. appends a record to :attr:`Controller.history` and (on rank 0) writes the JSON history file.
@@ -399,12 +400,12 @@ class Controller:
         res = solve_regression(score_fn, w_d, **r_opts)
         if int(res.status) != 0:
             # The surrogate is not trustworthy (e.g. held-out R^2 below min_r2): keep TiKMiX-D's answer.
-            report = {"direct": base, "regression": res, "pareto_step": 0.0,
+            report = {"direct": base, "regression": res, "pull_back_t": 0.0,
                       "used": f"tikmix-d (TiKMiX-M status {int(res.status)}: {res.message})"}
             return w_d, report
         w_m = np.asarray(res.weights, dtype=np.float64)
-        weights, t = _pareto_segment(S, w_prior, w_d, w_m)
-        report = {"direct": base, "regression": res, "pareto_step": t, "used": "tikmix-m"}
+        weights, t = _pull_back(S, w_prior, w_d, w_m, d_opts)
+        report = {"direct": base, "regression": res, "pull_back_t": t, "used": "tikmix-m"}
         return weights, report
 
     def _realised(self, start: int, stop: int) -> dict[str, Any] | None:
@@ -517,23 +518,52 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _pareto_segment(S: np.ndarray, w_prior: np.ndarray, w_d: np.ndarray, w_m: np.ndarray,
-                    tol: float = 1e-9) -> tuple[np.ndarray, float]:
-    """The point ``w_d + t (w_m - w_d)`` with the largest ``t`` in [0, 1] that keeps ``S @ w >= S @ w_prior``.
+def _pull_back(S: np.ndarray, w_prior: np.ndarray, w_d: np.ndarray, w_m: np.ndarray,
+               options: Mapping[str, Any], tol: float = 1e-9) -> tuple[np.ndarray, float]:
+    """The point ``w_d + t (w_m - w_d)`` with the largest ``t`` in [0, 1] that meets TiKMiX-D's constraints.
 
-    TiKMiX-M searches a box around the TiKMiX-D answer ``w_d`` (which meets the Pareto constraint) without
-    constraints; this pulls its answer back along the segment toward ``w_d`` just far enough that no target
-    is predicted worse than under the previous stage's mixture. Returns the mixture and ``t``.
+    TiKMiX-M searches a box around the TiKMiX-D answer ``w_d`` without constraints. Every constraint TiKMiX-D
+    imposes is convex and holds at ``w_d``: the Pareto rows ``S @ w >= S @ w_prior`` and, when given in
+    ``options``, ``max_shift`` (L1 distance from ``w_prior``), ``min_weight`` / ``max_weight`` and the
+    repetition cap (``max_epochs``, ``tokens_available``, ``stage_tokens``). So the feasible part of the
+    segment is an interval ``[0, t*]``; this returns the mixture at ``t*`` (found by bisection) and ``t*``.
     """
-    base = S @ w_d - S @ w_prior  # >= 0 (up to the solver's tolerance)
-    slope = S @ (w_m - w_d)
-    t = 1.0
-    for b, g in zip(base, slope):
-        if g < 0:
-            t = min(t, max(0.0, (b + tol * max(1.0, abs(b))) / -g))
-    w = w_d + t * (w_m - w_d)
-    w = np.clip(w, 0.0, None)
-    return w / w.sum(), float(t)
+    m = len(w_d)
+    scale = np.maximum(np.abs(S).max(axis=1), 1e-300)
+    base = S @ w_prior
+    lo_w = np.zeros(m)
+    hi_w = np.ones(m)
+    if options.get("pareto", True) is False:
+        base = np.full(S.shape[0], -np.inf)
+    if options.get("min_weight") is not None:
+        lo_w = np.maximum(lo_w, np.broadcast_to(np.asarray(options["min_weight"], dtype=float), (m,)))
+    if options.get("max_weight") is not None:
+        hi_w = np.minimum(hi_w, np.broadcast_to(np.asarray(options["max_weight"], dtype=float), (m,)))
+    if options.get("max_epochs") is not None and options.get("stage_tokens"):
+        cap = (np.broadcast_to(np.asarray(options["max_epochs"], dtype=float), (m,))
+               * np.broadcast_to(np.asarray(options["tokens_available"], dtype=float), (m,))
+               / float(options["stage_tokens"]))
+        hi_w = np.minimum(hi_w, cap)
+    max_shift = options.get("max_shift")
+
+    def ok(w: np.ndarray) -> bool:
+        if np.any((S @ w - base) / scale < -tol):
+            return False
+        if np.any(w < lo_w - tol) or np.any(w > hi_w + tol):
+            return False
+        return max_shift is None or float(np.abs(w - w_prior).sum()) <= float(max_shift) + tol
+
+    def at(t: float) -> np.ndarray:
+        w = np.clip(w_d + t * (w_m - w_d), 0.0, None)
+        return w / w.sum()
+
+    if ok(at(1.0)):
+        return at(1.0), 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(at(mid)) else (lo, mid)
+    return at(lo), lo
 
 
 def _ci(result: Any) -> Any:

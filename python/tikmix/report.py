@@ -207,7 +207,7 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
 
-    # 2. loss curves
+    # 2. loss curves (and, for a demo report, each method's improvement over the baseline)
     curves: dict[str, list[Mapping[str, float]]] = {}
     if demo:
         curves = {n: m.get("curve", []) for n, m in report["methods"].items()}
@@ -216,25 +216,47 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     curves = {n: c for n, c in curves.items() if c}
     if curves:
         panels = ["mean"] + targets
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.3), squeeze=False)
-        for ax, key in zip(axes[0], panels):
-            for name, rows in curves.items():
-                steps = [r["step"] for r in rows]
-                if key == "mean":
-                    ys = [float(np.mean([r[f"target/{t}"] for t in targets])) for r in rows
-                          if all(f"target/{t}" in r for t in targets)]
-                else:
-                    ys = [r[f"target/{key}"] for r in rows if f"target/{key}" in r]
-                if len(ys) == len(steps) and ys:
-                    ax.plot(steps, ys, label=name)
-            boundaries = next(iter(runs.values()), {}).get("stage_boundaries", {}).get("steps", []) if runs else []
-            for b in boundaries:
-                ax.axvline(b, color="0.8", lw=0.8, ls="--")
+        baseline = report.get("baseline") if demo else None
+        with_delta = baseline in curves and len(curves) > 1
+        nrows = 2 if with_delta else 1
+        fig, axes = plt.subplots(nrows, len(panels), figsize=(3.6 * len(panels), 3.1 * nrows), squeeze=False)
+        styles = ["-", "--", ":", "-."]
+        boundaries = next(iter(runs.values()), {}).get("stage_boundaries", {}).get("steps", []) if runs else []
+
+        def series(rows: Sequence[Mapping[str, float]], key: str) -> tuple[list[float], list[float]]:
+            keys = [f"target/{t}" for t in targets] if key == "mean" else [f"target/{key}"]
+            pts = [(r["step"], float(np.mean([r[k] for k in keys]))) for r in rows if all(k in r for k in keys)]
+            return [p[0] for p in pts], [p[1] for p in pts]
+
+        for col, key in enumerate(panels):
+            ax = axes[0][col]
+            for k, (name, rows) in enumerate(curves.items()):
+                xs, ys = series(rows, key)
+                ax.plot(xs, ys, styles[k % len(styles)], label=name, lw=1.6)
             ax.set_title("mean target loss" if key == "mean" else f"target: {key}")
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
+            if with_delta:
+                ax2 = axes[1][col]
+                bx, by = series(curves[baseline], key)
+                base_at = dict(zip(bx, by))
+                for k, (name, rows) in enumerate(curves.items()):
+                    if name == baseline:
+                        continue
+                    xs, ys = series(rows, key)
+                    pts = [(x, base_at[x] - y) for x, y in zip(xs, ys) if x in base_at]
+                    ax2.plot([p[0] for p in pts], [p[1] for p in pts], styles[k % len(styles)], label=name, lw=1.6)
+                ax2.axhline(0.0, color="0.3", lw=0.8)
+                ax2.set_xlabel("step")
+                ax2.set_title(f"{baseline} loss - method loss", fontsize=9)
+            else:
+                ax.set_xlabel("step")
+            for ax_ in (axes[r][col] for r in range(nrows)):
+                for b_ in boundaries:
+                    ax_.axvline(b_, color="0.75", lw=0.8, ls="--")
+                ax_.grid(alpha=0.3)
         axes[0][0].set_ylabel("held-out loss")
         axes[0][0].legend(fontsize=8)
+        if with_delta:
+            axes[1][0].set_ylabel("improvement (> 0 = better)")
         fig.tight_layout()
         paths.append(out / "loss_curves.png")
         fig.savefig(paths[-1], dpi=110)
