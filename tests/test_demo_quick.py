@@ -18,7 +18,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    torch.set_num_threads(1)
     assert main(["demo", "--quick", "--seed", "0", "--out", str(out), "--no-progress"]) == 0
     return out
 
@@ -134,3 +133,16 @@ def test_model_and_sequence_loss():
         GPTConfig(d_model=10, n_head=4)
     with pytest.raises(ValueError, match="n_layer"):
         GPTConfig(n_layer=0)
+
+
+def test_settings_from_flags():
+    from tikmix.demo.run import QUICK, settings_for
+
+    s = settings_for(quick=True, methods=["uniform"], static_weights={"arith": 1.0})
+    assert s.methods == ("uniform", "static") and s.static_weights == {"arith": 1.0}
+    assert s.steps == QUICK.steps
+    s = settings_for(budget=200 * 32 * 64, seed=4)
+    assert s.steps == 200 and s.seed == 4 and s.stage_steps() == [50, 100, 150]
+    assert s.direct == {"max_shift": 0.3}
+    with pytest.raises(ValueError, match="methods"):
+        settings_for(methods=["tikmix-d"])  # the uniform baseline is required

@@ -363,10 +363,10 @@ def settings_for(
         if budget < s.tokens_per_step * 8:
             raise ValueError(f"--budget must be at least {s.tokens_per_step * 8} tokens, got {budget}")
         s = replace(s, steps=budget // s.tokens_per_step)
+    if methods is not None:
+        s = replace(s, methods=tuple(methods))
     if static_weights is not None:
         s = replace(s, static_weights=dict(static_weights),
                     methods=tuple(m for m in s.methods if m != "static") + ("static",))
-    if methods is not None:
-        s = replace(s, methods=tuple(methods))
     s.validate()
     return s
