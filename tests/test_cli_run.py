@@ -31,8 +31,8 @@ def data_dir(tmp_path_factory) -> Path:
     write_token_file(root / "lookup.tokens", np.concatenate([corpus.target_dev["lookup"].reshape(-1),
                                                              corpus.target_test["lookup"].reshape(-1)]),
                      vocab_size=256)
-    (root / "prose").mkdir()
-    (root / "prose" / "a.txt").write_bytes(corpus.domains["prose"][:48].tobytes())
+    folders = corpus.write_text_folders(root / "text")
+    assert (folders["prose"] / "part0.txt").stat().st_size == 96 * (SEQ + 1)
     return root
 
 
@@ -46,7 +46,7 @@ def _config(data_dir: Path, out: Path, **over) -> dict:
                 "arith": {"token_file": str(data_dir / "arith.tokens")},
                 "facts": {"token_file": str(data_dir / "facts.tokens")},
                 "noise": {"token_file": str(data_dir / "noise.tokens")},
-                "prose": {"text_folder": str(data_dir / "prose")},
+                "prose": {"text_folder": str(data_dir / "text" / "prose")},
             },
             "targets": {"lookup": {"token_file": str(data_dir / "lookup.tokens")}},
         },
