@@ -49,17 +49,7 @@ def _setup(args: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=256, seq_len=args.seq, n_layer=args.layers, n_head=args.heads, d_model=args.d_model)
 
-    class SampleMajorGPT(GPT):
-        """The demo GPT with positions looked up as [B, T]: per-sample mode then needs no torch.func pass."""
-
-        def forward(self, idx: torch.Tensor) -> torch.Tensor:
-            b, t = idx.shape
-            x = self.tok_emb(idx) + self.pos_emb(torch.arange(t, device=idx.device).expand(b, t))
-            for block in self.blocks:
-                x = block(x)
-            return self.head(self.ln_f(x))
-
-    model = (GPT if args.positions == "shared" else SampleMajorGPT)(cfg).to(device).eval()
+    model = GPT(cfg).to(device).eval()
     if args.dtype == "bf16":
         model = model.to(torch.bfloat16)
     g = torch.Generator().manual_seed(1)
@@ -155,9 +145,6 @@ def main(argv: List[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=2048)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--params", default="all", help="'all' or comma-separated fnmatch patterns")
-    ap.add_argument("--positions", choices=("shared", "sample"), default="shared",
-                    help="shared: the demo GPT ([T] positions broadcast over the batch: per-sample mode takes "
-                         "torch.func for pos_emb); sample: positions looked up as [B, T]")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--phases", default=",".join(PHASES))
@@ -185,7 +172,7 @@ def main(argv: List[str] | None = None) -> None:
     print(f"GPT d_model={args.d_model} layers={args.layers} seq={args.seq}, {first['parameters'] / 1e6:.2f}M params, "
           f"{args.domains} domains + 1 target x {args.batches} micro-batches x {args.batch} seqs = {first['tokens']} "
           f"tokens, k={args.k}, device={args.device}, dtype={args.dtype}, threads={args.threads or 'default'}, "
-          f"params={args.params}, positions={args.positions}; ratio of median {clock} time over {args.repeats} "
+          f"params={args.params}; ratio of median {clock} time over {args.repeats} "
           "interleaved rounds")
     print(f"{'phase':<12} {'wall s':>8} {'cpu s':>8} {'ratio':>7} {'target':>8} {'peak MB':>9}")
     rows = []

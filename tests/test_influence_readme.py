@@ -1,4 +1,4 @@
-"""The README section on Group Influence (docs/readme_sections/40_influence.md) runs as written: every ```python
+"""The README's section on Group Influence ("## Group Influence") runs as written: every ```python
 block, in order, in one namespace, except blocks preceded by a ``<!-- not run`` comment."""
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import re
 import pytest
 import torch
 
-SECTION = pathlib.Path(__file__).resolve().parents[1] / "docs" / "readme_sections" / "40_influence.md"
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
 
 
 def _blocks(text: str) -> list[str]:
@@ -21,14 +28,14 @@ def _blocks(text: str) -> list[str]:
 
 
 def test_readme_examples_run_as_written(capsys):
-    blocks = _blocks(SECTION.read_text())
+    blocks = _blocks(_section("Group Influence"))
     assert len(blocks) >= 3
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         namespace: dict = {"__name__": "readme_example"}
         for code in blocks:
-            exec(compile(code, str(SECTION), "exec"), namespace)
+            exec(compile(code, "README.md#group-influence", "exec"), namespace)
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
