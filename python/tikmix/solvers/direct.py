@@ -777,16 +777,23 @@ def _slsqp_solve(
     records: List[Dict[str, Any]] = []
     nfev = njev = 0
     best: Optional[Tuple[float, np.ndarray, int]] = None
-    for name, w0 in starts:
-        x0 = np.concatenate([w0, np.abs(w0 - wp)]) if nu else w0
+
+    def run_slsqp(w_start: np.ndarray) -> Any:
+        """One SLSQP run from weights ``w_start`` (auxiliary |w − w_prior| variables appended if used)."""
+        nonlocal nfev, njev
+        x0 = np.concatenate([w_start, np.abs(w_start - wp)]) if nu else w_start
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = minimize(
+            out = minimize(
                 fun, x0, jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
                 options={"maxiter": int(maxiter), "ftol": float(ftol)},
             )
-        nfev += int(res.get("nfev", 0))
-        njev += int(res.get("njev", 0))
+        nfev += int(out.get("nfev", 0))
+        njev += int(out.get("njev", 0))
+        return out
+
+    for name, w0 in starts:
+        res = run_slsqp(w0)
         w = _clean(res.x[:m], prob.lb, prob.ub)
         w, theta = _repair(prob, w, anchor)
         cv = prob.maxcv(w)
@@ -800,15 +807,7 @@ def _slsqp_solve(
             # (small gamma, weights near 0). Restarting from the answer resets its quasi-Newton matrix; repeat
             # while that still improves the objective.
             for _ in range(polish):
-                x1 = np.concatenate([w, np.abs(w - wp)]) if nu else w
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    r2 = minimize(
-                        fun, x1, jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
-                        options={"maxiter": int(maxiter), "ftol": float(ftol)},
-                    )
-                nfev += int(r2.get("nfev", 0))
-                njev += int(r2.get("njev", 0))
+                r2 = run_slsqp(w)
                 w2, th2 = _repair(prob, _clean(r2.x[:m], prob.lb, prob.ub), anchor)
                 f2 = _objective_only(prob, w2, alpha, beta, gamma)
                 if not (r2.success and prob.maxcv(w2) <= prob.tol and f2 < f):
