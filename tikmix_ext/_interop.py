@@ -36,7 +36,7 @@ def as_tensor(value: Any, name: str) -> Tuple[torch.Tensor, Converter]:
             import cupy  # type: ignore[import-not-found]
 
             return tensor, lambda t: cupy.from_dlpack(t.detach())
-        return tensor, lambda t: type(value).__module__ and _from_dlpack_like(value, t)
+        return tensor, lambda t: _from_dlpack_like(value, t)
     raise TypeError(
         f"tikmix: {name} must be a torch.Tensor or an array supporting DLPack (numpy, cupy), got {type(value).__name__}"
     )

@@ -36,8 +36,6 @@ from .._splitmix import GOLDEN, MASK64, mix, mix_int
 
 __all__ = ["Slot", "Layout", "Projector", "sign_tile", "kron_seed"]
 
-_MASK = MASK64
-_GOLDEN = GOLDEN
 _ROW_BITS = 44
 
 
@@ -57,7 +55,7 @@ def sign_tile(rows: int, k: int, seed: int, row0: int = 0) -> torch.Tensor:
         raise ValueError(f"sign_tile: need rows >= 0 and k >= 1, got rows={rows}, k={k}")
     if row0 < 0 or row0 + rows > (1 << _ROW_BITS):
         raise ValueError(f"sign_tile: rows [{row0}, {row0 + rows}) exceed the RNG contract's limit 2^44")
-    key = np.uint64(mix_int((seed & _MASK) + _GOLDEN))
+    key = np.uint64(mix_int((seed & MASK64) + GOLDEN))
     blocks = (k + 63) // 64
     out = np.empty((rows, k), dtype=np.float32)
     shifts = np.arange(64, dtype=np.uint64)
@@ -66,7 +64,7 @@ def sign_tile(rows: int, k: int, seed: int, row0: int = 0) -> torch.Tensor:
         b = (np.arange(blocks, dtype=np.uint64) << np.uint64(_ROW_BITS))[None, :]
         for r0 in range(0, rows, step):
             r = np.arange(row0 + r0, row0 + min(rows, r0 + step), dtype=np.uint64)[:, None]
-            words = mix(key + (b + r) * np.uint64(_GOLDEN))
+            words = mix(key + (b + r) * np.uint64(GOLDEN))
             bits = (words[:, :, None] >> shifts) & np.uint64(1)
             out[r0 : r0 + r.shape[0]] = (1.0 - 2.0 * bits.reshape(r.shape[0], blocks * 64)[:, :k]).astype(np.float32)
     return torch.from_numpy(out)
