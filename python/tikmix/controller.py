@@ -44,17 +44,13 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from . import _distributed
+
 __all__ = ["Controller", "HISTORY_FORMAT"]
 
 HISTORY_FORMAT = "tikmix.history/1"
 _STATE_FORMAT = "tikmix.controller/1"
 _SOLVERS = ("direct", "regression")
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _jsonable(value: Any) -> Any:
@@ -290,7 +286,7 @@ class Controller:
         return out
 
     def _influence_inputs(self, stage: int) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-        rank, world = _dist()
+        rank, world = _distributed.rank(), _distributed.world_size()
         domain_batches: dict[str, list[Any]] = {}
         for j, name in enumerate(self.domain_names):
             data = self._domains[name]
@@ -446,7 +442,7 @@ class Controller:
         return self.history["final"]
 
     def _write_history(self) -> None:
-        if self.history_path is None or _dist()[0] != 0:
+        if self.history_path is None or _distributed.rank() != 0:
             return
         self.history_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.history_path.with_suffix(self.history_path.suffix + ".tmp")

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from .. import _distributed
 from ._stream import MixturePlan, Segment, Stage, largest_remainder, warn_unslotted
 
 __all__ = ["RealisedCounts", "EXHAUSTION_MODES", "STATE_FORMAT"]
@@ -194,10 +194,10 @@ class MixtureBase:
             num_steps = check_int(num_steps, "num_steps", minimum=0)
         tps = _per_domain(tokens_per_sample, "tokens_per_sample", d, minimum=0, allow_none=False)
         if world_size is None:
-            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            world_size = _distributed.world_size()
         world_size = check_int(world_size, "world_size", minimum=1)
         if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            rank = _distributed.rank()
         rank = check_int(rank, "rank")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is out of range for world_size={world_size}: expected 0 <= rank < {world_size}")
@@ -530,20 +530,10 @@ class MixtureBase:
                 lo, _ = self._local_share(seg)
                 dom, _ = self._plan.layout(seg, np.array([cur]), lo, lo + off)
                 partial = np.bincount(dom.ravel(), minlength=self.num_domains).astype(np.int64)
-            if (
-                self._world_size > 1
-                and dist.is_available()
-                and dist.is_initialized()
-                and dist.get_world_size() == self._world_size
-            ):
-                device = (
-                    torch.device("cuda", torch.cuda.current_device())
-                    if dist.get_backend() == "nccl"
-                    else torch.device("cpu")
-                )
-                t = torch.from_numpy(partial).to(device)
-                dist.all_reduce(t)
-                partial = t.cpu().numpy()
+            if self._world_size > 1 and _distributed.world_size() == self._world_size:
+                t = torch.from_numpy(partial)
+                _distributed.all_reduce_sum_([t])
+                partial = t.numpy()
             samples = samples + partial
             weights_now = np.asarray(self._plan.stage_at(cur).weights)
             requested_cum = requested_cum + weights_now * float(partial.sum())

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from . import distributed as dist_utils
+from .. import _distributed as dist_utils
 from .capture import (PerSampleCapture, batch_signature, group_pass, is_factorable, iter_batches, parameter_owners,
                       run_loss, select_parameters)
 from .diagnostics import bootstrap
