@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _has(op: str) -> bool:
-    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"tikmix::{op}", "CPU"))
+    return tikmix_ext.has_kernel(op, "cpu")
 
 
 # ---- projection ----------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import pytest
 import torch
 
-import tikmix_ext  # noqa: F401  (registers torch.ops.tikmix)
+import tikmix_ext
 
 cuda_only = pytest.mark.cuda
 DEVICES = ["cpu", pytest.param("cuda", marks=cuda_only)]
@@ -27,9 +27,8 @@ OPCHECK_SUBCHECKS: Dict[str, str] = {
 
 def require_kernel(op: str, device: str) -> None:
     """Skip when this build has no ``device`` kernel for ``tikmix::op`` (a CPU-only build must still pass)."""
-    key = "CUDA" if device.startswith("cuda") else "CPU"
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"tikmix::{op}", key):
-        pytest.skip(f"tikmix::{op} has no {key} kernel in this build")
+    if not tikmix_ext.has_kernel(op, device):
+        pytest.skip(f"tikmix::{op} has no {device} kernel in this build")
 
 
 def run_opcheck(op: Any, args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None) -> None:

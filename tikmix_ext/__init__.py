@@ -6,7 +6,7 @@ prints what this build contains.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Union
 
 from ._load import _C
 from .kron import sketch_kron
@@ -25,28 +25,60 @@ OPS = (
 )
 
 
+def has_kernel(op: str, device: Union[str, "torch.device"]) -> bool:
+    """Whether this build can run tikmix op ``op`` on tensors of ``device``.
+
+    Args:
+        op: an op name from :data:`OPS`, e.g. ``"sketch"`` (``"tikmix::sketch"`` is accepted too).
+        device: a ``torch.device`` or a device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``); only its type counts.
+
+    Returns:
+        True when the op has a computing kernel for that device type: always for ``"cpu"``; for ``"cuda"`` only in
+        a build with CUDA kernels (``python -m tikmix_ext.info`` lists them). Other device types (``"meta"``,
+        ``"mps"``, …) give False: meta tensors only ever get output shapes, never results.
+
+    Raises:
+        ValueError: ``op`` is not a tikmix op, or ``device`` is not a valid device string.
+        TypeError: ``op`` is not a str, or ``device`` is neither a str nor a torch.device.
+    """
+    import torch
+
+    if not isinstance(op, str):
+        raise TypeError(f"tikmix_ext.has_kernel: op must be a str, got {type(op).__name__}")
+    name = op[len("tikmix::"):] if op.startswith("tikmix::") else op
+    if name not in OPS:
+        raise ValueError(f"tikmix_ext.has_kernel: op must be one of {', '.join(OPS)}; got {op!r}")
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"tikmix_ext.has_kernel: device {device!r} is not a valid device string: {exc}") from None
+    elif not isinstance(device, torch.device):
+        raise TypeError(f"tikmix_ext.has_kernel: device must be a str or torch.device, got {type(device).__name__}")
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    if key is None:
+        return False
+    qualified = f"tikmix::{name}"
+    if torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key):
+        return True
+    # An op without tensor inputs (projection) is registered once for every backend and returns CPU tensors.
+    return key == "CPU" and bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CompositeExplicitAutograd"))
+
+
 def build_info() -> Dict[str, Any]:
-    """Versions and features of the compiled extension, plus which dispatch keys each op has a kernel for."""
+    """Versions and features of the compiled extension, plus the device types each op has a kernel for."""
     import torch
 
     info: Dict[str, Any] = dict(_C.build_info())
     info["torch_runtime_version"] = torch.__version__
-    kernels: Dict[str, list] = {}
-    for op in OPS:
-        name = f"tikmix::{op}"
-        keys = [
-            key
-            for key in ("CPU", "CUDA", "CompositeExplicitAutograd")
-            if torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
-        ]
-        kernels[op] = keys
-    info["kernels"] = kernels
+    info["kernels"] = {op: [device for device in ("cpu", "cuda") if has_kernel(op, device)] for op in OPS}
     info["cuda_available"] = torch.cuda.is_available()
     return info
 
 
 __all__ = [
     "build_info",
+    "has_kernel",
     "sketch",
     "sketch_accumulate_",
     "projection",

@@ -434,7 +434,9 @@ def _segment_sum(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, dim: int)
     if rows.shape[0] == 0:
         return torch.zeros(n_groups, dim, dtype=rows.dtype, device=rows.device)
     if _has_kernel("segment_sum", rows.device):
-        return torch.ops.tikmix.segment_sum.default(rows.contiguous(), ids, n_groups)
+        import tikmix_ext
+
+        return tikmix_ext.segment_sum(rows.contiguous(), ids, n_groups)
     return torch.zeros(n_groups, dim, dtype=rows.dtype, device=rows.device).index_add_(0, ids, rows)
 
 
@@ -444,6 +446,8 @@ def _unit_scores(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, pt: torch
         return torch.zeros(0, pt.shape[0], dtype=torch.float64)
     r64 = rows.to(torch.float64).contiguous()
     if _has_kernel("group_influence", rows.device):
-        _, per_sample = torch.ops.tikmix.group_influence.default(r64, ids, n_groups, pt.contiguous(), None)
+        import tikmix_ext
+
+        _, per_sample = tikmix_ext.group_influence(r64, ids, n_groups, pt.contiguous(), None)
         return per_sample
     return r64 @ pt.t()

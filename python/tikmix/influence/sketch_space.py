@@ -6,7 +6,7 @@ Layout (identical in group and per-sample mode, so sums of per-sample sketches e
                                 ``nn.Linear`` / ``nn.Embedding`` modules, tied or not), in selection order;
                                 block ``l`` has ``k_in·k_out`` columns and is ``(R_outᵀ W R_in)`` flattened row-major,
                                 R_in/R_out the RNG contract's tiles for ``kron_seed(seed, l, 0/1)`` (rng.h), the same
-                                projection as ``torch.ops.tikmix.sketch_kron`` with ``layer = l``.
+                                projection as ``tikmix_ext.sketch_kron`` with ``layer = l``.
     columns [K_f, K_f + k_d)    one dense JL sketch ``x · R[offset : offset + numel]`` (seed ``seed``) shared by all
                                 other parameters, each at its global offset in the concatenation of their
                                 flattened values (``tikmix_ext.sketch`` / ``sketch_accumulate_``).
@@ -188,15 +188,12 @@ class Layout:
 
 # ---- projector ---------------------------------------------------------------------------------------------------
 def _has_kernel(op: str, device: torch.device) -> bool:
-    """True when ``torch.ops.tikmix.<op>`` has a kernel for ``device`` (False if tikmix_ext is not importable)."""
+    """``tikmix_ext.has_kernel(op, device)``, or False when tikmix_ext is not importable (pure-torch fallbacks)."""
     try:
-        import tikmix_ext  # noqa: F401  (loads the native library, which registers torch.ops.tikmix)
+        import tikmix_ext
     except ImportError:
         return False
-    key = "CUDA" if device.type == "cuda" else "CPU" if device.type == "cpu" else None
-    if key is None:
-        return False
-    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"tikmix::{op}", key))
+    return tikmix_ext.has_kernel(op, device)
 
 
 _warned_lock = threading.Lock()
@@ -294,7 +291,9 @@ class Projector:
                 raise AssertionError("diagonal scales cannot act on a Kronecker per-sample sketch")  # guarded upstream
             block = out[:, slot.col : slot.col + slot.width]
             if self._kron_op and a.dtype == g.dtype and a.dtype in (torch.float32, torch.bfloat16, torch.float16):
-                block += torch.ops.tikmix.sketch_kron.default(
+                import tikmix_ext
+
+                block += tikmix_ext.sketch_kron(
                     a.contiguous(), g.contiguous(), slot.k_in, slot.k_out, self.seed, slot.layer
                 )
             else:

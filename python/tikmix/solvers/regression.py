@@ -468,11 +468,10 @@ def _native_op() -> Optional[Any]:
     if "op" not in _NATIVE:
         op = None
         try:
-            import torch
-            import tikmix_ext  # noqa: F401  (loads the library that registers torch.ops.tikmix)
+            import tikmix_ext
 
-            if torch._C._dispatch_has_kernel_for_dispatch_key("tikmix::mixture_scores", "CPU"):
-                op = getattr(tikmix_ext, "mixture_scores", None) or torch.ops.tikmix.mixture_scores
+            if tikmix_ext.has_kernel("mixture_scores", "cpu"):
+                op = tikmix_ext.mixture_scores
         except Exception:  # not built, not loadable, or an older build without the op
             op = None
         _NATIVE["op"] = op
