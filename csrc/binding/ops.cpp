@@ -43,6 +43,11 @@ pybind11::dict build_info() {
 #endif
   info["rng"] = "splitmix64-rademacher-v1";
   info["cpu_isa"] = tikmix::cpu::sketch_isa();  // the CPU sketch path chosen at run time
+#ifdef _OPENMP
+  info["openmp"] = true;  // at::parallel_for in the CPU ops really runs on torch.get_num_threads() threads
+#else
+  info["openmp"] = false;
+#endif
   return info;
 }
 
