@@ -16,7 +16,7 @@ import yaml
 from tikmix.cli import main
 from tikmix.data import write_token_file
 from tikmix.demo.corpus import build_corpus
-from tikmix.runner import ConfigError, load_config, train, validate_config
+from tikmix.run import ConfigError, load_config, train, validate_config
 
 SEQ = 16
 
@@ -115,8 +115,8 @@ def test_bad_config_names_the_key_before_training(tmp_path, data_dir, mutate, ke
 
 def test_good_config_fills_defaults(tmp_path, data_dir):
     cfg = load_config(_write(tmp_path, _config(data_dir, tmp_path / "out")))
-    assert cfg["solver"]["name"] == "direct"
-    assert cfg["train"]["grad_clip"] == 1.0
+    assert cfg.solver.name == "direct"
+    assert cfg.train.grad_clip == 1.0
     assert main(["run", str(tmp_path / "config.yaml"), "--check"]) == 0
 
 

@@ -5,7 +5,7 @@
   and writes ``report.json``, per-method histories and PNG plots into ``--out``.
 * ``tikmix run CONFIG.yaml`` -- the same loop on your data (token files or text folders per domain),
   single process or under ``torchrun``; ``--resume`` continues from the last checkpoint. See
-  :mod:`tikmix.runner` for the config reference.
+  :mod:`tikmix.run.config` for the config reference.
 * ``tikmix report FILE.json`` -- re-draws the table and plots from a demo report or a run history.
 
 ``main(argv)`` returns the exit status: 0 on success, 2 for a usage or config error (the message names
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     r = sub.add_parser("run", help="staged TiKMiX training on your own data from a YAML config")
-    r.add_argument("config", help="YAML config (reference: tikmix.runner docstring / README)")
+    r.add_argument("config", help="YAML config (reference: docs/run-config.md)")
     r.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if present")
     r.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     r.add_argument("--check", action="store_true", help="only validate the config and exit")
@@ -104,7 +104,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tikmix.runner import ConfigError, load_config, train
+    from tikmix.run import ConfigError, load_config, train
 
     try:
         cfg = load_config(args.config)

@@ -1,0 +1,20 @@
+"""``tikmix run CONFIG.yaml``: staged TiKMiX training on the user's own data, from a validated YAML config.
+
+* :mod:`tikmix.run.config` -- the schema (keys, types, defaults, bounds), :func:`load_config`, :class:`ConfigError`
+* :mod:`tikmix.run.sources` -- the configured domains and targets as datasets
+* :mod:`tikmix.run.model` -- the model the run trains
+* :mod:`tikmix.run.checkpoint` -- checkpoint files
+* :mod:`tikmix.run.train` -- the training loop, :func:`train`
+
+The config is validated completely before anything is built or trained; every problem raises
+:class:`ConfigError` (a ValueError) whose message starts with the dotted key, e.g.
+``data.domains.web.token_file: file not found: data/web.bin``. Under ``torchrun`` (``WORLD_SIZE > 1``)
+the process group is initialised (gloo on CPU, nccl on CUDA), the model is wrapped in
+DistributedDataParallel, every rank reads its slice of each global batch from the
+:class:`tikmix.MixtureSampler`, and influence sketches are all-reduced.
+"""
+
+from .config import ConfigError, RunConfig, load_config, validate_config
+from .train import train
+
+__all__ = ["ConfigError", "RunConfig", "load_config", "validate_config", "train"]

@@ -1,0 +1,420 @@
+"""The ``tikmix run`` config: one typed schema (pydantic v2) for keys, types, defaults, bounds and cross-field rules.
+
+Everything about a config lives here: :func:`load_config` reads YAML (duplicate keys refused) and
+:func:`validate_config` checks a parsed mapping completely before anything is built; any problem is a
+:class:`ConfigError` whose message starts with the dotted key (``data.domains.web.token_file: file not
+found: ...``). :func:`reference_markdown` renders the config reference from the same schema.
+
+Each section is its own model, and every data source kind its own model in the :data:`Source` union, so a
+new section, option or source kind is a local addition.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "StagesConfig",
+    "SolverConfig",
+    "InfluenceConfig",
+    "TokenFileSource",
+    "TextFolderSource",
+    "Source",
+    "NAME_PATTERN",
+    "load_config",
+    "validate_config",
+]
+
+
+class ConfigError(ValueError):
+    """A bad ``tikmix run`` config; ``key`` is the dotted path of the offending entry."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Domain and target names: they become file names under ``<out>``, so nothing that can leave that folder."""
+
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]  # '..' inside a name is refused by DataConfig
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Section(BaseModel):
+    """Common settings: unknown keys and implicit conversions (``"3"`` for 3, ``true`` for 1) are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    ctx = info.context or {}
+    return Path(ctx.get("base_dir", "."))
+
+
+def _resolve(base: Path, p: str) -> Path:
+    path = Path(os.path.expanduser(p))
+    return path if path.is_absolute() else base / path
+
+
+# ---------------------------------------------------------------------------------------------- sources
+class TokenFileSource(_Section):
+    """A token file written by :func:`tikmix.write_token_file` (or any headerless array of token ids)."""
+
+    token_file: str = Field(description="path of the token file (relative to the config's folder)")
+    dtype: str | None = Field(None, description="element type of a headerless file (e.g. uint16); null = from the header")
+    max_sequences: PositiveInt | None = Field(None, description="use at most this many sequences (targets: split in halves)")
+
+    @field_validator("token_file")
+    @classmethod
+    def _exists(cls, v: str, info: ValidationInfo) -> str:
+        path = _resolve(_base_dir(info), v)
+        if not path.is_file():
+            raise ConfigError("", f"file not found: {path}")
+        return str(path)
+
+
+class TextFolderSource(_Section):
+    """A folder of text files, tokenised once with the byte-level tokenizer into ``<out>/data``."""
+
+    text_folder: str = Field(description="folder of text files (relative to the config's folder)")
+    pattern: str = Field("**/*.txt", description="glob of the files to read inside the folder")
+    max_sequences: PositiveInt | None = Field(None, description="use at most this many sequences (targets: split in halves)")
+
+    @model_validator(mode="after")
+    def _has_files(self, info: ValidationInfo) -> "TextFolderSource":
+        path = _resolve(_base_dir(info), self.text_folder)
+        if not path.is_dir():
+            raise ConfigError("text_folder", f"folder not found: {path}")
+        if not any(p.is_file() for p in path.glob(self.pattern)):
+            raise ConfigError("text_folder", f"no files matching {self.pattern!r} in {path}")
+        self.text_folder = str(path)
+        return self
+
+
+# One entry per source kind: the key that selects it -> its model. A new kind is one model and one line here.
+SOURCE_KINDS: dict[str, type[_Section]] = {"token_file": TokenFileSource, "text_folder": TextFolderSource}
+_TAG = "source="  # union tags show up in pydantic's error locations; this prefix marks them for removal
+
+
+def _source_kind(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return _TAG + next(k for k in SOURCE_KINDS if hasattr(value, k))
+    if not isinstance(value, dict):
+        return None
+    kinds = [k for k in SOURCE_KINDS if k in value]
+    return _TAG + kinds[0] if len(kinds) == 1 else None
+
+
+Source = Annotated[
+    Union[tuple(Annotated[model, Tag(_TAG + key)] for key, model in SOURCE_KINDS.items())],  # type: ignore[misc]
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_kind",
+        custom_error_message=f"give exactly one of {' or '.join(SOURCE_KINDS)}",
+    ),
+]
+"""One data source: a mapping with exactly one of the :data:`SOURCE_KINDS` keys."""
+
+Sources = Annotated[dict[Name, Source], Field(min_length=1)]
+
+
+# ---------------------------------------------------------------------------------------------- sections
+class DataConfig(_Section):
+    """Training domains, target tasks and the sequence length."""
+
+    seq_len: PositiveInt = Field(description="tokens per training sequence")
+    domains: Sources = Field(description="name -> source (one of token_file / text_folder); the mixture's domains")
+    targets: Sources = Field(
+        description="name -> source; the first half of each target's sequences measures influence, the second is evaluated"
+    )
+    initial_weights: list[Annotated[FiniteFloat, Field(ge=0)]] | None = Field(
+        None,
+        description="first-stage mixture: a list in domain order or a mapping name -> weight (missing = 0); "
+        "normalised; null = uniform",
+    )
+    vocab_size: Annotated[int, Field(ge=2)] | None = Field(
+        None, description="null = the largest vocab_size in the token-file headers, at least 256"
+    )
+
+    @field_validator("domains", "targets")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if ".." in name:
+                raise ConfigError(name, "a name must not contain '..'")
+        return v
+
+    @field_validator("initial_weights", mode="before")
+    @classmethod
+    def _weights_by_name(cls, v: Any, info: ValidationInfo) -> Any:
+        if not isinstance(v, dict) or "domains" not in info.data:
+            return v
+        names = list(info.data["domains"])
+        extra = [k for k in v if k not in names]
+        if extra:
+            raise ConfigError(str(extra[0]), f"not a domain (domains: {', '.join(names)})")
+        return [v.get(n, 0.0) for n in names]
+
+    @model_validator(mode="after")
+    def _weights_match_domains(self) -> "DataConfig":
+        w = self.initial_weights
+        if w is None:
+            return self
+        names = list(self.domains)
+        if len(w) != len(names):
+            raise ConfigError("initial_weights", f"has {len(w)} entries but there are {len(names)} domains ({', '.join(names)})")
+        total = math.fsum(w)
+        if total <= 0:
+            raise ConfigError("initial_weights", "the weights sum to 0")
+        self.initial_weights = [x / total for x in w]
+        return self
+
+
+class ModelConfig(_Section):
+    """The demo GPT trained by ``tikmix run``."""
+
+    n_layer: PositiveInt = Field(2, description="transformer blocks")
+    n_head: PositiveInt = Field(4, description="attention heads")
+    d_model: PositiveInt = Field(64, description="width; divisible by n_head")
+    dropout: Annotated[FiniteFloat, Field(ge=0, lt=1)] = Field(0.0, description="dropout probability")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.d_model % self.n_head:
+            raise ConfigError("d_model", f"{self.d_model} is not divisible by model.n_head={self.n_head}")
+        return self
+
+
+class TrainConfig(_Section):
+    """Optimiser (AdamW, betas 0.9/0.98), cosine schedule with warm-up, evaluation and checkpoint cadence."""
+
+    steps: PositiveInt = Field(description="optimizer steps (the training budget)")
+    batch_size: PositiveInt = Field(32, description="global sequences per step (all ranks); divisible by the world size")
+    lr: Annotated[FiniteFloat, Field(gt=0)] = Field(3e-3, description="peak learning rate")
+    warmup: NonNegativeInt = Field(50, description="linear warm-up steps")
+    min_lr_ratio: Annotated[FiniteFloat, Field(ge=0, le=1)] = Field(0.1, description="final lr / peak lr of the cosine decay")
+    weight_decay: Annotated[FiniteFloat, Field(ge=0)] = Field(0.01, description="AdamW weight decay")
+    grad_clip: Annotated[FiniteFloat, Field(gt=0)] | None = Field(1.0, description="max gradient norm; null = off")
+    eval_every: PositiveInt = Field(100, description="evaluate the target test halves every this many steps")
+    checkpoint_every: PositiveInt = Field(500, description="write a checkpoint every this many steps (and at the end)")
+
+
+class StagesConfig(_Section):
+    """Where the mixture is re-chosen."""
+
+    unit: Literal["steps", "tokens"] = Field("steps", description="unit of the boundaries")
+    boundaries: list[PositiveInt] = Field(
+        description="strictly increasing; each before the end of training; the mixture is re-chosen at each"
+    )
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "StagesConfig":
+        prev = 0
+        for i, b in enumerate(self.boundaries):
+            if b <= prev:
+                raise ConfigError(f"boundaries[{i}]", f"boundaries must be strictly increasing ({b} after {prev})")
+            prev = b
+        return self
+
+
+class SolverConfig(_Section):
+    """The mixture solver run at each boundary."""
+
+    name: Literal["direct", "regression"] = Field("direct", description="direct (TiKMiX-D) or regression (TiKMiX-M)")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="solve_direct keyword arguments; for regression {direct: {...}, regression: {...}}",
+    )
+
+
+class InfluenceConfig(_Section):
+    """Group Influence measurement (:class:`tikmix.GroupInfluence`) at each boundary."""
+
+    k: PositiveInt | None = Field(1024, description="sketch dimension; null = exact gradients")
+    samples_per_domain: PositiveInt = Field(64, description="rows drawn from each domain at every boundary")
+    batch_size: PositiveInt = Field(32, description="micro-batch size while measuring influence")
+    target_samples: PositiveInt | None = Field(None, description="at most this many examples per target; null = all")
+    preconditioner: Literal["identity", "adam", "gauss_newton"] = Field("identity", description="gradient preconditioner")
+    n_bootstrap: NonNegativeInt = Field(200, description="bootstrap resamples for confidence intervals")
+    damping: Annotated[FiniteFloat, Field(gt=0)] = Field(0.1, description="preconditioner damping")
+    params: list[str] | None = Field(
+        None, description="parameter names (fnmatch patterns) whose gradients are used; a string or a list; null = all"
+    )
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _one_pattern(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class RunConfig(_Section):
+    """A complete, validated ``tikmix run`` config (paths resolved against the config's folder)."""
+
+    out: str = Field(description="output folder: checkpoints, history.json, plots")
+    seed: Annotated[int, Field(ge=0, lt=2**64)] = Field(0, description="model init, sampler, influence samples, sketch")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N (under torchrun: cuda -> cuda:LOCAL_RANK)")
+    data: DataConfig = Field(description="domains, targets, sequence length")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model")
+    train: TrainConfig = Field(description="optimisation")
+    stages: StagesConfig = Field(description="stage boundaries")
+    solver: SolverConfig = Field(default_factory=SolverConfig, description="mixture solver")
+    influence: InfluenceConfig = Field(default_factory=InfluenceConfig, description="influence measurement")
+
+    @field_validator("out")
+    @classmethod
+    def _resolve_out(cls, v: str, info: ValidationInfo) -> str:
+        return str(_resolve(_base_dir(info), v))
+
+    @model_validator(mode="after")
+    def _stages_fit_budget(self) -> "RunConfig":
+        t, st = self.train, self.stages
+        tokens_per_step = t.batch_size * self.data.seq_len
+        budget = t.steps if st.unit == "steps" else t.steps * tokens_per_step
+        for i, b in enumerate(st.boundaries):
+            step = b if st.unit == "steps" else -(-b // tokens_per_step)
+            if step >= t.steps:
+                raise ConfigError(
+                    f"stages.boundaries[{i}]",
+                    f"{b} {st.unit} is at or beyond the training budget ({budget} {st.unit} = train.steps {t.steps})",
+                )
+        return self
+
+    @property
+    def out_dir(self) -> Path:
+        """The output folder as a path."""
+        return Path(self.out)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Global training tokens per optimizer step."""
+        return self.train.batch_size * self.data.seq_len
+
+    def comparable(self) -> dict[str, Any]:
+        """The parts a checkpoint must match to be resumed (everything but the eval/checkpoint cadence)."""
+        raw = self.model_dump(mode="json")
+        raw["train"].pop("checkpoint_every", None)
+        raw["train"].pop("eval_every", None)
+        return raw
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def _dotted(loc: tuple[Any, ...]) -> str:
+    key = ""
+    for part in loc:
+        if isinstance(part, str) and (part.startswith(_TAG) or part == "[key]" or part == ""):
+            continue
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += f".{part}" if key else str(part)
+    return key or "<root>"
+
+
+_TYPE_NAMES = {
+    "int_type": "int", "int_parsing": "int", "int_from_float": "int", "float_type": "number",
+    "float_parsing": "number", "string_type": "str", "bool_type": "bool", "list_type": "list",
+    "dict_type": "mapping", "model_type": "mapping", "model_attributes_type": "mapping",
+}
+
+
+def _describe(err: dict[str, Any]) -> tuple[str, str]:
+    """(dotted key, message) of one pydantic error."""
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    error = (err.get("ctx") or {}).get("error")
+    if isinstance(error, ConfigError):
+        rel = tuple(int(p[1:-1]) if p.startswith("[") else p for p in error.key.replace("[", ".[").split(".") if p)
+        return _dotted(loc + rel), str(error).split(": ", 1)[1]
+    key = _dotted(loc)
+    value = err.get("input")
+    if kind == "missing":
+        return key, "required key is missing"
+    if kind == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        return key, "unknown key" + (f" (known keys here: {', '.join(known)})" if known else "")
+    if kind in _TYPE_NAMES:
+        got = "a bool" if isinstance(value, bool) else type(value).__name__
+        return key, f"expected {_TYPE_NAMES[kind]}, got {got} ({value!r})"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return key, f"{msg[:1].lower()}{msg[1:]}, got {value!r}" if kind not in ("source_kind",) else msg
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, str) and part.startswith(_TAG):
+            model = SOURCE_KINDS[part[len(_TAG):]]
+        elif isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            model = _section_model(model.model_fields[part].annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _section_model(annotation: Any) -> Any:
+    for arg in (annotation, *typing.get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def validate_config(raw: Any, base_dir: str | os.PathLike[str] = ".") -> RunConfig:
+    """Check a parsed config completely (keys, types, bounds, files, cross-field rules); fill defaults.
+
+    Relative paths are resolved against ``base_dir``. Raises :class:`ConfigError` naming the first bad key
+    (the message lists the other bad keys too).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("<root>", f"the config must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw, context={"base_dir": Path(base_dir)})
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors(include_url=False)]
+    key, message = problems[0]
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more: {', '.join(k for k, _ in problems[1:])})"
+    raise ConfigError(key, message)
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read and validate a YAML config file (relative paths inside are relative to the file's folder)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("<file>", f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("<file>", f"{p} is not valid YAML: {exc}") from None
+    return validate_config(raw, p.parent)

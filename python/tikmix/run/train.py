@@ -1,0 +1,182 @@
+"""The ``tikmix run`` training loop: AdamW with a cosine schedule, the Controller at stage boundaries."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .config import ConfigError, RunConfig, TrainConfig
+from tikmix._distributed import barrier, init_from_env
+from .model import build_model, vocab_size
+from .sources import open_sources, split_targets
+
+__all__ = ["train", "learning_rate"]
+
+
+def _device(cfg: RunConfig, world: int, local_rank: int) -> torch.device:
+    name = cfg.device
+    if name == "cuda" and world > 1:
+        name = f"cuda:{local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+    log: Callable[..., Any] = print,
+) -> dict[str, Any]:
+    """Train as the config says; returns the controller history.
+
+    Args:
+        cfg: a validated :class:`RunConfig` (:func:`tikmix.run.load_config`).
+        resume: continue from the checkpoint in ``out`` if there is one (else start fresh).
+        progress: show a tqdm bar (rank 0).
+        stop_at: stop after this step, right after writing a checkpoint there -- an interruption on purpose
+            (used by tests and to split long runs); ``resume=True`` continues from it.
+        log: where one-line status messages go (rank 0).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader
+
+    from tikmix.controller import Controller
+    from tikmix.data import MixtureSampler, concat_domains
+    from tikmix.demo.model import sequence_loss
+
+    t = cfg.train
+    rank, world, local_rank = init_from_env(cfg.device)
+    device = _device(cfg, world, local_rank)
+    say = log if rank == 0 else (lambda *a, **k: None)
+    if t.batch_size % world:
+        raise ConfigError("train.batch_size", f"{t.batch_size} is not divisible by the world size {world}")
+    out = cfg.out_dir
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
+
+    domains = open_sources(cfg, "domains", rank)
+    targets = open_sources(cfg, "targets", rank)
+    names = list(domains)
+    vocab = vocab_size(cfg, [*domains.values(), *targets.values()])
+    dev_sets, test_sets = split_targets(cfg, targets)
+
+    seed = cfg.seed
+    torch.manual_seed(seed)
+    model = build_model(cfg, vocab, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.98), weight_decay=t.weight_decay)
+    weights = cfg.data.initial_weights or [1.0 / len(names)] * len(names)
+    sampler = MixtureSampler([len(ds) for ds in domains.values()], weights, batch_size=t.batch_size, seed=seed,
+                             tokens_per_sample=cfg.data.seq_len)
+    dataset = concat_domains(list(domains.values()))
+    infl = cfg.influence
+    influence_options: dict[str, Any] = {"k": infl.k, "preconditioner": infl.preconditioner,
+                                         "n_bootstrap": infl.n_bootstrap, "damping": infl.damping}
+    if infl.params is not None:
+        influence_options["params"] = infl.params
+    if infl.preconditioner == "adam":
+        influence_options["optimizer"] = opt
+    controller = Controller(
+        model, sampler,
+        domains=domains, targets=dev_sets, loss_fn=sequence_loss,
+        stages=cfg.stages.boundaries, stage_unit=cfg.stages.unit, tokens_per_step=cfg.tokens_per_step,
+        solver=cfg.solver.name, solver_options=cfg.solver.options, influence=influence_options,
+        samples_per_domain=infl.samples_per_domain, target_samples=infl.target_samples, batch_size=infl.batch_size,
+        device=device, history_path=out / "history.json", seed=seed, total_steps=t.steps,
+    )
+    ddp = DistributedDataParallel(model) if world > 1 else model
+
+    start = 0
+    state = load_checkpoint(out, device) if resume else None
+    if state is not None:
+        if state.get("config") != cfg.comparable():
+            raise ConfigError("<resume>", f"{checkpoint_path(out)} was written by a different config; refusing to resume")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        controller.load_state_dict(state["controller"])
+        start = int(state["step"])
+        say(f"[tikmix] resumed from {checkpoint_path(out)} at step {start}")
+    elif resume:
+        say(f"[tikmix] --resume: no checkpoint at {checkpoint_path(out)}; starting from step 0")
+
+    loader = iter(DataLoader(dataset, batch_size=sampler.local_batch_size, sampler=sampler))
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=t.steps, initial=start, unit="step", desc="tikmix run", dynamic_ncols=True)
+
+    def save(step: int) -> None:
+        if rank == 0:
+            save_checkpoint(out, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                  "controller": controller.state_dict(step=step), "config": cfg.comparable()})
+        barrier()
+
+    end = t.steps if stop_at is None else min(stop_at, t.steps)
+    ddp.train()
+    for step in range(start + 1, end + 1):
+        lr = learning_rate(t, step - 1)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = next(loader).to(device)
+        loss = sequence_loss(ddp, batch).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(t.grad_clip))
+        opt.step()
+        rec = controller.step(step)
+        if rec is not None:
+            say(f"[tikmix] step {step}: new mixture " + ", ".join(
+                f"{n}={w:.3f}" for n, w in zip(names, rec["weights"])))
+        if step % t.eval_every == 0 or step == t.steps:
+            losses = evaluate(model, test_sets, device)
+            controller.log_metrics(step, {"train_loss": loss.detach().item(),
+                                          **{f"target/{k}": v for k, v in losses.items()}})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.detach().item():.3f}", refresh=False)
+        if step % t.checkpoint_every == 0 or step == end:
+            save(step)
+    if bar is not None:
+        bar.close()
+    if end == t.steps:
+        final = evaluate(model, test_sets, device)
+        controller.finish(t.steps, test_losses=final)
+        if rank == 0:
+            from tikmix.report import format_tables, plot_all
+
+            plots = plot_all(controller.history, out)
+            say(format_tables(controller.history))
+            say(f"[tikmix] history: {out / 'history.json'}; plots: {', '.join(str(p) for p in plots)}")
+    return controller.history
+
+
+def learning_rate(t: TrainConfig, step: int) -> float:
+    """Learning rate of the 0-based ``step``: linear warm-up times cosine decay to ``min_lr_ratio``."""
+    warm = min(1.0, (step + 1) / t.warmup) if t.warmup else 1.0
+    cos = 0.5 * (1 + math.cos(math.pi * min(step, t.steps) / t.steps))
+    return float(t.lr) * warm * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cos)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, sets: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, float]:
+    """Mean per-sequence loss of each named set (eval mode, restored afterwards)."""
+    from tikmix.demo.model import sequence_loss
+
+    was = model.training
+    model.eval()
+    out = {}
+    for name, rows in sets.items():
+        losses = [sequence_loss(model, rows[a : a + 128].to(device)) for a in range(0, rows.shape[0], 128)]
+        out[name] = float(torch.cat(losses).mean())
+    model.train(was)
+    return out
