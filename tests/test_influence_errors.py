@@ -106,9 +106,9 @@ def test_not_an_iterable_of_batches(model):
 
 
 @pytest.mark.parametrize("kw,err,match", [
-    (dict(k=0), ValueError, "k must be a positive int"),
-    (dict(k=-5), ValueError, "k must be a positive int"),
-    (dict(k=2.5), ValueError, "k must be a positive int"),
+    (dict(k=0), ValueError, r"k \(the sketch dimension, or None for exact\) must be >= 1"),
+    (dict(k=-5), ValueError, r"k \(the sketch dimension, or None for exact\) must be >= 1"),
+    (dict(k=2.5), TypeError, r"k \(the sketch dimension, or None for exact\) must be an int"),
     (dict(k=64, preconditioner="fisher"), ValueError, "preconditioner must be one of"),
     (dict(k=64, mode="token"), ValueError, "mode must be one of"),
     (dict(k=64, reduction="max"), ValueError, "reduction must be one of"),

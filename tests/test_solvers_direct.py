@@ -408,7 +408,7 @@ def test_bad_S_type():
         (dict(max_shift=3.0), r"max_shift must be >= 0 and <= 2"),
         (dict(normalize="rows"), r"normalize must be"),
         (dict(method="newton"), r"method must be"),
-        (dict(restarts=-1), r"restarts must be an int"),
+        (dict(restarts=-1), r"restarts must be >= 0, got -1"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -157,15 +157,15 @@ def test_batched_labels_and_torch_output():
     [
         (dict(box=(1.5, 2.0)), ValueError, r"box must satisfy"),
         (dict(box=(0.5,)), ValueError, r"box must"),
-        (dict(n_candidates=5), ValueError, r"n_candidates must be an int >= 20"),
-        (dict(top_k=0), ValueError, r"top_k must be an int >= 1"),
+        (dict(n_candidates=5), ValueError, r"n_candidates must be >= 20"),
+        (dict(top_k=0), ValueError, r"top_k must be >= 1"),
         (dict(top_k=64, samples_per_round=32), ValueError, r"samples_per_round \(32\) must be >= top_k"),
         (dict(test_fraction=1.0), ValueError, r"test_fraction must lie in"),
         (dict(alpha_range=(0.0, 10.0)), ValueError, r"alpha_range must be a pair of positive"),
         (dict(outside="clip"), ValueError, r"outside must be"),
         (dict(model="xgboost"), ValueError, r"model must be 'lightgbm'"),
         (dict(model=object()), TypeError, r"model must be 'lightgbm' or have fit"),
-        (dict(batch_size=0), ValueError, r"batch_size must be a positive int"),
+        (dict(batch_size=0), ValueError, r"batch_size must be >= 1"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
@@ -330,7 +330,7 @@ def test_mixture_score_fn_errors():
     Xn[0, 0] = np.nan
     with pytest.raises(ValueError, match="per_sample contains 1 NaN/inf"):
         mixture_score_fn(Xn, ids, 4)
-    with pytest.raises(ValueError, match="draws must be an int >= 1"):
+    with pytest.raises(ValueError, match="draws must be >= 1"):
         mixture_score_fn(X, ids, 4, draws=0)
     with pytest.raises(ValueError, match="aggregate must be"):
         mixture_score_fn(X, ids, 4, aggregate="median")

@@ -1,11 +1,26 @@
 """Accept arrays that speak DLPack (numpy, cupy, jax, …) in the typed wrappers, and hand results back in kind."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Optional, Tuple
 
 import torch
 
 Converter = Callable[[torch.Tensor], Any]
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def int_arg(value: Any, name: str, op: str, low: int = INT64_MIN, high: int = INT64_MAX) -> int:
+    """An integer argument of op ``op`` as a Python int in ``[low, high]``: TypeError for a non-int (bools
+    included), ValueError out of range. Bounds the kernel checks itself with its own message are left at int64."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"tikmix.{op}: {name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not low <= value <= high:
+        what = "fit in int64" if (low, high) == (INT64_MIN, INT64_MAX) else f"be in [{low}, {high}]"
+        raise ValueError(f"tikmix.{op}: {name} must {what}, got {value}")
+    return value
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from . import _load  # noqa: F401  (registers torch.ops.tikmix)
-from ._interop import as_tensor, check_devices
-from .reduce import _int_arg
+from ._interop import as_tensor, check_devices, int_arg
 
 __all__ = ["sketch_kron"]
 
@@ -35,8 +34,8 @@ def sketch_kron(a: Any, g: Any, k_in: int, k_out: int, seed: int, layer: int) ->
     at, back = as_tensor(a, "a")
     gt, _ = as_tensor(g, "g")
     check_devices("sketch_kron", a=at, g=gt)
-    k_in, k_out = _int_arg(k_in, "k_in", "sketch_kron"), _int_arg(k_out, "k_out", "sketch_kron")
-    seed, layer = _int_arg(seed, "seed", "sketch_kron"), _int_arg(layer, "layer", "sketch_kron")
+    k_in, k_out = int_arg(k_in, "k_in", "sketch_kron"), int_arg(k_out, "k_out", "sketch_kron")
+    seed, layer = int_arg(seed, "seed", "sketch_kron"), int_arg(layer, "layer", "sketch_kron")
     return back(torch.ops.tikmix.sketch_kron.default(at, gt, k_in, k_out, seed, layer))
 
 

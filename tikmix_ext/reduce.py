@@ -11,28 +11,14 @@ labels for a surrogate model, and its gradient would need the resampling multipl
 """
 from __future__ import annotations
 
-import numbers
 from typing import Any, Optional, Tuple
 
 import torch
 
 from . import _load  # noqa: F401  (registers torch.ops.tikmix)
-from ._interop import as_optional_tensor, as_tensor, check_devices
+from ._interop import as_optional_tensor, as_tensor, check_devices, int_arg
 
 __all__ = ["segment_sum", "segment_mean", "group_influence", "mixture_scores"]
-
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def _int_arg(value: Any, name: str, op: str) -> int:
-    """An integer argument as a Python int (TypeError otherwise); ranges are checked, with messages, by the kernel."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"tikmix.{op}: {name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ValueError(f"tikmix.{op}: {name} must fit in int64, got {value}")
-    return value
-
 
 def _check_fake_segment(op: str, x, ids, num_groups: int) -> None:
     torch._check(x.dim() == 2, lambda: f"tikmix.{op}: x must be 2-D [N, k]")
@@ -50,7 +36,7 @@ def segment_sum(x: Any, ids: Any, num_groups: int) -> Any:
     xt, back = as_tensor(x, "x")
     it, _ = as_tensor(ids, "ids")
     check_devices("segment_sum", x=xt, ids=it)
-    num_groups = _int_arg(num_groups, "num_groups", "segment_sum")
+    num_groups = int_arg(num_groups, "num_groups", "segment_sum")
     return back(torch.ops.tikmix.segment_sum.default(xt, it, num_groups))
 
 
@@ -86,7 +72,7 @@ def segment_mean(x: Any, ids: Any, num_groups: int) -> Any:
     xt, back = as_tensor(x, "x")
     it, _ = as_tensor(ids, "ids")
     check_devices("segment_mean", x=xt, ids=it)
-    num_groups = _int_arg(num_groups, "num_groups", "segment_mean")
+    num_groups = int_arg(num_groups, "num_groups", "segment_mean")
     return back(torch.ops.tikmix.segment_mean.default(xt, it, num_groups))
 
 
@@ -133,7 +119,7 @@ def group_influence(
     gt, _ = as_tensor(target, "target")
     pt = as_optional_tensor(precond, "precond")
     check_devices("group_influence", train=tt, ids=it, target=gt, precond=pt)
-    num_groups = _int_arg(num_groups, "num_groups", "group_influence")
+    num_groups = int_arg(num_groups, "num_groups", "group_influence")
     s, per_sample = torch.ops.tikmix.group_influence.default(tt, it, num_groups, gt, pt)
     return back(s), back(per_sample)
 
@@ -184,7 +170,7 @@ def mixture_scores(per_sample: Any, ids: Any, candidates: Any, draws: int, seed:
     it, _ = as_tensor(ids, "ids")
     ct, _ = as_tensor(candidates, "candidates")
     check_devices("mixture_scores", per_sample=pt, ids=it, candidates=ct)
-    draws, seed = _int_arg(draws, "draws", "mixture_scores"), _int_arg(seed, "seed", "mixture_scores")
+    draws, seed = int_arg(draws, "draws", "mixture_scores"), int_arg(seed, "seed", "mixture_scores")
     return back(torch.ops.tikmix.mixture_scores.default(pt, it, ct, draws, seed))
 
 

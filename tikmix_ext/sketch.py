@@ -6,27 +6,17 @@ the wrappers only check the Python types of the integer arguments, and fakes onl
 """
 from __future__ import annotations
 
-import numbers
 from typing import Any, Optional
 
 import torch
 
 from . import _load  # noqa: F401  (registers torch.ops.tikmix)
-from ._interop import as_optional_tensor, as_tensor, check_devices
+from ._interop import as_optional_tensor, as_tensor, check_devices, int_arg
 
 __all__ = ["sketch", "sketch_accumulate_", "projection", "MAX_ROWS", "MAX_K"]
 
 MAX_ROWS = 1 << 44  #: rows of R addressable by the RNG contract: ``offset + d`` must not exceed this
 MAX_K = 1 << 26  #: ``k`` must be below this
-
-
-def _check_int(value: Any, name: str, op: str, low: int = 0, high: int = (1 << 63) - 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"tikmix.{op}: {name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if not low <= value <= high:
-        raise ValueError(f"tikmix.{op}: {name} must be in [{low}, {high}], got {value}")
-    return value
 
 
 def sketch(x: Any, k: int, seed: int, offset: int = 0, scale: Optional[Any] = None) -> Any:
@@ -48,9 +38,9 @@ def sketch(x: Any, k: int, seed: int, offset: int = 0, scale: Optional[Any] = No
     Differentiable in ``x`` and ``scale`` (the backward multiplies by Rᵀ, generating R in row chunks).
     """
     op = "sketch"
-    k = _check_int(k, "k", op, 1, MAX_K - 1)
-    seed = _check_int(seed, "seed", op)
-    offset = _check_int(offset, "offset", op, 0, MAX_ROWS)
+    k = int_arg(k, "k", op, 1, MAX_K - 1)
+    seed = int_arg(seed, "seed", op, 0)
+    offset = int_arg(offset, "offset", op, 0, MAX_ROWS)
     xt, back = as_tensor(x, "x")
     st = as_optional_tensor(scale, "scale")
     check_devices(op, x=xt, scale=st)
@@ -116,8 +106,8 @@ def sketch_accumulate_(out: Any, x: Any, seed: int, offset: int = 0, scale: Opti
     Not differentiable (it mutates ``out``).
     """
     op = "sketch_accumulate_"
-    seed = _check_int(seed, "seed", op)
-    offset = _check_int(offset, "offset", op, 0, MAX_ROWS)
+    seed = int_arg(seed, "seed", op, 0)
+    offset = int_arg(offset, "offset", op, 0, MAX_ROWS)
     out_t, _ = as_tensor(out, "out")
     xt, _ = as_tensor(x, "x")
     st = as_optional_tensor(scale, "scale")
@@ -137,10 +127,10 @@ def projection(rows: int, k: int, seed: int, offset: int = 0) -> torch.Tensor:
     Meant for tests and small dense projections: it needs ``rows·k·4`` bytes, which :func:`sketch` never does.
     """
     op = "projection"
-    rows = _check_int(rows, "rows", op, 0, MAX_ROWS)
-    k = _check_int(k, "k", op, 1, MAX_K - 1)
-    seed = _check_int(seed, "seed", op)
-    offset = _check_int(offset, "offset", op, 0, MAX_ROWS)
+    rows = int_arg(rows, "rows", op, 0, MAX_ROWS)
+    k = int_arg(k, "k", op, 1, MAX_K - 1)
+    seed = int_arg(seed, "seed", op, 0)
+    offset = int_arg(offset, "offset", op, 0, MAX_ROWS)
     return torch.ops.tikmix.projection.default(rows, k, seed, offset)
 
 

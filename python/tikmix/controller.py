@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from . import _distributed
+from ._validation import check_int, to_float64_array
 
 __all__ = ["Controller", "HISTORY_FORMAT"]
 
@@ -172,11 +173,10 @@ class Controller:
             raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
         if stage_unit not in ("steps", "tokens"):
             raise ValueError(f"stage_unit must be 'steps' or 'tokens', got {stage_unit!r}")
-        for name, value in (("samples_per_domain", samples_per_domain), ("batch_size", batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if target_samples is not None and (not isinstance(target_samples, int) or target_samples <= 0):
-            raise ValueError(f"target_samples must be a positive int or None, got {target_samples!r}")
+        check_int(samples_per_domain, "samples_per_domain", minimum=1)
+        check_int(batch_size, "batch_size", minimum=1)
+        if target_samples is not None:
+            check_int(target_samples, "target_samples", minimum=1)
 
         self.model = model
         self.sampler = sampler
@@ -231,9 +231,7 @@ class Controller:
             raise TypeError(f"stages must be a sequence of ints, got {type(stages).__name__}")
         values: list[int] = []
         for i, s in enumerate(stages):
-            if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s <= 0:
-                raise ValueError(f"stages[{i}] must be a positive int, got {s!r}")
-            values.append(int(s))
+            values.append(check_int(s, f"stages[{i}]", minimum=1))
         if any(b <= a for a, b in zip(values, values[1:])):
             raise ValueError(f"stages must be strictly increasing, got {values}")
         if unit == "tokens":
@@ -311,8 +309,7 @@ class Controller:
         solves, re-weights the sampler and returns the new history record (else returns None). A boundary
         already handled (e.g. before a resume) is not handled again.
         """
-        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be a non-negative int (optimizer steps completed), got {step!r}")
+        check_int(step, "step (optimizer steps completed)", minimum=0)
         now = time.perf_counter()
         if self._last_wall is not None:
             self._train_s += now - self._last_wall
@@ -330,7 +327,7 @@ class Controller:
         t0 = time.perf_counter()
         result = self._influence.compute(domain_batches, target_batches)
         t_influence = time.perf_counter() - t0
-        S = _to_numpy(result.S)
+        S = to_float64_array(result.S, "influence S")
         w_prior = np.asarray(self.sampler.weights_at(step), dtype=np.float64)
 
         t0 = time.perf_counter()
@@ -389,7 +386,7 @@ class Controller:
             if key in d_opts:
                 score_opts.setdefault(key, d_opts[key])
         score_fn = mixture_score_fn(
-            _to_numpy(result.unit_scores), _to_numpy(result.unit_domains).astype(np.int64), len(self.domain_names),
+            to_float64_array(result.unit_scores, "unit_scores"), to_float64_array(result.unit_domains, "unit_domains").astype(np.int64), len(self.domain_names),
             seed=self.seed + 7919 * (stage + 1), **score_opts,
         )
         r_opts.setdefault("seed", self.seed + stage)
@@ -506,12 +503,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def _pull_back(S: np.ndarray, w_prior: np.ndarray, w_d: np.ndarray, w_m: np.ndarray,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import _distributed
+from .._validation import check_int
 from ._stream import MixturePlan, Segment, Stage, largest_remainder, warn_unslotted
 
 __all__ = ["RealisedCounts", "EXHAUSTION_MODES", "STATE_FORMAT"]
@@ -22,16 +23,6 @@ _MAX_TOTAL = 1 << 62
 
 
 # ---------------------------------------------------------------------------------------- validation
-def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
-    """``value`` as an int (bools and non-integers rejected), at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    v = int(value)
-    if minimum is not None and v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return v
-
-
 def _to_list(value: Any, name: str) -> list[Any]:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().tolist() if value.ndim == 1 else [value]

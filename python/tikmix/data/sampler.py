@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Sampler
 
-from ._base import MixtureBase, RealisedCounts, check_domain_sizes, check_int
+from .._validation import check_int
+from ._base import MixtureBase, RealisedCounts, check_domain_sizes
 from ._stream import Segment, half_bits
 
 __all__ = ["MixtureSampler", "DomainConcatDataset", "concat_domains", "locate_index", "RealisedCounts"]

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._validation import check_int
+
 __all__ = ["TokenFileDataset", "TokenFileWriter", "write_token_file", "read_token_file_header"]
 
 MAGIC = b"TKMXTOK\0"
@@ -132,10 +134,7 @@ class TokenFileDataset(Dataset):
         with_targets: bool = False,
         dtype: Any = None,
     ) -> None:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)):
-            raise TypeError(f"seq_len must be an int, got {type(seq_len).__name__}")
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        seq_len = check_int(seq_len, "seq_len", minimum=1)
         if not isinstance(with_targets, bool):
             raise TypeError(f"with_targets must be a bool, got {type(with_targets).__name__}")
         self.path = Path(path)
@@ -175,9 +174,7 @@ class TokenFileDataset(Dataset):
         return self._len
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {type(index).__name__}")
-        i = int(index)
+        i = check_int(index, "index")
         if i < 0:
             i += self._len
         if not 0 <= i < self._len:
@@ -224,11 +221,7 @@ class TokenFileWriter:
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         if vocab_size is not None:
-            if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
-                raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
-            if vocab_size < 1:
-                raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
-            vocab_size = int(vocab_size)
+            vocab_size = check_int(vocab_size, "vocab_size", minimum=1)
         if dtype is not None:
             dt = _check_dtype(dtype)
         elif vocab_size is not None:
@@ -239,8 +232,7 @@ class TokenFileWriter:
         if vocab_size is not None and vocab_size - 1 > info.max:
             raise ValueError(f"dtype={dt.name} cannot hold token ids up to vocab_size - 1 = {vocab_size - 1}")
         if eos_id is not None:
-            if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)):
-                raise TypeError(f"eos_id must be an int, got {type(eos_id).__name__}")
+            eos_id = check_int(eos_id, "eos_id")
             hi = info.max if vocab_size is None else vocab_size - 1
             if not 0 <= eos_id <= hi:
                 raise ValueError(f"eos_id={eos_id} is outside the token range [0, {hi}]")

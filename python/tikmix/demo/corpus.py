@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import check_int
+
 __all__ = [
     "DOMAINS",
     "TARGETS",
@@ -227,8 +229,7 @@ def build_corpus(
         ("dev_sequences", dev_sequences),
         ("test_sequences", test_sequences),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(value, name, minimum=1)
     width = seq_len + 1
     world = _World(_FactTable(seed), _WebTemplates(seed))
     domains = {

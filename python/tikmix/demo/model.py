@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import check_int
+
 __all__ = ["GPTConfig", "GPT", "sequence_loss"]
 
 
@@ -45,9 +47,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+            check_int(getattr(self, name), f"GPTConfig.{name}", minimum=1)
         if self.d_model % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.d_model ({self.d_model}) must be divisible by GPTConfig.n_head ({self.n_head})"

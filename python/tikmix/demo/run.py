@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .._validation import check_int
 from .corpus import DemoCorpus, build_corpus
 from .model import GPT, GPTConfig, sequence_loss
 
@@ -90,9 +91,7 @@ class DemoSettings:
         """Raise ValueError naming the first bad field."""
         for name in ("steps", "batch_size", "warmup", "eval_every", "train_sequences", "samples_per_domain",
                      "sketch_k"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "warmup" else 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_int(getattr(self, name), name, minimum=0 if name == "warmup" else 1)
         if not self.stages or any(not 0 < f < 1 for f in self.stages) or list(self.stages) != sorted(set(self.stages)):
             raise ValueError(f"stages must be increasing fractions in (0, 1), got {self.stages!r}")
         bounds = self.stage_steps()

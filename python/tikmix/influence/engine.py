@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .. import _distributed as dist_utils
+from .._validation import check_int
 from .capture import (PerSampleCapture, batch_signature, group_pass, is_factorable, iter_batches, parameter_owners,
                       run_loss, select_parameters)
 from .diagnostics import bootstrap
@@ -142,10 +143,9 @@ class GroupInfluence:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as loss_fn(model, batch) -> Tensor[B], got {type(loss_fn).__name__}")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
-            raise ValueError(f"k must be a positive int (the sketch dimension) or None (exact), got {k!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
+        if k is not None:
+            check_int(k, "k (the sketch dimension, or None for exact)", minimum=1)
+        check_int(seed, "seed", minimum=0, maximum=2**63 - 1)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if preconditioner not in PRECONDITIONERS:
@@ -156,8 +156,7 @@ class GroupInfluence:
             raise ValueError("preconditioner='adam' needs optimizer= (a torch.optim.Adam/AdamW with state)")
         if not (isinstance(damping, (int, float)) and damping > 0):
             raise ValueError(f"damping must be a positive number, got {damping!r}")
-        if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
-            raise ValueError(f"n_bootstrap must be an int >= 0, got {n_bootstrap!r}")
+        check_int(n_bootstrap, "n_bootstrap", minimum=0)
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
         if factorize is None:

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 import numpy as np
 from scipy.optimize import linprog, minimize
 
+from .._validation import check_int, to_float64_array
 from ._barrier import barrier_solve
 from .result import InfeasibleConstraintsError, MixtureResult
 
@@ -97,18 +98,8 @@ def direct_objective(
 # ----------------------------------------------------------------------------------------------------------
 # Input parsing
 # ----------------------------------------------------------------------------------------------------------
-def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "double"):  # torch.Tensor (any dtype, any device)
-        x = x.detach().double().cpu().numpy()
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a numeric array; got {type(x).__name__}") from exc
-    return arr
-
-
 def _check_matrix(S: ArrayLike) -> np.ndarray:
-    S = _to_numpy(S, "S")
+    S = to_float64_array(S, "S")
     if S.ndim == 1:
         S = S[None, :]
     if S.ndim != 2:
@@ -126,7 +117,7 @@ def _check_matrix(S: ArrayLike) -> np.ndarray:
 
 
 def _check_mixture(w: ArrayLike, m: int, name: str) -> np.ndarray:
-    w = _to_numpy(w, name)
+    w = to_float64_array(w, name)
     if w.ndim != 1 or w.shape[0] != m:
         raise ValueError(f"{name} must be a vector of {m} domain weights (one per column of S); got shape {w.shape}")
     if not np.all(np.isfinite(w)):
@@ -140,7 +131,7 @@ def _check_mixture(w: ArrayLike, m: int, name: str) -> np.ndarray:
 
 
 def _per_domain(value: PerDomain, m: int, name: str, lo: float, hi: float) -> np.ndarray:
-    arr = _to_numpy(value, name)
+    arr = to_float64_array(value, name)
     if arr.ndim == 0:
         arr = np.full(m, float(arr))
     if arr.shape != (m,):
@@ -598,10 +589,8 @@ def solve_direct(
     gamma = _nonneg_scalar(gamma, "gamma")
     eps = _nonneg_scalar(eps, "eps")
     tol = _nonneg_scalar(tol, "tol", positive=True)
-    if not isinstance(restarts, (int, np.integer)) or restarts < 0:
-        raise ValueError(f"restarts must be an int >= 0; got {restarts!r}")
-    if not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
-        raise ValueError(f"maxiter must be an int >= 1; got {maxiter!r}")
+    restarts = check_int(restarts, "restarts", minimum=0)
+    maxiter = check_int(maxiter, "maxiter", minimum=1)
     scale, nonpos = row_scale(S, normalize, eps)
     if nonpos.size:
         warnings.warn(

@@ -12,7 +12,8 @@ import numpy as np
 from scipy.stats import qmc, spearmanr
 
 from ._resample import mixture_scores_np
-from .direct import _check_mixture, _to_numpy, row_scale
+from .._validation import check_int, to_float64_array
+from .direct import _check_mixture, row_scale
 from .result import MixtureResult
 
 __all__ = ["solve_regression", "mixture_score_fn", "MixtureScoreFn"]
@@ -147,7 +148,7 @@ def _labels(score_fn: ScoreFn, W: np.ndarray, batch_size: Optional[int]) -> np.n
     parts = []
     for i in range(0, C, step):
         chunk = W[i : i + step]
-        y = _to_numpy(score_fn(chunk), "score_fn output")
+        y = to_float64_array(score_fn(chunk), "score_fn output")
         if y.shape != (chunk.shape[0],):
             raise ValueError(
                 f"score_fn must return one score per candidate, shape ({chunk.shape[0]},); got {y.shape}. "
@@ -263,7 +264,7 @@ def solve_regression(
     """
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable W[C, m] -> y[C]; got {type(score_fn).__name__}")
-    w0_arr = _to_numpy(w0, "w0")
+    w0_arr = to_float64_array(w0, "w0")
     if w0_arr.ndim != 1 or w0_arr.size == 0:
         raise ValueError(f"w0 must be a non-empty 1-D vector of domain weights; got shape {w0_arr.shape}")
     w0 = _check_mixture(w0_arr, w0_arr.size, "w0")
@@ -276,16 +277,15 @@ def solve_regression(
         raise ValueError(f"box must satisfy 0 <= a <= 1 <= b < inf and a < b (w0 inside the box); got {box!r}")
     for name, value, low in (("n_candidates", n_candidates, 20), ("rounds", rounds, 0), ("top_k", top_k, 1),
                              ("samples_per_round", samples_per_round, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+        check_int(value, name, minimum=low)
     if samples_per_round < top_k:
         raise ValueError(f"samples_per_round ({samples_per_round}) must be >= top_k ({top_k})")
     if not (0.0 < float(test_fraction) < 1.0):
         raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction!r}")
     if outside not in ("reject", "project"):
         raise ValueError(f"outside must be 'reject' or 'project'; got {outside!r}")
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}")
+    if batch_size is not None:
+        check_int(batch_size, "batch_size", minimum=1)
     if alpha_range is None:
         alpha_range = (10.0 * m, 1000.0 * m)
     try:
@@ -420,7 +420,7 @@ class MixtureScoreFn:
 
     def scores(self, W: Any) -> np.ndarray:
         """Per-target resampled scores ``[C, n]`` (float64) of candidate mixtures ``W [C, G]``."""
-        W = _to_numpy(W, "W")
+        W = to_float64_array(W, "W")
         if W.ndim != 2 or W.shape[1] != self.num_domains:
             raise ValueError(f"W must be [C, {self.num_domains}]; got shape {W.shape}")
         if self.backend == "native":
@@ -428,7 +428,7 @@ class MixtureScoreFn:
         return mixture_scores_np(self.per_sample, self.ids, W, self.draws, self.seed).astype(np.float64)
 
     def __call__(self, W: Any) -> np.ndarray:
-        Wn = _to_numpy(W, "W")
+        Wn = to_float64_array(W, "W")
         Y = self.scores(Wn)
         agg = self.aggregate
         if isinstance(agg, str):
@@ -442,7 +442,7 @@ class MixtureScoreFn:
             a, b, g = self._weights["alpha"], self._weights["beta"], self._weights["gamma"]
             return b * Yh.sum(axis=1) - a * Yh.std(axis=1) + g * ent
         if callable(agg):
-            out = _to_numpy(agg(Y, Wn), "aggregate output")
+            out = to_float64_array(agg(Y, Wn), "aggregate output")
             if out.shape != (Y.shape[0],):
                 raise ValueError(f"aggregate must return shape ({Y.shape[0]},); got {out.shape}")
             return out
@@ -456,7 +456,7 @@ def _float_array(x: Any, name: str) -> np.ndarray:
         x = x.numpy() if str(x.dtype) in ("torch.float32", "torch.float64") else x.double().numpy()
     arr = np.asarray(x)
     if arr.dtype not in (np.float32, np.float64):
-        arr = _to_numpy(arr, name)
+        arr = to_float64_array(arr, name)
     return arr
 
 
@@ -559,17 +559,15 @@ def mixture_score_fn(
         raise ValueError(f"ids must be 1-D with one domain per row of per_sample ({X.shape[0]}); got {idx.shape}")
     if idx.size and not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"ids must be integers; got dtype {idx.dtype}")
-    if isinstance(num_domains, bool) or not isinstance(num_domains, (int, np.integer)) or num_domains < 1:
-        raise ValueError(f"num_domains must be an int >= 1; got {num_domains!r}")
+    num_domains = check_int(num_domains, "num_domains", minimum=1)
     if idx.min() < 0 or idx.max() >= num_domains:
         raise ValueError(f"ids must lie in [0, {num_domains}); got [{idx.min()}, {idx.max()}]")
-    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
-        raise ValueError(f"draws must be an int >= 1; got {draws!r}")
+    draws = check_int(draws, "draws", minimum=1)
     if isinstance(aggregate, str):
         if aggregate not in ("mean", "tikmix"):
             raise ValueError(f"aggregate must be 'mean', 'tikmix', a weight vector or a callable; got {aggregate!r}")
     elif not callable(aggregate):
-        agg = _to_numpy(aggregate, "aggregate")
+        agg = to_float64_array(aggregate, "aggregate")
         if agg.shape != (X.shape[1],):
             raise ValueError(f"aggregate weights must have one entry per target ({X.shape[1]}); got {agg.shape}")
         aggregate = agg
