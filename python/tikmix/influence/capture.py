@@ -9,7 +9,9 @@ output gradients into per-sample sketches without materialising per-sample weigh
 
 * ``nn.Linear``: weight ``Σ_t g_t a_tᵀ`` (Kronecker block via ``sketch_kron``), bias ``Σ_t g_t``;
 * ``nn.Embedding``: weight ``Σ_t e_{idx_t} g_tᵀ`` (Kronecker block: rows of R_out gathered by token id);
-* ``nn.LayerNorm`` / ``nn.RMSNorm``: weight ``Σ_t g_t ⊙ x̂_t``, bias ``Σ_t g_t``.
+* ``nn.LayerNorm`` / ``nn.RMSNorm``: weight ``Σ_t g_t ⊙ x̂_t``, bias ``Σ_t g_t``;
+* Hugging Face building blocks (GPT-2 ``Conv1D``, Llama-style ``*RMSNorm``) and user-registered modules: the
+  registry of :mod:`.hook_rules`.
 
 A module is hooked only when its class uses the stock ``forward`` of these types. Every other selected parameter
 (custom modules, parameters used directly in ``forward``) gets per-sample gradients from ``torch.func``
@@ -31,10 +33,10 @@ import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from .hook_rules import HookRule, hook_rule, is_factorable
 from .sketch_space import Projector, Slot
 
 __all__ = [
@@ -49,9 +51,6 @@ __all__ = [
 ]
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
-
-_RMSNorm = getattr(nn, "RMSNorm", None)
-
 
 # ---- parameter selection -----------------------------------------------------------------------------------------
 def select_parameters(model: nn.Module, params: Any) -> List[Tuple[str, nn.Parameter]]:
@@ -110,30 +109,6 @@ def parameter_owners(model: nn.Module) -> Dict[int, List[Tuple[nn.Module, str]]]
             if p is not None:
                 owners.setdefault(id(p), []).append((module, attr))
     return owners
-
-
-def hook_rule(module: nn.Module) -> Optional[str]:
-    """The per-sample hook rule for ``module`` (``"linear"``, ``"embedding"``, ``"layer_norm"``, ``"rms_norm"``), or None.
-
-    Only modules running the stock ``forward`` of their type qualify (a subclass overriding ``forward`` may use
-    its weights differently).
-    """
-    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
-        return "linear"
-    if isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward:
-        return None if module.scale_grad_by_freq else "embedding"
-    if isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward:
-        return "layer_norm"
-    if _RMSNorm is not None and isinstance(module, _RMSNorm) and type(module).forward is _RMSNorm.forward:
-        return "rms_norm"
-    return None
-
-
-def is_factorable(param: nn.Parameter, owners: List[Tuple[nn.Module, str]]) -> bool:
-    """True when ``param`` is 2-D and registered only as the ``weight`` of ``nn.Linear``/``nn.Embedding`` modules."""
-    if param.dim() != 2 or not owners:
-        return False
-    return all(attr == "weight" and isinstance(m, (nn.Linear, nn.Embedding)) for m, attr in owners)
 
 
 def batch_signature(batch: Any) -> str:
@@ -271,25 +246,29 @@ class PerSampleCapture:
 
         output.register_hook(on_grad)
 
-    def _contribute(self, module: nn.Module, rule: str, slots: Dict[str, Slot], x: torch.Tensor,
+    def _contribute(self, module: nn.Module, rule: HookRule, slots: Dict[str, Slot], x: torch.Tensor,
                     g: torch.Tensor) -> None:
         rows, b = self._rows, self._batch_size
         assert rows is not None
-        if g.dim() == 0 or g.shape[0] != b or (rule in ("linear", "embedding") and (x.dim() == 0 or x.shape[0] != b)):
+        if g.dim() == 0 or g.shape[0] != b or (rule.kind != "norm" and (x.dim() == 0 or x.shape[0] != b)):
             # Not sample-major (e.g. positional embeddings looked up once and broadcast over the batch): the
             # gradient reaching the hook is already summed over samples. torch.func takes these parameters.
             self._unbatched.update(s.index for s in slots.values())
             return
-        if rule == "linear":
+        if rule.kind in ("linear", "linear_t"):
             a3 = x.reshape(b, -1, x.shape[-1])
             g3 = g.reshape(b, -1, g.shape[-1])
             if "weight" in slots:
                 slot = slots["weight"]
-                self.projector.add_linear(rows, slot, a3, g3)
-                self._record(slot, lambda sel: _outer_total(g3[sel], a3[sel]))
+                if rule.kind == "linear":  # weight [out, in]: Σ_t g_t a_tᵀ
+                    self.projector.add_linear(rows, slot, a3, g3)
+                    self._record(slot, lambda sel: _outer_total(g3[sel], a3[sel]))
+                else:  # weight [in, out] (GPT-2 Conv1D): Σ_t a_t g_tᵀ, the same product with the roles swapped
+                    self.projector.add_linear(rows, slot, g3, a3)
+                    self._record(slot, lambda sel: _outer_total(a3[sel], g3[sel]))
             if "bias" in slots:
                 self._add_materialised(slots["bias"], g3.sum(1))
-        elif rule == "embedding":
+        elif rule.kind == "embedding":
             idx = x.reshape(b, -1)
             g3 = g.reshape(b, -1, g.shape[-1])
             if module.padding_idx is not None:
@@ -297,12 +276,9 @@ class PerSampleCapture:
             slot = slots["weight"]
             self.projector.add_embedding(rows, slot, idx, g3, None)
             self._record(slot, lambda sel: _lookup_total(slot.shape, idx[sel], g3[sel]))
-        else:  # layer_norm / rms_norm: weight gradient Σ_t g_t ⊙ x̂_t with x̂ the normalised input
-            if rule == "layer_norm":
-                x = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
-            else:
-                x = F.rms_norm(x, module.normalized_shape, None, module.eps)
-            nd = len(module.normalized_shape)
+        else:  # norm: weight gradient Σ_t g_t ⊙ x̂_t with x̂ the normalised input
+            x = rule.normalize(module, x)
+            nd = len(next(iter(slots.values())).shape)
             gs = g.reshape(b, -1, *g.shape[g.dim() - nd:])
             if "weight" in slots:
                 self._add_materialised(slots["weight"], (gs * x.reshape(gs.shape)).sum(1))

@@ -19,6 +19,7 @@ from .._validation import check_int
 from .capture import (PerSampleCapture, batch_signature, group_pass, is_factorable, iter_batches, parameter_owners,
                       run_loss, select_parameters)
 from .diagnostics import bootstrap
+from .hook_rules import parameter_paths
 from .preconditioners import PRECONDITIONERS, adam_scales, gauss_newton_apply
 from .result import InfluenceResult
 from .sketch_space import Layout, Projector, _has_kernel
@@ -280,6 +281,8 @@ class GroupInfluence:
         result.timings.update(timings)
         if capture is not None:  # how each parameter's per-sample gradients were captured
             result.layout["per_sample_capture"] = {s.name: capture.source[s.index] for s in slots}
+        result.layout["parameter_paths"] = parameter_paths(slots, self._owners,
+                                                           capture.source if capture is not None else None)
         return result
 
     # ------------------------------------------------------------------------------------------------------------

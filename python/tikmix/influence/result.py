@@ -59,8 +59,10 @@ class InfluenceResult:
         target_sketches: ``[n_targets, K]`` mean target sketches (∇f_i projected, before any Gauss-Newton solve).
         unit_sketches: ``[U, K]`` per-unit sketches, when ``keep_sketches=True`` (else None).
         gauss_newton_damping: λ used by ``gauss_newton`` (else None).
-        layout: description of the sketch layout (per-sample mode adds ``per_sample_capture``: parameter name →
-            ``"hooks"`` or ``"func"``, how its per-sample gradients were obtained); timings: seconds per phase.
+        layout: description of the sketch layout; ``parameter_paths``: parameter name → its sketch block and how
+            its gradient was captured, e.g. ``"kronecker <- hook rule 'linear'"``, ``"dense <- torch.func"``,
+            ``"dense <- autograd"`` (group mode) (:func:`tikmix.influence.hook_rules.parameter_paths`); per-sample
+            mode adds ``per_sample_capture``: name → ``"hooks"`` or ``"func"``. timings: seconds per phase.
     """
 
     S: torch.Tensor

@@ -1,0 +1,86 @@
+"""Per-sequence losses in the ``loss_fn(model, batch) -> Tensor[B]`` protocol of :class:`tikmix.GroupInfluence`.
+
+:func:`causal_lm_loss` covers causal language models fed Hugging Face style dict batches (``input_ids``,
+``attention_mask``, ``labels`` with ``-100`` for ignored positions): any module whose output is a ``[B, T, V]``
+logits tensor or has a ``.logits`` attribute (``transformers`` ``*ForCausalLM`` models). Nothing here imports
+``transformers``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["IGNORE_INDEX", "causal_lm_loss", "logits_of"]
+
+IGNORE_INDEX = -100  # the label value Hugging Face losses (and torch's cross_entropy default) skip
+
+
+def logits_of(output: Any, where: str = "the model's output") -> torch.Tensor:
+    """The ``[B, T, V]`` logits in a model output: the tensor itself, ``output.logits`` or ``output["logits"]``."""
+    logits = output
+    if not isinstance(logits, torch.Tensor):
+        logits = getattr(output, "logits", None)
+        if logits is None and isinstance(output, Mapping):
+            logits = output.get("logits")
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{where} has no logits: expected a [B, T, V] tensor or an object with .logits "
+                        f"(a causal LM), got {type(output).__name__}")
+    if logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"{where}: expected floating-point logits of shape [B, T, V] (a causal LM), got "
+                         f"{logits.dtype} {tuple(logits.shape)}")
+    return logits
+
+
+def _is_concrete(t: torch.Tensor) -> bool:
+    """False inside ``torch.func`` transforms (vmap/grad), where reading values for a Python check is impossible."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def causal_lm_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy of every sequence in a dict batch: ``Tensor[B]`` (float32).
+
+    ``batch``: ``input_ids`` ``[B, T]`` (required); ``attention_mask`` ``[B, T]`` (optional, passed to the model);
+    ``labels`` ``[B, T]`` (optional; positions equal to ``-100`` are ignored; default: ``input_ids`` with padding,
+    ``attention_mask == 0``, ignored). Other keys (``position_ids``, ...) are passed to the model, ``labels`` never
+    is (the model's own loss is not needed). Labels are shifted as in ``transformers``: position ``t``'s logits
+    predict ``labels[t + 1]``.
+
+    The loss of sequence ``b`` is the mean over its ``n_b`` counted tokens, so the token-weighted mean
+    ``Σ_b n_b·loss_b / Σ_b n_b`` equals the batch loss a ``transformers`` causal LM computes from the same batch
+    (logits upcast to float32, as there). A sequence with no counted token has no defined loss: ValueError.
+    """
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        got = sorted(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
+        raise TypeError(f"causal_lm_loss needs a dict batch with 'input_ids' (and optional 'attention_mask', "
+                        f"'labels'), got {got}")
+    input_ids = batch["input_ids"]
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"batch['input_ids'] must be a [B, T] tensor, got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)}")
+    labels = batch.get("labels")
+    if labels is None:
+        labels = input_ids
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
+    elif labels.shape != input_ids.shape:
+        raise ValueError(f"batch['labels'] has shape {tuple(labels.shape)}, batch['input_ids'] {tuple(input_ids.shape)}")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = logits_of(model(**inputs), "causal_lm_loss: the model's output")
+    if logits.shape[:2] != input_ids.shape:
+        raise ValueError(f"causal_lm_loss: logits of shape {tuple(logits.shape)} do not match input_ids "
+                         f"{tuple(input_ids.shape)} (expected [B, T, V])")
+    b, t, v = logits.shape
+    target = labels[:, 1:]
+    token_loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, v), target.reshape(-1),
+                                 ignore_index=IGNORE_INDEX, reduction="none").view(b, t - 1)
+    counted = (target != IGNORE_INDEX).sum(1)
+    if _is_concrete(counted) and bool((counted == 0).any()):
+        i = int((counted == 0).nonzero()[0, 0])
+        raise ValueError(f"causal_lm_loss: sequence {i} of the batch has no token to predict (all labels after the "
+                         "first position are -100 or padding), so it has no per-sequence loss; drop it")
+    return token_loss.sum(1) / counted.clamp_min(1).to(token_loss.dtype)
