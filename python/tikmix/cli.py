@@ -7,6 +7,9 @@
   single process or under ``torchrun``; ``--resume`` continues from the last checkpoint. See
   :mod:`tikmix.run.config` for the config reference.
 * ``tikmix report FILE.json`` -- re-draws the table and plots from a demo report or a run history.
+* ``tikmix tokenize SOURCE... -o OUT.tokens [--tokenizer bytes|FILE]`` -- builds a token file once from jsonl,
+  parquet, text files or text folders (streamed, with a progress bar and the throughput), for ``token_file:``
+  sources of any number of runs.
 
 ``main(argv)`` returns the exit status: 0 on success, 2 for a usage or config error (the message names
 the flag or config key), 1 for anything else.
@@ -39,7 +42,7 @@ def _static_weights(text: str) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="tikmix", description="Influence-driven dynamic data mixtures (TiKMiX).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,run,report}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,run,report,tokenize}")
 
     d = sub.add_parser("demo", help="uniform vs TiKMiX-D vs TiKMiX-M on an embedded corpus (no downloads)",
                        description="Train a small GPT on an embedded multi-domain corpus with a static uniform "
@@ -68,7 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-draw the table and plots from a report/history JSON")
     rep.add_argument("file", help="report.json of tikmix demo, or history.json of tikmix run / a Controller")
     rep.add_argument("--out", default=None, help="where the PNGs go (default: next to the file)")
+
+    t = sub.add_parser("tokenize", help="build a token file once from jsonl / parquet / text sources",
+                       description="Tokenise documents (streamed) into one token file, an end-of-document token "
+                                   "after each; reuse it in any run config as a token_file source.")
+    t.add_argument("sources", nargs="+", help="jsonl / parquet / text files or folders of text files, in order")
+    t.add_argument("-o", "--out", required=True, help="the token file to write")
+    t.add_argument("--tokenizer", default="bytes",
+                   help="bytes (default), a local tokenizer.json, or a local tiktoken BPE rank file")
+    t.add_argument("--field", default="text", help="the text field of jsonl records / parquet column (default text)")
+    t.add_argument("--format", dest="fmt", default=None, choices=["jsonl", "parquet", "text_folder", "text"],
+                   help="source format (default: from the file extension; folders are text folders)")
+    t.add_argument("--pattern", default="**/*.txt", help="glob of files inside text folders (default **/*.txt)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from tikmix.data.text_sources import tokenize_to_token_file
+    from tikmix.data.tokenizers import TokenizerSpecError, load_tokenizer
+
+    try:
+        tok = load_tokenizer(args.tokenizer)
+    except TokenizerSpecError as exc:
+        print(f"tikmix tokenize: error: --tokenizer: {exc}", file=sys.stderr)
+        return 2
+    try:
+        tokenize_to_token_file(args.sources, args.out, tok, fmt=args.fmt, field=args.field, pattern=args.pattern,
+                               progress=not args.no_progress, log=print)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"tikmix tokenize: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -147,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "tokenize":
+        return _tokenize(args)
     return _report(args)
 
 
