@@ -43,6 +43,9 @@ __all__ = [
     "InfluenceConfig",
     "TokenFileSource",
     "TextFolderSource",
+    "JsonlSource",
+    "ParquetSource",
+    "HFModelConfig",
     "Source",
     "NAME_PATTERN",
     "load_config",
@@ -102,7 +105,7 @@ class TokenFileSource(_Section):
 
 
 class TextFolderSource(_Section):
-    """A folder of text files, tokenised once with the byte-level tokenizer into ``<out>/data``."""
+    """A folder of text files, tokenised once with the run's ``tokenizer`` into ``<out>/data``."""
 
     text_folder: str = Field(description="folder of text files (relative to the config's folder)")
     pattern: str = Field("**/*.txt", description="glob of the files to read inside the folder")
@@ -119,8 +122,50 @@ class TextFolderSource(_Section):
         return self
 
 
+class _RecordsSource(_Section):
+    """Common part of the record-file sources: the text field, checked on the first record up front."""
+
+    field: str = Field("text", description="the record field (jsonl) or column (parquet) holding the text")
+    max_sequences: PositiveInt | None = Field(None, description="use at most this many sequences (targets: split in halves)")
+
+    def _check(self, key: str, value: str, info: ValidationInfo) -> str:
+        from tikmix.data.text_sources import check_text_source
+
+        path = _resolve(_base_dir(info), value)
+        if not path.is_file():
+            raise ConfigError(key, f"file not found: {path}")
+        try:
+            check_text_source(path, fmt=key, field=self.field)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+        return str(path)
+
+
+class JsonlSource(_RecordsSource):
+    """A JSON-lines file, one document per line in ``field``; streamed and tokenised once into ``<out>/data``."""
+
+    jsonl: str = Field(description="path of the .jsonl file (relative to the config's folder)")
+
+    @model_validator(mode="after")
+    def _readable(self, info: ValidationInfo) -> "JsonlSource":
+        self.jsonl = self._check("jsonl", self.jsonl, info)
+        return self
+
+
+class ParquetSource(_RecordsSource):
+    """A parquet file with a string column ``field``; streamed by record batch and tokenised once into ``<out>/data``."""
+
+    parquet: str = Field(description="path of the .parquet file (relative to the config's folder)")
+
+    @model_validator(mode="after")
+    def _readable(self, info: ValidationInfo) -> "ParquetSource":
+        self.parquet = self._check("parquet", self.parquet, info)
+        return self
+
+
 # One entry per source kind: the key that selects it -> its model. A new kind is one model and one line here.
-SOURCE_KINDS: dict[str, type[_Section]] = {"token_file": TokenFileSource, "text_folder": TextFolderSource}
+SOURCE_KINDS: dict[str, type[_Section]] = {"token_file": TokenFileSource, "text_folder": TextFolderSource,
+                                            "jsonl": JsonlSource, "parquet": ParquetSource}
 _TAG = "source="  # union tags show up in pydantic's error locations; this prefix marks them for removal
 
 
@@ -198,19 +243,64 @@ class DataConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
-    """The demo GPT trained by ``tikmix run``."""
+class HFModelConfig(_Section):
+    """A Hugging Face causal LM: built from a config (``AutoModelForCausalLM.from_config``) or loaded from a local
+    folder (``from_pretrained(path, local_files_only=True)``). Nothing is ever downloaded."""
 
-    n_layer: PositiveInt = Field(2, description="transformer blocks")
-    n_head: PositiveInt = Field(4, description="attention heads")
-    d_model: PositiveInt = Field(64, description="width; divisible by n_head")
-    dropout: Annotated[FiniteFloat, Field(ge=0, lt=1)] = Field(0.0, description="dropout probability")
+    config: dict[str, Any] | None = Field(
+        None, description="config keys with model_type, e.g. {model_type: llama, hidden_size: 64, ...}")
+    path: str | None = Field(None, description="a local folder with config.json (and weights); hub ids are refused")
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "ModelConfig":
+    def _one_of(self, info: ValidationInfo) -> "HFModelConfig":
+        if (self.config is None) == (self.path is None):
+            raise ConfigError("", "give exactly one of config or path")
+        if self.config is not None:
+            if not isinstance(self.config.get("model_type"), str):
+                raise ConfigError("config.model_type", "required: the architecture name (llama, gpt2, qwen2, ...)")
+            return self
+        path = _resolve(_base_dir(info), str(self.path))
+        if not path.is_dir():
+            raise ConfigError("path", f"not a local folder: {path}. tikmix never downloads models; a hub model id "
+                                      "is refused: save the model locally (save_pretrained) and give that folder")
+        if not (path / "config.json").is_file():
+            raise ConfigError("path", f"{path} has no config.json (expected a save_pretrained folder)")
+        self.path = str(path)
+        return self
+
+
+_DEMO_FIELDS = ("n_layer", "n_head", "d_model", "dropout")
+
+
+class ModelConfig(_Section):
+    """The model: the demo GPT (default, sized by n_layer/n_head/d_model/dropout), ``hf`` or ``factory``."""
+
+    n_layer: PositiveInt = Field(2, description="demo GPT: transformer blocks")
+    n_head: PositiveInt = Field(4, description="demo GPT: attention heads")
+    d_model: PositiveInt = Field(64, description="demo GPT: width; divisible by n_head")
+    dropout: Annotated[FiniteFloat, Field(ge=0, lt=1)] = Field(0.0, description="demo GPT: dropout probability")
+    hf: HFModelConfig | None = Field(None, description="a Hugging Face causal LM: {config: {...}} or {path: folder}")
+    factory: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = Field(
+        None, description="'package.module:function' called as function(vocab_size=V, seq_len=T) -> (model, loss_fn)")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> "ModelConfig":
+        if self.hf is not None and self.factory is not None:
+            raise ConfigError("factory", "give model.hf or model.factory, not both")
+        if self.hf is not None or self.factory is not None:
+            demo = [f for f in _DEMO_FIELDS if f in self.model_fields_set]
+            if demo:
+                raise ConfigError(demo[0], f"sizes the demo GPT; it has no effect with model."
+                                           f"{'hf' if self.hf is not None else 'factory'}")
+            return self
         if self.d_model % self.n_head:
             raise ConfigError("d_model", f"{self.d_model} is not divisible by model.n_head={self.n_head}")
         return self
+
+    @property
+    def kind(self) -> str:
+        """``"demo"``, ``"hf"`` or ``"factory"``."""
+        return "hf" if self.hf is not None else "factory" if self.factory is not None else "demo"
 
 
 class TrainConfig(_Section):
@@ -287,6 +377,25 @@ class RunConfig(_Section):
     stages: StagesConfig = Field(description="stage boundaries")
     solver: SolverConfig = Field(default_factory=SolverConfig, description="mixture solver")
     influence: InfluenceConfig = Field(default_factory=InfluenceConfig, description="influence measurement")
+    tokenizer: str = Field(
+        "bytes", description="bytes, a local tokenizer.json, or a local tiktoken BPE rank file; used for "
+        "text_folder / jsonl / parquet sources (token files are used as they are)")
+    log: Literal["none", "tensorboard"] = Field(
+        "none", description="tensorboard: scalars (weights, S, losses) under <out>/tensorboard")
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_loads(cls, v: str, info: ValidationInfo) -> str:
+        from tikmix.data.tokenizers import TokenizerSpecError, load_tokenizer
+
+        if v == "bytes":
+            return v
+        path = _resolve(_base_dir(info), v)
+        try:
+            load_tokenizer(path)
+        except TokenizerSpecError as exc:
+            raise ConfigError("", str(exc)) from None
+        return str(path)
 
     @field_validator("out")
     @classmethod

@@ -1,15 +1,31 @@
-"""The model ``tikmix run`` trains: the demo GPT sized by the ``model`` section."""
+"""The model ``tikmix run`` trains and its per-sequence loss: the demo GPT, a Hugging Face causal LM, or a factory.
+
+* demo (default): :class:`tikmix.demo.model.GPT` sized by the ``model`` section; loss
+  :func:`tikmix.demo.model.sequence_loss`.
+* ``model.hf``: ``AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))`` or
+  ``from_pretrained(path, local_files_only=True)``; loss :func:`tikmix.losses.causal_lm_loss` on the token rows.
+* ``model.factory: "pkg.module:fn"``: ``fn(vocab_size=V, seq_len=T)`` returns ``(model, loss_fn)`` with
+  ``loss_fn(model, rows[B, T+1]) -> Tensor[B]``. The function is code the config's author wrote; it is imported by
+  name from the Python path, never from a checkpoint.
+
+Training batches are token rows ``[B, seq_len + 1]`` (inputs and the shifted next tokens). :func:`check_model`
+runs the loss once on a real batch before training, so a model whose loss cannot be made per-sequence is refused
+with a :class:`ConfigError` naming the ``model`` key.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 
-__all__ = ["vocab_size", "build_model"]
+__all__ = ["vocab_size", "build_model", "check_model", "rows_causal_lm_loss"]
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
 
 def vocab_size(cfg: RunConfig, datasets: Iterable[Any]) -> int:
@@ -19,10 +35,86 @@ def vocab_size(cfg: RunConfig, datasets: Iterable[Any]) -> int:
     return max([getattr(ds, "vocab_size", None) or 0 for ds in datasets] + [256])
 
 
-def build_model(cfg: RunConfig, vocab: int, device: torch.device) -> torch.nn.Module:
-    """A freshly initialised GPT (seeded by the caller) on ``device``."""
-    from tikmix.demo.model import GPT, GPTConfig
+def rows_causal_lm_loss(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """:func:`tikmix.losses.causal_lm_loss` of token rows ``[B, T+1]`` (every position counted): ``Tensor[B]``."""
+    from tikmix.losses import causal_lm_loss
 
-    m = cfg.model
-    return GPT(GPTConfig(vocab_size=vocab, seq_len=cfg.data.seq_len, n_layer=m.n_layer, n_head=m.n_head,
-                         d_model=m.d_model, dropout=float(m.dropout))).to(device)
+    return causal_lm_loss(model, {"input_ids": rows})
+
+
+def _key(cfg: RunConfig) -> str:
+    return f"model.{cfg.model.kind}" if cfg.model.kind != "demo" else "model"
+
+
+def build_model(cfg: RunConfig, vocab: int, device: torch.device) -> tuple[torch.nn.Module, LossFn]:
+    """A freshly initialised model (seeded by the caller) on ``device`` and its per-sequence loss."""
+    kind = cfg.model.kind
+    if kind == "demo":
+        from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+
+        m = cfg.model
+        model = GPT(GPTConfig(vocab_size=vocab, seq_len=cfg.data.seq_len, n_layer=m.n_layer, n_head=m.n_head,
+                              d_model=m.d_model, dropout=float(m.dropout)))
+        return model.to(device), sequence_loss
+    if kind == "hf":
+        return _hf_model(cfg, vocab).to(device), rows_causal_lm_loss
+    return _factory_model(cfg, vocab, device)
+
+
+def _hf_model(cfg: RunConfig, vocab: int) -> torch.nn.Module:
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError:
+        raise ConfigError("model.hf", "needs transformers: pip install 'tikmix[hf]'") from None
+    spec = cfg.model.hf
+    assert spec is not None
+    try:
+        if spec.config is not None:
+            raw = dict(spec.config)
+            hf_cfg = AutoConfig.for_model(raw.pop("model_type"), **raw)
+            model = AutoModelForCausalLM.from_config(hf_cfg)
+            key = "model.hf.config"
+        else:
+            model = AutoModelForCausalLM.from_pretrained(spec.path, local_files_only=True)
+            key = "model.hf.path"
+    except (ValueError, KeyError, OSError, TypeError) as exc:
+        raise ConfigError("model.hf", f"transformers could not build the model: {exc}") from None
+    n_vocab = model.get_input_embeddings().num_embeddings
+    if n_vocab < vocab:
+        raise ConfigError(f"{key}.vocab_size" if spec.config is not None else key,
+                          f"the model's vocabulary ({n_vocab}) is smaller than the data's ({vocab} token ids)")
+    n_pos = getattr(model.config, "max_position_embeddings", None)
+    if n_pos is not None and n_pos < cfg.data.seq_len + 1:
+        raise ConfigError(f"{key}.max_position_embeddings" if spec.config is not None else key,
+                          f"{n_pos} positions, but rows hold data.seq_len + 1 = {cfg.data.seq_len + 1} tokens")
+    return model
+
+
+def _factory_model(cfg: RunConfig, vocab: int, device: torch.device) -> tuple[torch.nn.Module, LossFn]:
+    target = cfg.model.factory
+    assert target is not None
+    module_name, _, fn_name = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("model.factory", f"cannot import {target!r}: {exc}") from None
+    out = fn(vocab_size=vocab, seq_len=cfg.data.seq_len)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.nn.Module) and callable(out[1])):
+        raise ConfigError("model.factory", f"{target} must return (model: torch.nn.Module, loss_fn), got "
+                                           f"{type(out).__name__}")
+    return out[0].to(device), out[1]
+
+
+def check_model(cfg: RunConfig, model: torch.nn.Module, loss_fn: LossFn, rows: torch.Tensor) -> None:
+    """Run ``loss_fn`` once on ``rows`` (two training rows) and check the per-sequence protocol: ConfigError if not."""
+    from tikmix.influence.capture import run_loss
+
+    was = model.training
+    model.eval()
+    try:
+        run_loss(model, loss_fn, rows, "a batch of two training rows")
+    except Exception as exc:
+        raise ConfigError(_key(cfg), f"its loss cannot be used per sequence: {exc}") from None
+    finally:
+        model.train(was)
+        model.zero_grad(set_to_none=True)

@@ -7,37 +7,55 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig, TextFolderSource, TokenFileSource
+from .config import ConfigError, JsonlSource, ParquetSource, RunConfig, TextFolderSource, TokenFileSource
 from tikmix._distributed import barrier
 
 __all__ = ["open_sources", "split_targets"]
 
 
-def _open(cfg: RunConfig, section: str, name: str, src: Any, rank: int) -> Any:
-    """One source as a dataset yielding ``seq_len + 1`` tokens per row (inputs and shifted targets)."""
-    from tikmix.data import TokenFileDataset, build_token_file_from_texts
+def _open(cfg: RunConfig, section: str, name: str, src: Any, rank: int, tokenizer: Any = None) -> Any:
+    """One source as a dataset yielding ``seq_len + 1`` tokens per row (inputs and shifted targets).
+
+    Text sources (text folders, jsonl, parquet) are tokenised once, by rank 0, with the run's tokenizer into
+    ``<out>/data/<section>_<name>.<tokenizer fingerprint>.tokens`` (names are restricted to safe file names); a
+    later run with the same tokenizer reuses the file.
+    """
+    from tikmix.data import TokenFileDataset
+    from tikmix.data.text_sources import tokenize_to_token_file
+    from tikmix.data.tokenizers import load_tokenizer
 
     dtype = None
+    key = f"data.{section}.{name}"
     if isinstance(src, TokenFileSource):
         path, dtype = Path(src.token_file), src.dtype
-    elif isinstance(src, TextFolderSource):
-        # Tokenised once, by rank 0, next to the run's outputs; names are restricted to safe file names.
-        path = cfg.out_dir / "data" / f"{section}_{name}.tokens"
+    elif isinstance(src, (TextFolderSource, JsonlSource, ParquetSource)):
+        tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+        if isinstance(src, TextFolderSource):
+            origin, fmt, field, pattern = src.text_folder, "text_folder", "text", src.pattern
+        elif isinstance(src, JsonlSource):
+            origin, fmt, field, pattern = src.jsonl, "jsonl", src.field, ""
+        else:
+            origin, fmt, field, pattern = src.parquet, "parquet", src.field, ""
+        path = cfg.out_dir / "data" / f"{section}_{name}.{tok.fingerprint}.tokens"
         if rank == 0 and not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            build_token_file_from_texts(src.text_folder, path, pattern=src.pattern)
+            try:
+                tokenize_to_token_file([origin], path, tok, fmt=fmt, field=field, pattern=pattern or "**/*.txt",
+                                       progress=False)
+            except (ValueError, FileNotFoundError) as exc:
+                raise ConfigError(f"{key}.{fmt}", str(exc)) from None
         barrier()
     else:  # pragma: no cover - the schema admits only the kinds above
         raise TypeError(f"unknown source type {type(src).__name__}")
     try:
         return TokenFileDataset(path, cfg.data.seq_len, with_targets=True, dtype=dtype)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"data.{section}.{name}", str(exc)) from None
+        raise ConfigError(key, str(exc)) from None
 
 
-def open_sources(cfg: RunConfig, section: str, rank: int = 0) -> dict[str, Any]:
+def open_sources(cfg: RunConfig, section: str, rank: int = 0, tokenizer: Any = None) -> dict[str, Any]:
     """``section`` (``"domains"`` or ``"targets"``) as name -> dataset, in config order."""
-    return {name: _open(cfg, section, name, src, rank) for name, src in getattr(cfg.data, section).items()}
+    return {name: _open(cfg, section, name, src, rank, tokenizer) for name, src in getattr(cfg.data, section).items()}
 
 
 def _stack(ds: Any, idx: range) -> torch.Tensor:

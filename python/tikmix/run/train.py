@@ -11,7 +11,7 @@ import torch
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, TrainConfig
 from tikmix._distributed import barrier, init_from_env
-from .model import build_model, vocab_size
+from .model import build_model, check_model, vocab_size
 from .sources import open_sources, split_targets
 
 __all__ = ["train", "learning_rate"]
@@ -34,6 +34,7 @@ def train(
     progress: bool = True,
     stop_at: int | None = None,
     log: Callable[..., Any] = print,
+    on_boundary: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Train as the config says; returns the controller history.
 
@@ -44,13 +45,19 @@ def train(
         stop_at: stop after this step, right after writing a checkpoint there -- an interruption on purpose
             (used by tests and to split long runs); ``resume=True`` continues from it.
         log: where one-line status messages go (rank 0).
+        on_boundary: called on every rank with the controller's history record right after each stage boundary
+            (the new weights, S, timings; see :class:`tikmix.Controller`), e.g. to log it elsewhere.
+
+    With ``log: tensorboard`` in the config, rank 0 writes TensorBoard scalars under ``<out>/tensorboard``:
+    ``loss/train`` every step, ``loss/target/<name>`` at every evaluation, ``weights/<domain>`` from step 0 and at
+    every boundary, and ``S/<target>/<domain>`` at every boundary.
     """
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader
 
     from tikmix.controller import Controller
     from tikmix.data import MixtureSampler, concat_domains
-    from tikmix.demo.model import sequence_loss
+    from tikmix.data.tokenizers import load_tokenizer
 
     t = cfg.train
     rank, world, local_rank = init_from_env(cfg.device)
@@ -63,15 +70,18 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     barrier()
 
-    domains = open_sources(cfg, "domains", rank)
-    targets = open_sources(cfg, "targets", rank)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    domains = open_sources(cfg, "domains", rank, tokenizer)
+    targets = open_sources(cfg, "targets", rank, tokenizer)
     names = list(domains)
     vocab = vocab_size(cfg, [*domains.values(), *targets.values()])
     dev_sets, test_sets = split_targets(cfg, targets)
 
     seed = cfg.seed
     torch.manual_seed(seed)
-    model = build_model(cfg, vocab, device)
+    model, loss_fn = build_model(cfg, vocab, device)
+    first = next(iter(domains.values()))
+    check_model(cfg, model, loss_fn, torch.stack([first[i % len(first)] for i in range(2)]).to(device))
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.98), weight_decay=t.weight_decay)
     weights = cfg.data.initial_weights or [1.0 / len(names)] * len(names)
     sampler = MixtureSampler([len(ds) for ds in domains.values()], weights, batch_size=t.batch_size, seed=seed,
@@ -86,7 +96,7 @@ def train(
         influence_options["optimizer"] = opt
     controller = Controller(
         model, sampler,
-        domains=domains, targets=dev_sets, loss_fn=sequence_loss,
+        domains=domains, targets=dev_sets, loss_fn=loss_fn,
         stages=cfg.stages.boundaries, stage_unit=cfg.stages.unit, tokens_per_step=cfg.tokens_per_step,
         solver=cfg.solver.name, solver_options=cfg.solver.options, influence=influence_options,
         samples_per_domain=infl.samples_per_domain, target_samples=infl.target_samples, batch_size=infl.batch_size,
@@ -120,6 +130,14 @@ def train(
                                   "controller": controller.state_dict(step=step), "config": cfg.comparable()})
         barrier()
 
+    tb = None
+    if cfg.log == "tensorboard" and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=start + 1 if start else None)
+        if start == 0:
+            for n, w in zip(names, sampler.weights_at(0)):
+                tb.add_scalar(f"weights/{n}", w, 0)
     end = t.steps if stop_at is None else min(stop_at, t.steps)
     ddp.train()
     for step in range(start + 1, end + 1):
@@ -127,18 +145,27 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(loader).to(device)
-        loss = sequence_loss(ddp, batch).mean()
+        loss = loss_fn(ddp, batch).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(t.grad_clip))
         opt.step()
         rec = controller.step(step)
+        if tb is not None:
+            tb.add_scalar("loss/train", loss.detach().item(), step)
         if rec is not None:
             say(f"[tikmix] step {step}: new mixture " + ", ".join(
                 f"{n}={w:.3f}" for n, w in zip(names, rec["weights"])))
+            if tb is not None:
+                _log_boundary(tb, rec, names, list(dev_sets))
+            if on_boundary is not None:
+                on_boundary(rec)
         if step % t.eval_every == 0 or step == t.steps:
-            losses = evaluate(model, test_sets, device)
+            losses = evaluate(model, test_sets, device, loss_fn)
+            if tb is not None:
+                for k, v in losses.items():
+                    tb.add_scalar(f"loss/target/{k}", v, step)
             controller.log_metrics(step, {"train_loss": loss.detach().item(),
                                           **{f"target/{k}": v for k, v in losses.items()}})
         if bar is not None:
@@ -148,8 +175,10 @@ def train(
             save(step)
     if bar is not None:
         bar.close()
+    if tb is not None:
+        tb.close()
     if end == t.steps:
-        final = evaluate(model, test_sets, device)
+        final = evaluate(model, test_sets, device, loss_fn)
         controller.finish(t.steps, test_losses=final)
         if rank == 0:
             from tikmix.report import format_tables, plot_all
@@ -167,16 +196,27 @@ def learning_rate(t: TrainConfig, step: int) -> float:
     return float(t.lr) * warm * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cos)
 
 
+def _log_boundary(tb: Any, rec: Mapping[str, Any], domains: list[str], targets: list[str]) -> None:
+    step = int(rec["step"])
+    for n, w in zip(domains, rec["weights"]):
+        tb.add_scalar(f"weights/{n}", w, step)
+    for i, tname in enumerate(targets):
+        for j, dname in enumerate(domains):
+            tb.add_scalar(f"S/{tname}/{dname}", rec["S"][i][j], step)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, sets: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, float]:
-    """Mean per-sequence loss of each named set (eval mode, restored afterwards)."""
-    from tikmix.demo.model import sequence_loss
+def evaluate(model: torch.nn.Module, sets: Mapping[str, torch.Tensor], device: torch.device,
+             loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None) -> dict[str, float]:
+    """Mean per-sequence loss of each named set (eval mode, restored afterwards); default loss: the demo GPT's."""
+    if loss_fn is None:
+        from tikmix.demo.model import sequence_loss as loss_fn
 
     was = model.training
     model.eval()
     out = {}
     for name, rows in sets.items():
-        losses = [sequence_loss(model, rows[a : a + 128].to(device)) for a in range(0, rows.shape[0], 128)]
+        losses = [loss_fn(model, rows[a : a + 128].to(device)) for a in range(0, rows.shape[0], 128)]
         out[name] = float(torch.cat(losses).mean())
     model.train(was)
     return out
