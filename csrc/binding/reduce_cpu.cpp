@@ -1,6 +1,8 @@
 // CPU implementations of the reduce family: checks (reduce_checks.h), then the torch-free kernels of csrc/cpu
 // (reduce_kernels.h, which also states the numerical contracts), run as at::parallel_for tasks whose split depends
-// on the shapes only, so results never depend on the thread count. Dense products go through ATen (MKL).
+// on the shapes only, so results never depend on the thread count. The dense products use tikmix's own kernels
+// (the sketch kernels, kron_outer, rowdot) rather than BLAS: MKL's sgemm changes its summation order with the
+// thread count (measured: different bits at 1, 2 and 3 threads for small-output shapes).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,15 +11,20 @@
 #include <tuple>
 #include <vector>
 
+#include "parallel_cpu.h"
 #include "reduce_checks.h"
 #include "tikmix/reduce_kernels.h"
+#include "tikmix/rng.h"
+#include "tikmix/sketch_kernels.h"
 
 namespace tikmix::binding {
 namespace {
 
-constexpr int64_t kKronChunkElems = int64_t(1) << 22;  // fp32 elements of a or g converted per sample chunk
+constexpr int64_t kKronChunkElems = int64_t(1) << 22;  // fp32 elements of Ã or g̃ per sample chunk
 constexpr int64_t kSegmentMaxStrip = 2048;  // columns per segment task, at most (column split never changes bits)
+constexpr int64_t kSegmentTasks = 32;       // segment tasks wanted per call (enough for 8 threads × 4)
 constexpr int64_t kScanRows = 1024;                    // rows per non-finite scan task
+constexpr int64_t kDotTile = 64;                       // rowdot task: 64 rows × 64 targets
 
 // The counting sort of rows by group (validates ids: range errors name the first offending entry).
 struct SegmentPlan {
@@ -57,8 +64,8 @@ void segment_into(const at::Tensor& m, const SegmentPlan& plan, int64_t num_grou
   const int64_t ldx = row_stride(x);
   T* outp = out.data_ptr<T>();
   // Tasks = (group, column strip). Strips are as wide as possible (each row read is one contiguous run) while
-  // giving ~4 tasks per thread; columns are independent, so the width (hence the thread count) never changes bits.
-  const int64_t want = std::max<int64_t>(1, (4 * int64_t(at::get_num_threads()) + num_groups - 1) / num_groups);
+  // giving ~kSegmentTasks tasks; a function of the shapes only (and columns are independent anyway).
+  const int64_t want = std::max<int64_t>(1, (kSegmentTasks + num_groups - 1) / num_groups);
   int64_t width = std::clamp<int64_t>((k + want - 1) / want, std::min<int64_t>(k, 64), kSegmentMaxStrip);
   width = std::min(k, (width + 15) / 16 * 16);
   const int64_t strips = (k + width - 1) / width;
@@ -138,33 +145,73 @@ at::Tensor sketch_kron_cpu(const at::Tensor& a, const at::Tensor& g, int64_t k_i
   const int64_t n = a.size(0), t = a.size(1), in_f = a.size(2), out_f = g.size(2);
   at::Tensor out = at::zeros({n, k_out * k_in}, a.options().dtype(at::kFloat));
   if (n == 0 || t == 0 || in_f == 0 || out_f == 0) return out;
-  // Unit-sign tiles R_in [i, k_in] and R_out [o, k_out] (fill rows in parallel; entries are pure functions).
-  auto tile = [&](int64_t rows, int64_t k, uint64_t tag) {
-    at::Tensor r = at::empty({rows, k}, out.options());
-    float* p = r.data_ptr<float>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / k), [&](int64_t begin, int64_t end) {
-      cpu::kron_fill_tile(uint64_t(seed), uint64_t(layer), tag, uint64_t(begin), end - begin, k, p + begin * k, k);
-    });
-    return r;
+  // Ã = a·R_in and g̃ = g·R_out through the sketch kernels (unit signs: alpha = 1; bf16/fp16 read directly), then
+  // Y = g̃ᵀ·Ã per sample (kron_outer, scaled once). Samples go in chunks that bound Ã and g̃; the chunking, like
+  // every plan here, depends on the shapes only.
+  const at::Tensor a2 = unit_column_stride(a.reshape({n * t, in_f}));
+  const at::Tensor g2 = unit_column_stride(g.reshape({n * t, out_f}));
+  const int64_t chunk = std::max<int64_t>(1, kKronChunkElems / (t * std::max(k_in, k_out)));
+  at::Tensor a_t = at::empty({std::min(chunk, n) * t, k_in}, out.options());
+  at::Tensor g_t = at::empty({std::min(chunk, n) * t, k_out}, out.options());
+  const float scale = cpu::kron_scale(k_in, k_out);
+  const size_t esize = a2.element_size();
+  auto unit_sketch = [&](const at::Tensor& x, int64_t row0, int64_t rows, int64_t k, uint64_t tag, at::Tensor& dst) {
+    cpu::SketchInput in;
+    in.x = static_cast<const unsigned char*>(x.data_ptr()) + size_t(row0) * size_t(row_stride(x)) * esize;
+    in.type = x.scalar_type() == at::kBFloat16 ? cpu::XType::kBF16
+                                                : (x.scalar_type() == at::kHalf ? cpu::XType::kF16 : cpu::XType::kF32);
+    in.ld = row_stride(x);
+    in.seed = kron_seed(uint64_t(seed), uint64_t(layer), tag);
+    cpu::SketchOutput o;
+    o.dst = dst.data_ptr<float>();
+    o.ld = k;
+    cpu::run_sketch(rows, x.size(1), k, in, o, /*has_scale=*/false, AtenParallelFor{});
   };
-  const at::Tensor r_in = tile(in_f, k_in, 0), r_out = tile(out_f, k_out, 1);
-  // Samples per chunk: bounds the fp32 copies of bf16/fp16 inputs; the plan depends on the shapes only.
-  const int64_t per_sample = t * std::max(in_f, out_f);
-  const int64_t chunk = std::max<int64_t>(1, kKronChunkElems / per_sample);
+  float* y = out.data_ptr<float>();
   for (int64_t n0 = 0; n0 < n; n0 += chunk) {
     const int64_t nc = std::min(chunk, n - n0);
-    const at::Tensor ac = a.narrow(0, n0, nc).to(at::kFloat).reshape({nc * t, in_f});
-    const at::Tensor gc = g.narrow(0, n0, nc).to(at::kFloat).reshape({nc * t, out_f});
-    const at::Tensor a_t = at::mm(ac, r_in).view({nc, t, k_in});     // Ã = a·R_in
-    const at::Tensor g_t = at::mm(gc, r_out).view({nc, t, k_out});   // g̃ = g·R_out
-    at::Tensor y = out.narrow(0, n0, nc).view({nc, k_out, k_in});
-    at::bmm_out(y, g_t.transpose(1, 2), a_t);                         // Y = g̃ᵀ·Ã
+    unit_sketch(a2, n0 * t, nc * t, k_in, 0, a_t);
+    unit_sketch(g2, n0 * t, nc * t, k_out, 1, g_t);
+    const float* ap = a_t.data_ptr<float>();
+    const float* gp = g_t.data_ptr<float>();
+    // Tasks: (sample, block of 8 rows of Y); every element of Y belongs to one task.
+    const int64_t pblocks = (k_out + 7) / 8;
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, t * 8 * k_in));
+    at::parallel_for(0, nc * pblocks, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t s = task / pblocks, p0 = (task % pblocks) * 8, p1 = std::min(k_out, p0 + 8);
+        cpu::kron_outer(gp + s * t * k_out, k_out, ap + s * t * k_in, k_in, t, p0, p1, k_in, scale,
+                        y + (n0 + s) * k_out * k_in);
+      }
+    });
   }
-  out.mul_(cpu::kron_scale(k_in, k_out));
   return out;
 }
 
 // ---- group_influence ------------------------------------------------------------------------------------------
+// out[z, i] = Σ_c a[z, c] · b[i, c] ([rows of a, rows of b], contiguous) in rowdot's fixed order, tiles of
+// kDotTile × kDotTile in parallel.
+at::Tensor rowdot_product(const at::Tensor& a_in, const at::Tensor& b_in) {
+  const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  const int64_t za = a.size(0), nb = b.size(0), K = a.size(1);
+  at::Tensor out = at::empty({za, nb}, a.options());
+  if (za == 0 || nb == 0) return out;
+  const int64_t zt = (za + kDotTile - 1) / kDotTile, it = (nb + kDotTile - 1) / kDotTile;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, kDotTile * kDotTile * K));
+  at::parallel_for(0, zt * it, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t z0 = (task / it) * kDotTile, i0 = (task % it) * kDotTile;
+      const int64_t z1 = std::min(za, z0 + kDotTile), i1 = std::min(nb, i0 + kDotTile);
+      if (a.scalar_type() == at::kFloat) {
+        cpu::rowdot(a.data_ptr<float>(), K, b.data_ptr<float>(), K, K, z0, z1, i0, i1, out.data_ptr<float>(), nb);
+      } else {
+        cpu::rowdot(a.data_ptr<double>(), K, b.data_ptr<double>(), K, K, z0, z1, i0, i1, out.data_ptr<double>(), nb);
+      }
+    }
+  });
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> group_influence_cpu(const at::Tensor& train, const at::Tensor& ids,
                                                        int64_t num_groups, const at::Tensor& target,
                                                        const std::optional<at::Tensor>& precond) {
@@ -174,9 +221,9 @@ std::tuple<at::Tensor, at::Tensor> group_influence_cpu(const at::Tensor& train, 
   require_finite(op, target, "target");  // small: scanned directly
   if (precond.has_value()) require_finite(op, *precond, "precond");
   const SegmentPlan plan = make_plan(op, ids, num_groups, "num_groups");
-  // per_sample[z, i] = target_i · (P · train_z) = (train · (target · P)ᵀ)[z, i]
-  const at::Tensor q = precond.has_value() ? at::mm(target, *precond) : target;
-  at::Tensor per_sample = at::mm(train, q.t()).contiguous();
+  // per_sample[z, i] = target_i · (P · train_z) = (train · (target · P)ᵀ)[z, i], both products by rowdot.
+  const at::Tensor q = precond.has_value() ? rowdot_product(target, precond->t()) : target;
+  at::Tensor per_sample = rowdot_product(train, q);
   // train (the large input) is checked through per_sample: with finite target/precond, a NaN/±inf in train_z makes
   // every per_sample[z, :] non-finite (IEEE: it enters each dot product), so one pass over the small output finds
   // the first bad row, and only that row of train is scanned to name the entry. With n = 0, scan train itself.

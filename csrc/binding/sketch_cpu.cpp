@@ -1,5 +1,6 @@
-// CPU implementations of the sketch family: checks, then the torch-free kernels of csrc/cpu, parallelised with
-// at::parallel_for over the items of a SketchPlan (a pure function of the shapes: results never depend on threads).
+// CPU implementations of the sketch family: checks, then the torch-free kernels of csrc/cpu, run on torch's threads
+// through at::parallel_for (parallel_cpu.h) over the items of a SketchPlan (a pure function of the shapes: results
+// never depend on the thread count).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -7,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "parallel_cpu.h"
 #include "sketch_checks.h"
 #include "tikmix/sketch_kernels.h"
 
@@ -35,11 +37,9 @@ void run_sketch(at::Tensor& out, bool accumulate, const at::Tensor& x_in, int64_
   at::Tensor sc;
   if (scale.has_value()) sc = scale->contiguous();
 
-  const cpu::XType type = xtype_of(x);
-  const cpu::SketchPlan plan = cpu::make_sketch_plan(n, d, k, type, sc.defined());
   cpu::SketchInput in;
   in.x = x.data_ptr();
-  in.type = type;
+  in.type = xtype_of(x);
   in.ld = x.stride(0);
   in.scale = sc.defined() ? sc.data_ptr<float>() : nullptr;
   in.seed = uint64_t(seed);
@@ -50,16 +50,7 @@ void run_sketch(at::Tensor& out, bool accumulate, const at::Tensor& x_in, int64_
   o.ld = out.stride(0);
   o.alpha = float(1.0 / std::sqrt(double(k)));
   o.accumulate = accumulate;
-  at::Tensor partials;
-  if (plan.chunks > 1) {
-    partials = at::empty({plan.chunks, n, k}, out.options());
-    o.partials = partials.data_ptr<float>();
-  }
-  at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) { cpu::sketch_items(plan, in, o, begin, end); });
-  if (plan.chunks > 1) {
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1));
-    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { cpu::combine_chunks(plan, o, begin, end); });
-  }
+  cpu::run_sketch(n, d, k, in, o, sc.defined(), AtenParallelFor{});
 }
 
 at::Tensor sketch_cpu(const at::Tensor& x, int64_t k, int64_t seed, int64_t offset,

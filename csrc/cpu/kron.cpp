@@ -1,5 +1,9 @@
-// sketch_kron's torch-free part: the unit-sign tiles R_in / R_out and the single output scale (reduce_kernels.h).
+// sketch_kron's torch-free part: the per-sample product Y = g̃ᵀ·Ã (kron_outer)
+// and the single output scale (reduce_kernels.h). Ã and g̃ come from the sketch kernels (sketch_kernels.h).
+#include <algorithm>
 #include <cmath>
+
+#include "clones.h"
 
 #include "tikmix/reduce_kernels.h"
 #include "tikmix/rng.h"
@@ -7,13 +11,38 @@
 
 namespace tikmix::cpu {
 
-void kron_fill_tile(uint64_t seed, uint64_t layer, uint64_t tag, uint64_t row0, int64_t rows, int64_t k, float* out,
-                    int64_t ld) {
-  fill_signs_f32(kron_seed(seed, layer, tag), row0, rows, 0, k, 1.0f, out, ld);
-}
-
 float kron_scale(int64_t k_in, int64_t k_out) {
   return float(1.0 / std::sqrt(double(k_in) * double(k_out)));
+}
+
+namespace {
+
+// Eight rows of Y at a time: each row of Ã is read once per 8 rows of Y, which stay in L1.
+TIKMIX_CLONES void kron_outer_impl(const float* gt, int64_t ldg, const float* at, int64_t lda, int64_t T, int64_t p0,
+                                   int64_t p1, int64_t k_in, float scale, float* out) {
+  constexpr int64_t kRows = 8;
+  for (int64_t pb = p0; pb < p1; pb += kRows) {
+    const int64_t np = std::min(kRows, p1 - pb);
+    float* y = out + pb * k_in;
+    std::fill(y, y + np * k_in, 0.0f);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* arow = at + t * lda;
+      const float* grow = gt + t * ldg + pb;
+      for (int64_t j = 0; j < np; ++j) {
+        const float gv = grow[j];
+        float* yr = y + j * k_in;
+        for (int64_t q = 0; q < k_in; ++q) yr[q] = yr[q] + gv * arow[q];
+      }
+    }
+    for (int64_t q = 0; q < np * k_in; ++q) y[q] = y[q] * scale;
+  }
+}
+
+}  // namespace
+
+void kron_outer(const float* gt, int64_t ldg, const float* at, int64_t lda, int64_t T, int64_t p0, int64_t p1,
+                int64_t k_in, float scale, float* out) {
+  kron_outer_impl(gt, ldg, at, lda, T, p0, p1, k_in, scale, out);
 }
 
 }  // namespace tikmix::cpu

@@ -8,9 +8,10 @@
 //   R_out = unit-sign tile of R for seed kron_seed(seed, layer, 1), rows = output features [o, k_out] (±1)
 //   y[n, p·k_in + q] = kron_scale(k_in, k_out) · (R_outᵀ · (Σ_t g[n,t]·a[n,t]ᵀ) · R_in)[p, q]
 //                    = ((R_out/√k_out) ⊗ (R_in/√k_in))ᵀ · vec_row(W_n),  W_n = Σ_t g[n,t] a[n,t]ᵀ  ([o, i])
-//   computed in fp32 as Ã = a·R_in, g̃ = g·R_out, Y = g̃ᵀ·Ã per sample (products with ±1 are exact), then ONE
-//   multiplication by kron_scale = float(1 / sqrt(double(k_in) · double(k_out))). Equal to the float64 identity to
-//   fp32 rounding; bit-exact for small-integer inputs (all partial sums exact).
+//   computed in fp32 as Ã = a·R_in, g̃ = g·R_out (rows of a and g through the sketch kernels with unit signs,
+//   sketch_kernels.h; products with ±1 are exact), Y = g̃ᵀ·Ã per sample (kron_outer: a sum over tokens t ascending
+//   from +0.0), then ONE multiplication by kron_scale = float(1 / sqrt(double(k_in) · double(k_out))). Equal to the
+//   float64 identity to fp32 rounding; bit-exact for small-integer inputs (all partial sums exact).
 //
 // ---- segment_sum / segment_mean: the summation order (bit-exact contract, CPU == CUDA) ----------------------------
 //   Rows are cut into fixed chunks of kSegmentChunkRows = 4096 rows: chunk q = rows [4096·q, 4096·q + 4096).
@@ -21,6 +22,12 @@
 //   A group with no rows gives 0 (sum and mean). Chunks without rows of j may be skipped: part_q is then +0.0,
 //   and `out` can never be −0.0 (it starts at +0.0 and +0.0 + −0.0 = +0.0), so adding +0.0 changes nothing.
 //   Column partitioning (strips, tiles, threads, blocks) is free: columns are independent.
+//
+// ---- rowdot (group_influence's products): the summation order (thread-count independent) ----------------------
+//   out[z, i] = Σ_c a[z, c] · b[i, c] in the input dtype T, IEEE only (no FMA): 16 lane sums from +0.0,
+//     acc[c mod 16] = acc[c mod 16] + a[z, c] · b[i, c]   for c = 0, 1, …, K−1 (products rounded to T first),
+//   then the lanes pairwise: acc[l] += acc[l + w] for w = 8, 4, 2, 1 (l < w); out = acc[0]. Each output element is
+//   one task's, so no split of rows or targets changes a bit.
 //
 // ---- mixture_scores: per-candidate draw counts and the resampled mean (bit-exact contract, CPU == CUDA) ------------
 //   Weights w = candidates[c, :] converted to float64. Every w_j must be finite and ≥ 0, and
@@ -49,12 +56,21 @@ constexpr int64_t kMixtureMaxGroups = int64_t(1) << 20;  // candidates' G must b
 namespace tikmix::cpu {
 
 // ---- sketch_kron -------------------------------------------------------------------------------------------------
-// out[r·ld + c] = sign of R(kron_seed(seed, layer, tag))[row0 + r, c] as ±1.0f, for r < rows, c < k.
-// tag 0: R_in (rows = input features), tag 1: R_out (rows = output features).
-void kron_fill_tile(uint64_t seed, uint64_t layer, uint64_t tag, uint64_t row0, int64_t rows, int64_t k, float* out,
-                    int64_t ld);
 // The single fp32 factor applied to the unit-sign product: float(1 / sqrt(double(k_in) · double(k_out))).
 float kron_scale(int64_t k_in, int64_t k_out);
+// Rows [p0, p1) of one sample's Y: out[p · k_in + q] = scale · Σ_{t<T} gt[t · ldg + p] · at[t · lda + q] (q < k_in),
+// the sum in fp32 over t ascending from +0.0 (IEEE, no FMA), then one multiplication by scale.
+// gt: g̃ of the sample [T, ≥ p1] (row stride ldg); at: Ã of the sample [T, k_in] (row stride lda).
+void kron_outer(const float* gt, int64_t ldg, const float* at, int64_t lda, int64_t T, int64_t p0, int64_t p1,
+                int64_t k_in, float scale, float* out);
+
+// ---- rowdot ------------------------------------------------------------------------------------------------------
+// out[z · ldo + i] = Σ_c a[z · lda + c] · b[i · ldb + c] (c < K) for z in [z0, z1), i in [i0, i1), in the contract
+// order above. Thread-safe for disjoint (z, i) ranges.
+void rowdot(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int64_t z0, int64_t z1, int64_t i0,
+            int64_t i1, float* out, int64_t ldo);
+void rowdot(const double* a, int64_t lda, const double* b, int64_t ldb, int64_t K, int64_t z0, int64_t z1, int64_t i0,
+            int64_t i1, double* out, int64_t ldo);
 
 // ---- segments ----------------------------------------------------------------------------------------------------
 // Stable counting sort of rows by group: rows of group j are rows[offsets[j] .. offsets[j+1]) in ascending order.

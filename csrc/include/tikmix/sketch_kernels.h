@@ -17,6 +17,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace tikmix::cpu {
 
@@ -70,6 +71,33 @@ void sketch_items(const SketchPlan& plan, const SketchInput& in, const SketchOut
 // For flat indices [begin, end) of an [n, k] output: dst = alpha · (((p_0 + p_1) + p_2) + …) (+ dst), summing the
 // chunk partials in chunk order (dst has leading dimension out.ld).
 void combine_chunks(const SketchPlan& plan, const SketchOutput& out, int64_t row_begin, int64_t row_end);
+
+// ---- parallel execution --------------------------------------------------------------------------------------
+// The kernels never start threads: a caller-supplied loop runs them. `parallel_for(begin, end, grain, body)` must
+// call body(b, e) on disjoint ranges that cover [begin, end), on any threads, and return after all of them (the
+// binding passes at::parallel_for; a serial loop `body(begin, end)` is valid too). Every plan below is a function of
+// the shapes only, and every output element is computed by exactly one call in a fixed order, so the bits never
+// depend on how the loop splits the range or how many threads run it.
+
+// The whole sketch: out (see SketchOutput, partials ignored) = alpha · (x ⊙ scale) · R[offset : offset+d, 0:k] as
+// unit signs (+ out when accumulate), for x with n rows of d. Allocates the chunk partials itself.
+template <class ParallelFor>
+void run_sketch(int64_t n, int64_t d, int64_t k, const SketchInput& in, SketchOutput out, bool has_scale,
+                ParallelFor&& parallel_for) {
+  if (n <= 0 || k <= 0) return;
+  const SketchPlan plan = make_sketch_plan(n, d, k, in.type, has_scale);
+  std::unique_ptr<float[]> partials;
+  if (plan.chunks > 1) {
+    partials.reset(new float[size_t(plan.chunks) * size_t(n) * size_t(k)]);
+    out.partials = partials.get();
+  }
+  parallel_for(int64_t(0), plan.items(), int64_t(1),
+               [&](int64_t begin, int64_t end) { sketch_items(plan, in, out, begin, end); });
+  if (plan.chunks > 1) {
+    const int64_t grain = k >= 16384 ? 1 : 16384 / k;
+    parallel_for(int64_t(0), n, grain, [&](int64_t begin, int64_t end) { combine_chunks(plan, out, begin, end); });
+  }
+}
 
 // Which instruction set the kernels dispatch to on this CPU: "avx512-bf16", "avx512" or "generic".
 // Setting the environment variable TIKMIX_CPU_ISA=generic|avx512 before the first call caps it (tests, benchmarks).
