@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+import operator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,14 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
     ``set_weights(w, at_step=step)``, then ``iter(loader)``. With ``num_workers=0`` this object tracks its
     own position like the sampler does. Resume workers at a step boundary: a mid-step ``offset`` is
     honoured (worker 0 skips it) but shifts that worker's batches off the step grid.
+
+    **Stateful loaders.** Under ``torchdata.stateful_dataloader.StatefulDataLoader`` resume is exact with any
+    ``num_workers``: inside worker ``k`` of ``K``, :meth:`state_dict` reports that worker's own next step (and how
+    much of it was handed out), marked ``"worker": {"id": k, "num_workers": K}``; the loader saves one such state per
+    worker and, on ``load_state_dict``, gives each back to the same worker, whose next iterator then continues at its
+    saved step instead of ``k`` steps after the loader's position. With ``num_workers=0`` the loader saves this
+    object's tracked position. Either way the resumed loader yields the same batches, in the same order, as an
+    uninterrupted one (schedule changes included, since the schedule is part of every state).
     """
 
     _KIND = "iterable"
@@ -192,6 +201,10 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
         )
         self._sources = srcs
         self._with_domain = with_domain
+        # DataLoader worker position (see "Stateful loaders" in the class docstring): [next step, row iterator of
+        # that step or None, row length, worker id, number of workers]; None outside a multi-worker iterator.
+        self._worker_pos: list[Any] | None = None
+        self._worker_resume: tuple[int, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
@@ -199,7 +212,40 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
         if info is None or info.num_workers <= 1:
             self._reset_position(step, off)
             return self._iterate_tracked(self._generation)
-        return self._iterate_worker(step, off, info.id, info.num_workers)
+        # A state saved by this very worker (same id and worker count) already holds this worker's own next step;
+        # any other position is the loader's, and worker k starts k steps after it.
+        first = step if self._worker_resume == (info.id, info.num_workers) else step + info.id
+        self._worker_resume = None
+        self._worker_pos = [first, None, 0, info.id, info.num_workers]
+        return self._iterate_worker(step, off, info.id, info.num_workers, first)
+
+    def state_dict(self, step: int | None = None) -> dict[str, Any]:
+        """As :meth:`MixtureSampler.state_dict`; inside a DataLoader worker (``num_workers >= 2``) without ``step``:
+        this worker's own position, marked with ``"worker": {"id", "num_workers"}`` (what ``StatefulDataLoader``
+        saves per worker and hands back to the same worker on resume)."""
+        pos = self._worker_pos
+        if step is not None or pos is None:
+            return super().state_dict(step)
+        nxt, it, length, wid, nw = pos
+        off = 0 if it is None else length - operator.length_hint(it)
+        if it is not None and off >= length:
+            nxt, off = nxt + nw, 0
+        state = super().state_dict(nxt)
+        state["offset"] = off
+        state["worker"] = {"id": wid, "num_workers": nw}
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """As :meth:`MixtureSampler.load_state_dict`; a worker-marked state (see :meth:`state_dict`) makes the next
+        iterator of worker ``id`` (of ``num_workers``) continue at that worker's saved step."""
+        worker = state_dict.get("worker") if isinstance(state_dict, Mapping) else None
+        resume = None
+        if worker is not None:
+            if not isinstance(worker, Mapping) or not {"id", "num_workers"} <= set(worker):
+                raise ValueError("state_dict['worker'] must be a mapping with 'id' and 'num_workers'")
+            resume = (int(worker["id"]), int(worker["num_workers"]))
+        super().load_state_dict(state_dict)
+        self._worker_resume = resume
 
     def _rows(self, steps: np.ndarray, seg: Any, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         return self._plan.layout(seg, steps, lo, hi)
@@ -246,9 +292,10 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
                 self._row_list = None
                 self._row_it = None
 
-    def _iterate_worker(self, start: int, offset: int, worker: int, num_workers: int) -> Iterator[Any]:
+    def _iterate_worker(self, start: int, offset: int, worker: int, num_workers: int, first: int) -> Iterator[Any]:
         readers = self._readers()
-        step = start + worker
+        pos = self._worker_pos
+        step = first
         while True:
             seg = self._plan.segment_at(step)
             if seg is None:
@@ -262,5 +309,11 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
             dom, draw = self._rows(steps, seg, lo, hi)
             for r in range(nb):
                 skip = offset if int(steps[r]) == start else 0
-                yield from self._fetch(readers, dom[r, skip:], draw[r, skip:])
+                row = self._fetch(readers, dom[r, skip:], draw[r, skip:])
+                if pos is not None:  # where state_dict() finds this worker's progress
+                    pos[0], pos[1], pos[2] = int(steps[r]), iter(row), len(row) + skip
+                    yield from pos[1]
+                    pos[0], pos[1], pos[2] = int(steps[r]) + num_workers, None, 0
+                else:
+                    yield from row
             step = int(steps[-1]) + num_workers
