@@ -36,6 +36,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from .. import _distributed as dist_utils
+from .sharding import ShardSpec, is_sharded, local_tensor
 from .hook_rules import HookRule, hook_rule, is_factorable
 from .sketch_space import Projector, Slot
 
@@ -46,6 +48,7 @@ __all__ = [
     "hook_rule",
     "run_loss",
     "group_pass",
+    "sharded_group_pass",
     "PerSampleCapture",
     "batch_signature",
 ]
@@ -161,6 +164,25 @@ def group_pass(losses: torch.Tensor, slots: Sequence[Slot]) -> List[Optional[tor
     return list(torch.autograd.grad(losses.sum(), [s.param for s in slots], allow_unused=True))
 
 
+def sharded_group_pass(losses: torch.Tensor, params: Sequence[torch.Tensor],
+                       slots: Sequence[Slot]) -> List[Optional[torch.Tensor]]:
+    """Sharded parameters (FSDP2): this rank's local part of every slot's gradient of ``losses.sum()`` summed over
+    all ranks (None where unused).
+
+    FSDP2 computes the gradient of the unsharded parameters it gathered for the forward and reduce-scatters it into
+    ``param.grad``; ``autograd.grad`` w.r.t. the sharded parameters would not see it. So this runs an ordinary
+    backward (a collective: every rank calls it) with the ``grad`` of ``params`` (all the model's parameters, listed
+    outside a forward: FSDP2 registers its unsharded parameters while a forward is active) cleared before and after
+    (the caller's gradients are restored by the engine)."""
+    for p in params:
+        p.grad = None
+    losses.sum().backward()
+    grads = [None if s.param.grad is None else local_tensor(s.param.grad) for s in slots]
+    for p in params:
+        p.grad = None
+    return grads
+
+
 class _LossModule(nn.Module):
     """Wraps ``loss_fn`` so ``torch.func.functional_call`` can swap the model's parameters."""
 
@@ -177,8 +199,13 @@ class PerSampleCapture:
     """Per-sample sketches of a micro-batch (see the module docstring). Use as a context manager (installs hooks)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, slots: Sequence[Slot], projector: Projector,
-                 owners: Dict[int, List[Tuple[nn.Module, str]]], func_chunk_size: Optional[int] = None):
+                 owners: Dict[int, List[Tuple[nn.Module, str]]], func_chunk_size: Optional[int] = None,
+                 shards: Optional[Dict[int, ShardSpec]] = None):
         self.model = model
+        # sharded parameters (FSDP2): module inputs and output gradients are unsharded, so the hooks work as usual;
+        # the backward is FSDP's own (sharded_group_pass) and verification compares sketches (_verify_sharded)
+        self.shards = shards or {}
+        self.all_params = list(model.parameters())
         self.loss_fn = loss_fn
         self.slots = list(slots)
         self.projector = projector
@@ -191,6 +218,7 @@ class PerSampleCapture:
                 self.source[slot.index] = "hooks"
             else:
                 self.source[slot.index] = "func"
+        self._check_sharded_sources()
         self._rebuild_module_map(owners)
         self._owners = owners
         self._handles: List[Any] = []
@@ -202,6 +230,17 @@ class PerSampleCapture:
         self._unbatched: set = set()
         self._collect = False
         self._error: Optional[BaseException] = None
+
+    def _check_sharded_sources(self) -> None:
+        if not self.shards:
+            return
+        func = [s.name for s in self.slots if self.source[s.index] == "func"]
+        if func:
+            raise NotImplementedError(
+                "per-sample influence on a sharded (FSDP2/DTensor) model captures per-sample gradients with module "
+                "hooks only (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm running their stock forward); these "
+                "selected parameters would need torch.func over unsharded parameters: " + ", ".join(func[:8])
+                + (" ..." if len(func) > 8 else "") + ". Use mode='group', or params= without them")
 
     def _rebuild_module_map(self, owners) -> None:
         self._module_slots = {}
@@ -325,14 +364,25 @@ class PerSampleCapture:
         return {name: t.detach() for name, t in out.items()}
 
     # -- one micro-batch --
-    def run(self, batch: Any, where: str, verify: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    def run(self, batch: Any, where: str, verify: bool, real: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-sample sketches ``[B, dim]`` and the losses of one micro-batch.
 
         With ``verify``, two checks per parameter against plain autograd on the same graph: per-sample gradients sum
         to the batch gradient, and those of the probe samples (first and last) sum to the gradient of their losses.
+        On sharded parameters the first check compares sketches of the two sums over all ranks, and the second is
+        not made (one backward per forward under FSDP). ``real=False``: a padding pass of a sharded model (its loss
+        is zero-weighted; the rows are zero and to be dropped).
         """
         while True:
-            losses, rows, unbatched, failed = self._run_once(batch, where, verify)
+            losses, rows, unbatched, failed = self._run_once(batch, where, verify, real)
+            if self.shards:  # decide the same on every rank (the next pass is a collective)
+                flag = torch.tensor([int(bool(unbatched) or bool(failed))], dtype=torch.int64)
+                dist_utils.all_reduce_sum_([flag])
+                if int(flag) > 0:
+                    raise RuntimeError(
+                        "per-sample gradients captured by module hooks do not match autograd's on a sharded model "
+                        f"({where}: " + (", ".join(s.name for s in failed) or "a module input is not sample-major")
+                        + "); the torch.func fallback needs unsharded parameters: use mode='group'")
             if not unbatched and not failed:
                 return losses, rows
             stuck = [s for s in failed if self.source[s.index] == "func"]
@@ -355,10 +405,11 @@ class PerSampleCapture:
                 self.source[idx] = "func"
             self._reinstall()
 
-    def _run_once(self, batch: Any, where: str, verify: bool):
+    def _run_once(self, batch: Any, where: str, verify: bool, real: bool = True):
         self._checks, self._error, self._unbatched = {}, None, set()
         self._active = True
         probe_grads: List[Optional[torch.Tensor]] = []
+        nonzero_before, self.projector.nonzero = self.projector.nonzero, set()
         try:
             losses = run_loss(self.model, self.loss_fn, batch, where)
             b = losses.shape[0]
@@ -369,14 +420,29 @@ class PerSampleCapture:
                 for s in self.slots:
                     self._checks[s.index] = {key: [torch.zeros(s.numel, dtype=torch.float64, device=rows.device), 0.0]
                                              for key in ("all", "probe")}
-                self._collect = False
-                probe_grads = list(torch.autograd.grad(losses[self._probe].sum(), [s.param for s in self.slots],
-                                                       retain_graph=True, allow_unused=True))
+                if not self.shards:
+                    self._collect = False
+                    probe_grads = list(torch.autograd.grad(losses[self._probe].sum(), [s.param for s in self.slots],
+                                                           retain_graph=True, allow_unused=True))
             self._collect = True
-            grads = group_pass(losses, self.slots)
+            if self.shards:
+                grads = sharded_group_pass(losses if real else losses * 0.0, self.all_params, self.slots)
+            else:
+                grads = group_pass(losses, self.slots)
+        except BaseException:
+            self.projector.nonzero |= nonzero_before
+            raise
         finally:
             self._active = False
             self._collect = False
+        try:
+            return self._finish_run(batch, where, verify, losses, rows, grads, probe_grads)
+        finally:
+            self.projector.nonzero |= nonzero_before
+
+    def _finish_run(self, batch: Any, where: str, verify: bool, losses: torch.Tensor, rows: torch.Tensor,
+                    grads: List[Optional[torch.Tensor]], probe_grads: List[Optional[torch.Tensor]]):
+        b = losses.shape[0]
         if self._error is not None:
             raise self._error
         if self._unbatched:
@@ -400,11 +466,59 @@ class PerSampleCapture:
                 self._add_materialised(s, ps)
         self._rows = None
         failed: List[Slot] = []
-        if verify:
+        if verify and self.shards:
+            failed = self._verify_sharded(grads)
+        elif verify:
             for s, g, pg in zip(self.slots, grads, probe_grads):
                 if not (self._matches(s, "all", g) and self._matches(s, "probe", pg)):
                     failed.append(s)
+        if not self.shards:
+            # a gradient path the hooks did not see at all (on any micro-batch, verified or not): autograd's batch
+            # gradient of a parameter is nonzero, but nothing reached its per-sample sketch
+            touched = self.projector.nonzero  # slots with a nonzero per-sample contribution in this micro-batch
+            failed_ids = {s.index for s in failed}
+            missed = [s for s, g in zip(self.slots, grads)
+                      if g is not None and s.index not in touched and s.index not in failed_ids and bool(g.ne(0).any())]
+            if missed and not verify:
+                raise RuntimeError(
+                    "per-sample gradients of " + ", ".join(s.name for s in missed) + f" ({where}) are zero, but "
+                    "autograd's gradient of the batch is not: the loss reaches these parameters along a path that "
+                    "the per-sample capture does not see; use mode='group' (or verify=True on a batch that takes "
+                    "this path)")
+            failed.extend(missed)
         return losses.detach(), rows, set(), failed
+
+    def _verify_sharded(self, grads: Sequence[Optional[torch.Tensor]]) -> List[Slot]:
+        """Sharded parameters: per parameter, the per-sample gradients summed over all ranks' samples must equal the
+        (reduce-scattered) batch gradient. Both sums are compared through a 64-column sketch (each rank sketches its
+        part at its offset; an all-reduce sums them), so nothing is gathered; a mismatch of relative size ε shows as
+        ≈ ε in the sketch (Johnson-Lindenstrauss), and the tolerance allows a factor 2 for the projection."""
+        import tikmix_ext
+
+        width, seed = 64, (self.projector.seed + 0x5EED) % (1 << 63)
+        slots = [s for s in self.slots if s.index in self._checks]
+        per_sample = torch.zeros(len(slots), width, dtype=torch.float64)
+        batch = torch.zeros(len(slots), width, dtype=torch.float64)
+        norms = torch.zeros(len(slots), 2, dtype=torch.float64)  # Σ per-sample norms, ‖batch gradient‖²
+        for i, s in enumerate(slots):
+            total, bound = self._checks[s.index]["all"]
+            per_sample[i] = tikmix_ext.sketch(total.view(1, -1).float().cpu(), width, seed, 0, None)[0].double()
+            norms[i, 0] = bound
+            g = grads[s.index]
+            spec = self.shards.get(s.index)
+            if g is not None and g.numel() > 0:
+                offset, weight = (0, 1.0) if spec is None else (spec.flat_offset, 1.0 / spec.n_replicas)
+                flat = g.reshape(1, -1).float().cpu()
+                batch[i] = tikmix_ext.sketch(flat, width, seed, offset, None)[0].double() * weight
+                norms[i, 1] = float(flat.double().pow(2).sum()) * weight
+        dist_utils.all_reduce_sum_([per_sample, batch, norms])
+        failed = []
+        for i, s in enumerate(slots):
+            diff = float((per_sample[i] - batch[i]).norm())
+            rtol = max(1e-3, 8 * torch.finfo(s.param.dtype).eps)
+            if diff > 2 * rtol * (float(norms[i, 0]) + float(norms[i, 1]) ** 0.5) + 1e-30:
+                failed.append(s)
+        return failed
 
     def _matches(self, slot: Slot, key: str, grad: Optional[torch.Tensor]) -> bool:
         """Recorded per-sample gradients summed over ``key``'s samples equal autograd's, to the dtype's rounding."""

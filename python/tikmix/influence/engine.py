@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+import warnings
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -17,11 +18,12 @@ from torch.utils._pytree import tree_flatten, tree_map
 from .. import _distributed as dist_utils
 from .._validation import check_int
 from .capture import (PerSampleCapture, batch_signature, group_pass, is_factorable, iter_batches, parameter_owners,
-                      run_loss, select_parameters)
+                      run_loss, select_parameters, sharded_group_pass)
 from .diagnostics import bootstrap
 from .hook_rules import parameter_paths
 from .preconditioners import PRECONDITIONERS, adam_scales, gauss_newton_apply
 from .result import InfluenceResult
+from .sharding import Lockstep, compute_device, fsdp_summed_gradients, shard_specs
 from .sketch_space import Layout, Projector, _has_kernel
 
 __all__ = ["GroupInfluence"]
@@ -29,6 +31,9 @@ __all__ = ["GroupInfluence"]
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 MODES = ("group", "per_sample")
 REDUCTIONS = ("mean", "sum")
+# rows of the per-domain/per-target count tensors
+_SAMPLES, _TOKENS, _UNKNOWN_TOKENS, _BATCHES = range(4)  # _UNKNOWN_TOKENS: batches count_tokens could not count
+_N_COUNTS = 4
 
 
 def default_token_count(batch: Any) -> int:
@@ -191,6 +196,10 @@ class GroupInfluence:
         if len(devices) != 1:
             raise ValueError(f"all selected parameters must be on one device, found {sorted(map(str, devices))}")
         self.device = devices.pop()
+        # sharded (DTensor) parameters: each rank sketches its local shard at its global offset (.sharding)
+        self._shards = shard_specs(self.named_params)
+        self._batch_device = compute_device(self.named_params) or self.device
+        self._all_params = list(model.parameters())  # outside a forward: FSDP2's sharded parameters
         owners = parameter_owners(model)
         self._owners = owners
         factored = [self.factorize and is_factorable(p, owners.get(id(p), [])) for _, p in self.named_params]
@@ -211,8 +220,10 @@ class GroupInfluence:
         tgt_names, tgt_iters = self._named_iterables(targets, "targets")
         slots = self.layout.slots
         timings: Dict[str, float] = {}
+        fsdp = fsdp_summed_gradients(self.model) if self._shards else contextlib.nullcontext()
+        lockstep = Lockstep() if self._shards else None
         with _ModelGuard(self.model, [p for _, p in self.named_params]), torch.inference_mode(False), \
-                torch.enable_grad():
+                torch.enable_grad(), fsdp:
             scales = None
             if self.preconditioner == "adam":
                 assert self.optimizer is not None
@@ -223,58 +234,69 @@ class GroupInfluence:
             try:
                 t0 = time.perf_counter()
                 tgt_sum = projector.zeros(len(tgt_names))
-                tgt_counts = torch.zeros(3, len(tgt_names), dtype=torch.int64)  # samples, tokens, unknown-token batches
+                tgt_counts = torch.zeros(_N_COUNTS, len(tgt_names), dtype=torch.int64)
                 for i, (name, it) in enumerate(zip(tgt_names, tgt_iters)):
-                    for b, batch in enumerate(iter_batches(it, name, "targets")):
-                        batch = self._prepare(batch, f"targets[{name!r}] batch {b}")
-                        losses = run_loss(self.model, self.loss_fn, batch, f"targets[{name!r}] batch {b}")
-                        for slot, g in zip(slots, group_pass(losses, slots)):
-                            if g is not None:
-                                projector.add_grad(tgt_sum[i : i + 1], slot, g.unsqueeze(0))
-                        self._count(tgt_counts, i, losses, batch)
-                        bar.update(1)
-                    if not dist_utils.is_active() and tgt_counts[0, i] == 0:
+                    for b, (batch, real) in enumerate(_batches(it, name, "targets", lockstep)):
+                        where = f"targets[{name!r}] batch {b}" + ("" if real else " (padding pass)")
+                        batch = self._prepare(batch, where)
+                        losses = run_loss(self.model, self.loss_fn, batch, where)
+                        self._add_batch_gradient(projector, tgt_sum[i : i + 1], losses, real)
+                        if real:
+                            self._count(tgt_counts, i, losses, batch)
+                        bar.update(int(real))
+                    if not dist_utils.is_active() and tgt_counts[_SAMPLES, i] == 0:
                         raise ValueError(f"targets[{name!r}] yielded no samples")
                 timings["targets"] = time.perf_counter() - t0
+                target_nonzero, projector.nonzero = projector.nonzero, set()
 
                 t0 = time.perf_counter()
                 rows: List[torch.Tensor] = []
                 unit_dom: List[int] = []
                 unit_size: List[int] = []
-                dom_counts = torch.zeros(4, len(dom_names), dtype=torch.int64)  # samples, tokens, unknown, batches
-                verified = False
+                dom_counts = torch.zeros(_N_COUNTS, len(dom_names), dtype=torch.int64)
+                verified: set = set()  # domains whose first micro-batch was verified (per_sample)
                 capture = (PerSampleCapture(self.model, self.loss_fn, slots, projector, self._owners,
-                                            self.func_chunk_size) if self.mode == "per_sample" else None)
+                                            self.func_chunk_size, self._shards)
+                           if self.mode == "per_sample" else None)
                 with capture if capture is not None else contextlib.nullcontext():
                     for j, (name, it) in enumerate(zip(dom_names, dom_iters)):
-                        for b, batch in enumerate(iter_batches(it, name, "domains")):
-                            where = f"domains[{name!r}] batch {b}"
+                        for b, (batch, real) in enumerate(_batches(it, name, "domains", lockstep)):
+                            where = f"domains[{name!r}] batch {b}" + ("" if real else " (padding pass)")
                             batch = self._prepare(batch, where)
                             if capture is None:
                                 losses = run_loss(self.model, self.loss_fn, batch, where)
                                 row = projector.zeros(1)
-                                for slot, g in zip(slots, group_pass(losses, slots)):
-                                    if g is not None:
-                                        projector.add_grad(row, slot, g.unsqueeze(0))
-                                rows.append(row)
-                                unit_dom.append(j)
-                                unit_size.append(losses.shape[0])
+                                self._add_batch_gradient(projector, row, losses, real)
+                                # under sharding a unit is one step of every rank (rows are summed over ranks):
+                                # a rank in a padding pass still holds its (zero) part of the unit
+                                if real or self._shards:
+                                    rows.append(row)
+                                    unit_dom.append(j)
+                                    unit_size.append(losses.shape[0] if real else 0)
                             else:
-                                losses, r = capture.run(batch, where, verify=self.verify and not verified)
-                                verified = True
-                                rows.append(r)
-                                unit_dom.extend([j] * r.shape[0])
-                                unit_size.extend([1] * r.shape[0])
-                            self._count(dom_counts, j, losses, batch)
-                            dom_counts[3, j] += 1
-                            bar.update(1)
-                        if not dist_utils.is_active() and dom_counts[0, j] == 0:
+                                # verify the first micro-batch of every domain: a gradient path that only one
+                                # domain's data takes is checked too
+                                # (sharded: a collective check, so padding ranks take part)
+                                check = self.verify and (real or bool(self._shards)) and j not in verified
+                                losses, r = capture.run(batch, where, verify=check, real=real)
+                                if check:
+                                    verified.add(j)
+                                if real:
+                                    rows.append(r)
+                                    unit_dom.extend([j] * r.shape[0])
+                                    unit_size.extend([1] * r.shape[0])
+                            if real:
+                                self._count(dom_counts, j, losses, batch)
+                                dom_counts[_BATCHES, j] += 1
+                            bar.update(int(real))
+                        if not dist_utils.is_active() and dom_counts[_SAMPLES, j] == 0:
                             raise ValueError(f"domains[{name!r}] yielded no samples (an empty domain)")
                 timings["domains"] = time.perf_counter() - t0
             finally:
                 bar.close()
 
         t0 = time.perf_counter()
+        self._check_contributions(target_nonzero, projector.nonzero)
         result = self._finish(projector, dom_names, tgt_names, tgt_sum, tgt_counts, rows, unit_dom, unit_size,
                               dom_counts)
         timings["scores"] = time.perf_counter() - t0
@@ -285,6 +307,54 @@ class GroupInfluence:
                                                            capture.source if capture is not None else None)
         return result
 
+    def _add_batch_gradient(self, projector: Projector, row: torch.Tensor, losses: torch.Tensor, real: bool) -> None:
+        """``row += `` the sketch of the gradient of ``losses.sum()`` (group mode and targets).
+
+        Sharded parameters: an ordinary backward lets FSDP2 sum the gradient over ranks into each rank's shard, and
+        the shard is sketched at its offset (the row is then this rank's *partial* sketch of the step's gradient, and
+        a padding pass contributes its rank's zero)."""
+        slots = self.layout.slots
+        if self._shards:
+            grads = sharded_group_pass(losses if real else losses * 0.0, self._all_params, slots)
+        else:
+            grads = group_pass(losses, slots)
+        for slot, g in zip(slots, grads):
+            if g is not None:
+                projector.add_grad(row, slot, g.unsqueeze(0), self._shards.get(slot.index))
+
+    def _check_contributions(self, target_nonzero: set, domain_nonzero: set) -> None:
+        """No silent zero: parameters that received no nonzero gradient on any rank, on the target or the domain side.
+
+        None at all on the domain side (or the target side) raises: ``S`` would be 0 (a wrong number, not a
+        measurement). Some parameters missing warns, naming them (a parameter the data does not reach is legitimate);
+        in per-sample mode a parameter with a target gradient but no per-sample gradient raises (the capture missed it).
+        """
+        slots = self.layout.slots
+        flags = torch.tensor([[s.index in target_nonzero, s.index in domain_nonzero] for s in slots],
+                             dtype=torch.int64)
+        dist_utils.all_reduce_sum_([flags])
+        tgt_ok, dom_ok = flags[:, 0] > 0, flags[:, 1] > 0
+        hint = ("; is the loss computed from the selected parameters (for a torch.compile'd or FSDP-wrapped model, "
+                "pass the wrapped model itself), and not under no_grad?")
+        if not bool(tgt_ok.any()):
+            raise RuntimeError("no selected parameter received a nonzero target gradient on any rank, so S would be "
+                               "0" + hint)
+        if not bool(dom_ok.any()):
+            raise RuntimeError("no selected parameter received a nonzero domain gradient on any rank, so S would be "
+                               "0" + hint)
+        missed = [s.name for s, t, d in zip(slots, tgt_ok, dom_ok) if bool(t) and not bool(d)]
+        if missed and self.mode == "per_sample":
+            raise RuntimeError(
+                "per-sample capture produced no gradient for " + ", ".join(missed[:8]) + (" ..." if len(missed) > 8
+                else "") + ", which the targets' gradients reach: the per-sample hooks did not see these parameters' "
+                "use (e.g. inside a torch.compile'd region); use mode='group' or an uncompiled model")
+        unused = [s.name for s, t, d in zip(slots, tgt_ok, dom_ok) if not bool(t) and not bool(d)]
+        if unused or missed:
+            warnings.warn("tikmix: selected parameters with a zero gradient everywhere: " + ", ".join(unused[:8])
+                          + ("; with a zero domain gradient only: " + ", ".join(missed[:8]) if missed else "")
+                          + " (they contribute nothing to S; deselect them with params= if intended)",
+                          RuntimeWarning, stacklevel=3)
+
     # ------------------------------------------------------------------------------------------------------------
     def _finish(self, projector: Projector, dom_names: List[str], tgt_names: List[str], tgt_sum: torch.Tensor,
                 tgt_counts: torch.Tensor, rows: List[torch.Tensor], unit_dom: List[int], unit_size: List[int],
@@ -294,28 +364,37 @@ class GroupInfluence:
         unit_rows = torch.cat(rows) if rows else projector.zeros(0)
         ids = torch.tensor(unit_dom, dtype=torch.int64, device=self.device)
         sizes = torch.tensor(unit_size, dtype=torch.int64)
-        dom_sum = _segment_sum(unit_rows, ids, n_dom, dim)
+        # Group mode on sharded parameters: every rank holds a partial sketch of every unit (one lockstep step of all
+        # ranks); summing them gives every rank all units. Otherwise each rank holds whole sketches of its own units.
+        units_shared = bool(self._shards) and self.mode == "group"
 
         # ---- everything that crosses ranks is summed here ----
         if dist_utils.is_active():
             dist_utils.check_same_on_all_ranks((dom_names, tgt_names), "domain/target names")
+        if units_shared:
+            dist_utils.all_reduce_sum_([unit_rows, sizes])
+        dom_sum = _segment_sum(unit_rows, ids, n_dom, dim)
         counts = torch.cat([tgt_counts.flatten(), dom_counts.flatten()]).to(self.device)
-        dist_utils.all_reduce_sum_([tgt_sum, dom_sum, counts])
+        dist_utils.all_reduce_sum_([tgt_sum, counts] if units_shared else [tgt_sum, dom_sum, counts])
         counts = counts.cpu()
         n_t = len(tgt_names)
-        tgt_counts = counts[: 3 * n_t].view(3, n_t)
-        dom_counts = counts[3 * n_t :].view(4, n_dom)
-        tgt_counts[1][tgt_counts[2] > 0] = -1
-        dom_counts[1][dom_counts[2] > 0] = -1
-        for name, n in zip(tgt_names, tgt_counts[0]):
+        tgt_counts = counts[: _N_COUNTS * n_t].view(_N_COUNTS, n_t)
+        dom_counts = counts[_N_COUNTS * n_t :].view(_N_COUNTS, n_dom)
+        tgt_counts[_TOKENS][tgt_counts[_UNKNOWN_TOKENS] > 0] = -1
+        dom_counts[_TOKENS][dom_counts[_UNKNOWN_TOKENS] > 0] = -1
+        for name, n in zip(tgt_names, tgt_counts[_SAMPLES]):
             if n == 0:
                 raise ValueError(f"targets[{name!r}] yielded no samples")
-        for name, n in zip(dom_names, dom_counts[0]):
+        for name, n in zip(dom_names, dom_counts[_SAMPLES]):
             if n == 0:
                 raise ValueError(f"domains[{name!r}] yielded no samples (an empty domain)")
-        tgt_mean = tgt_sum.to(torch.float64) / tgt_counts[0].to(self.device, torch.float64).unsqueeze(1)
+        tgt_mean = tgt_sum.to(torch.float64) / tgt_counts[_SAMPLES].to(self.device, torch.float64).unsqueeze(1)
         if not bool(torch.isfinite(tgt_mean).all()):
             raise FloatingPointError("target gradients are not finite (overflow in the backward pass?)")
+        zero = [name for name, row in zip(tgt_names, tgt_mean) if not bool(row.ne(0).any())]
+        if zero:
+            raise ValueError(f"the gradient of targets {zero} is identically zero on every rank (the loss does not "
+                             "depend on the selected parameters), so their row of S would be 0")
         if not bool(torch.isfinite(dom_sum).all()):
             bad = [dom_names[j] for j in range(n_dom) if not bool(torch.isfinite(dom_sum[j]).all())]
             raise FloatingPointError(f"gradients of domains {bad} are not finite (overflow in the backward pass?)")
@@ -326,24 +405,25 @@ class GroupInfluence:
             phi = unit_rows.to(torch.float64)
             if self.mode == "group":
                 phi = phi / sizes.to(phi.device, torch.float64).sqrt().unsqueeze(1)
-            if dist_utils.is_active():
+            if dist_utils.is_active() and not units_shared:
                 gram = phi.t() @ phi
                 n_rows = torch.tensor([phi.shape[0]], dtype=torch.int64, device=self.device)
                 dist_utils.all_reduce_sum_([gram, n_rows])
-                pt, damping_used = gauss_newton_apply(tgt_mean, gram=gram, n_rows=int(n_rows), damping=self.damping)
+                precond_targets, damping_used = gauss_newton_apply(tgt_mean, gram=gram, n_rows=int(n_rows), damping=self.damping)
             else:
-                pt, damping_used = gauss_newton_apply(tgt_mean, rows=phi, damping=self.damping)
+                precond_targets, damping_used = gauss_newton_apply(tgt_mean, rows=phi, damping=self.damping)
         else:
-            pt = tgt_mean
+            precond_targets = tgt_mean
 
         # ---- S (float64) from the all-reduced domain sums; per-unit scores from the local rows ----
-        s_sum = pt @ dom_sum.to(torch.float64).t()  # [n, G]
-        unit_scores = _unit_scores(unit_rows, ids, n_dom, pt)
-        dom_samples = dom_counts[0]
+        s_sum = precond_targets @ dom_sum.to(torch.float64).t()  # [n, G]
+        unit_scores = _unit_scores(unit_rows, ids, n_dom, precond_targets)
+        dom_samples = dom_counts[_SAMPLES]
         S = s_sum / dom_samples.to(s_sum.device, torch.float64).unsqueeze(0) if self.reduction == "mean" else s_sum
         S = S.cpu()
 
-        gathered = dist_utils.all_gather_objects((unit_scores.cpu(), ids.cpu(), sizes))
+        local = (unit_scores.cpu(), ids.cpu(), sizes)
+        gathered = [local] if units_shared else dist_utils.all_gather_objects(local)
         # canonical unit order: by domain, then rank, then local order (= one process's order on contiguous shards)
         all_ids = torch.cat([g[1] for g in gathered])
         order = torch.sort(all_ids, stable=True).indices
@@ -365,10 +445,10 @@ class GroupInfluence:
             sketch_dim=None if self.layout.exact else dim,
             seed=self.seed,
             domain_samples=dom_samples.clone(),
-            domain_tokens=dom_counts[1].clone(),
-            domain_batches=dom_counts[3].clone(),
-            target_samples=tgt_counts[0].clone(),
-            target_tokens=tgt_counts[1].clone(),
+            domain_tokens=dom_counts[_TOKENS].clone(),
+            domain_batches=dom_counts[_BATCHES].clone(),
+            target_samples=tgt_counts[_SAMPLES].clone(),
+            target_tokens=tgt_counts[_TOKENS].clone(),
             unit="sample" if self.mode == "per_sample" else "micro-batch",
             unit_scores=all_scores,
             unit_domains=all_ids,
@@ -407,17 +487,17 @@ class GroupInfluence:
         elif sig != self._signature[0]:
             raise TypeError(f"mismatched batch types: {where} is a {sig}, but {self._signature[1]} was a "
                             f"{self._signature[0]}; every domain and target batch must have the same structure")
-        dev = self.device
+        dev = self._batch_device
         return tree_map(lambda t: t.to(dev, non_blocking=True)
                         if isinstance(t, torch.Tensor) and t.device != dev else t, batch)
 
     def _count(self, counts: torch.Tensor, j: int, losses: torch.Tensor, batch: Any) -> None:
-        counts[0, j] += losses.shape[0]
+        counts[_SAMPLES, j] += losses.shape[0]
         tokens = int(self.count_tokens(batch))
         if tokens < 0:
-            counts[2, j] += 1
+            counts[_UNKNOWN_TOKENS, j] += 1
         else:
-            counts[1, j] += tokens
+            counts[_TOKENS, j] += tokens
 
     def _progress_bar(self, iterables: Sequence[Any]) -> Any:
         from tqdm.auto import tqdm
@@ -442,14 +522,25 @@ def _segment_sum(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, dim: int)
     return torch.zeros(n_groups, dim, dtype=rows.dtype, device=rows.device).index_add_(0, ids, rows)
 
 
-def _unit_scores(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, pt: torch.Tensor) -> torch.Tensor:
-    """``scores[u, i] = pt_i · row_u`` in float64 (the native group_influence op where it has a kernel)."""
+def _unit_scores(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, targets: torch.Tensor) -> torch.Tensor:
+    """``scores[u, i] = targets_i · row_u`` in float64 (``targets``: the preconditioned target sketches; the native
+    group_influence op where it has a kernel)."""
     if rows.shape[0] == 0:
-        return torch.zeros(0, pt.shape[0], dtype=torch.float64)
+        return torch.zeros(0, targets.shape[0], dtype=torch.float64)
     r64 = rows.to(torch.float64).contiguous()
     if _has_kernel("group_influence", rows.device):
         import tikmix_ext
 
-        _, per_sample = tikmix_ext.group_influence(r64, ids, n_groups, pt.contiguous(), None)
+        _, per_sample = tikmix_ext.group_influence(r64, ids, n_groups, targets.contiguous(), None)
         return per_sample
-    return r64 @ pt.t()
+    return r64 @ targets.t()
+
+
+def _batches(iterable: Iterable[Any], name: str, kind: str, lockstep: Optional[Lockstep]) -> Iterator[Tuple[Any, bool]]:
+    """``(batch, real)`` pairs; with ``lockstep`` (sharded parameters) every rank makes the same number of passes."""
+    iterator = iter_batches(iterable, name, kind)
+    if lockstep is None:
+        for batch in iterator:
+            yield batch, True
+    else:
+        yield from lockstep.steps(iterator)

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .sharding import is_sharded, local_tensor
 from .sketch_space import Slot
 
 __all__ = ["PRECONDITIONERS", "adam_scales", "gauss_newton_apply", "gauss_newton_damping"]
@@ -55,8 +56,9 @@ def adam_scales(optimizer: torch.optim.Optimizer, slots: Sequence[Slot], exact: 
             missing_state.append(slot.name)
             continue
         bias_correction2 = 1.0 - beta2 ** step
+        v = _local_state(slot, v)
         d = 1.0 / ((v.detach().to(torch.float64) / bias_correction2).sqrt() + eps)
-        scales[slot.index] = d.sqrt().reshape(-1).to(torch.float64 if exact else torch.float32).to(slot.param.device)
+        scales[slot.index] = d.sqrt().reshape(-1).to(torch.float64 if exact else torch.float32).to(v.device)
     if missing_group:
         raise ValueError("preconditioner='adam': the optimizer does not hold these selected parameters: "
                          + ", ".join(missing_group[:8]) + (" ..." if len(missing_group) > 8 else ""))
@@ -65,6 +67,22 @@ def adam_scales(optimizer: torch.optim.Optimizer, slots: Sequence[Slot], exact: 
                          + ", ".join(missing_state[:8]) + (" ..." if len(missing_state) > 8 else "")
                          + "; take at least one optimizer step first")
     return scales
+
+
+def _local_state(slot: Slot, v: torch.Tensor) -> torch.Tensor:
+    """The part of an optimizer state that matches this rank's part of the parameter: a sharded parameter's state
+    (FSDP2 keeps Adam's moments as DTensors with the parameter's placement) is read locally, never gathered."""
+    p = slot.param
+    if is_sharded(p) != is_sharded(v) or (is_sharded(p) and (tuple(v.placements) != tuple(p.placements)
+                                                              or v.device_mesh != p.device_mesh)):
+        where = lambda t: f"{tuple(t.placements)}" if is_sharded(t) else "a plain tensor"  # noqa: E731
+        raise ValueError(f"preconditioner='adam': the optimizer state of {slot.name!r} is {where(v)}, but the "
+                         f"parameter is {where(p)}; create the optimizer after sharding the model")
+    v = local_tensor(v)
+    if v.shape != local_tensor(p).shape:
+        raise ValueError(f"preconditioner='adam': exp_avg_sq of {slot.name!r} has shape {tuple(v.shape)}, the "
+                         f"parameter {tuple(local_tensor(p).shape)}")
+    return v
 
 
 def gauss_newton_damping(gram_trace: float, n_rows: int, dim: int, damping: float) -> float:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .._splitmix import GOLDEN, MASK64, mix, mix_int
+from .sharding import ShardSpec
 
 __all__ = ["Slot", "Layout", "Projector", "sign_tile", "kron_seed"]
 
@@ -224,6 +225,9 @@ class Projector:
         self.device = device
         self.dtype = torch.float64 if layout.exact else torch.float32
         self.scales = scales or {}
+        # slots that received a nonzero contribution on this rank (the engine refuses a computation where a
+        # parameter, or all of them, never did on any rank: a silent zero)
+        self.nonzero: set = set()
         self._tiles: Dict[Tuple[int, int], torch.Tensor] = {}
         self._kron_op = (not layout.exact) and _has_kernel("sketch_kron", device)
         self._sketch_on_device = (not layout.exact) and _has_kernel("sketch", device)
@@ -247,46 +251,79 @@ class Projector:
         return t
 
     # -- whole gradients (group mode: N = 1) and materialised per-sample gradients --
-    def add_grad(self, out: torch.Tensor, slot: Slot, grad: torch.Tensor) -> None:
-        """``out[N, dim] +=`` the projection of ``grad[N, *slot.shape]`` (N whole or per-sample gradients)."""
+    def add_grad(self, out: torch.Tensor, slot: Slot, grad: torch.Tensor, shard: Optional[ShardSpec] = None) -> None:
+        """``out[N, dim] +=`` the projection of ``grad[N, *slot.shape]`` (N whole or per-sample gradients).
+
+        With ``shard``, ``grad`` is this rank's local part ``[N, shard.rows, *slot.shape[1:]]`` of a sharded gradient
+        and ``out`` receives its partial sketch (divided by ``shard.n_replicas``): summed over all ranks, the partial
+        sketches give the sketch of the whole gradient (:mod:`.sharding`).
+        """
         n = grad.shape[0]
         if grad.is_sparse:
             grad = grad.to_dense()
         scale = self.scales.get(slot.index)
+        shape = slot.shape if shard is None else (shard.rows, *slot.shape[1:])
+        start = 0 if shard is None else shard.flat_offset
+        weight = 1.0 if shard is None else 1.0 / shard.n_replicas
+        if shard is not None and shard.numel == 0:
+            return
+        self._mark(slot, grad)
         if slot.kind == "flat":
             g = grad.reshape(n, -1).to(torch.float64)
             if scale is not None:
                 g = g * scale
-            out[:, slot.col : slot.col + slot.width] += g
+            out[:, slot.col + start : slot.col + start + g.shape[1]].add_(g, alpha=weight)
         elif slot.kind == "kron":
-            g = grad.reshape(n, *slot.shape).to(torch.float32)
+            g = grad.reshape(n, *shape).to(torch.float32)
             if scale is not None:
-                g = g * scale.view(slot.shape)
+                g = g * scale.view(shape)
             r_out, r_in = self.tile(slot, 1), self.tile(slot, 0)
+            if shard is not None:  # rows [r0, r0 + rows) of W meet rows [r0, r0 + rows) of R_out
+                r_out = r_out[shard.row_start : shard.row_start + shard.rows]
             y = torch.matmul(torch.matmul(r_out.t(), g), r_in)  # [N, k_out, k_in]
-            out[:, slot.col : slot.col + slot.width].add_(y.reshape(n, -1), alpha=_kron_scale(slot.k_in, slot.k_out))
+            out[:, slot.col : slot.col + slot.width].add_(y.reshape(n, -1),
+                                                         alpha=_kron_scale(slot.k_in, slot.k_out) * weight)
         else:
-            self._add_dense(out, slot, grad.reshape(n, -1), scale)
+            x = grad.reshape(n, -1)
+            if weight != 1.0:
+                x = x * weight
+            self._add_dense(out, slot, x, scale, slot.offset + start)
 
-    def _add_dense(self, out: torch.Tensor, slot: Slot, x: torch.Tensor, scale: Optional[torch.Tensor]) -> None:
+    def _mark(self, slot: Slot, *factors: torch.Tensor) -> None:
+        """Record that ``slot`` got a nonzero contribution (checked until the first one; for factored contributions
+        ``Σ_t g_t a_tᵀ`` a time step where both factors are nonzero)."""
+        if slot.index in self.nonzero:
+            return
+        if len(factors) == 1:
+            hit = bool(factors[0].ne(0).any())
+        else:
+            a, g = factors
+            hit = bool((a.ne(0).any(-1) & g.ne(0).any(-1)).any())
+        if hit:
+            self.nonzero.add(slot.index)
+
+    def _add_dense(self, out: torch.Tensor, slot: Slot, x: torch.Tensor, scale: Optional[torch.Tensor],
+                   offset: Optional[int] = None) -> None:
         import tikmix_ext
 
+        offset = slot.offset if offset is None else offset
         if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             x = x.to(torch.float32)
         block = out[:, slot.col : slot.col + slot.width]
         if not self._sketch_on_device:
             _warn_once(f"tikmix: no native sketch kernel for device {self.device}; dense sketches run on the CPU")
-            y = tikmix_ext.sketch(x.cpu(), slot.width, self.seed, slot.offset, None if scale is None else scale.cpu())
+            y = tikmix_ext.sketch(x.cpu(), slot.width, self.seed, offset, None if scale is None else scale.cpu())
             block += y.to(block.device)
         elif x.shape[0] == 1 and block.is_contiguous():
-            tikmix_ext.sketch_accumulate_(block, x.contiguous(), self.seed, slot.offset, scale)
+            tikmix_ext.sketch_accumulate_(block, x.contiguous(), self.seed, offset, scale)
         else:
-            block += tikmix_ext.sketch(x.contiguous(), slot.width, self.seed, slot.offset, scale)
+            block += tikmix_ext.sketch(x.contiguous(), slot.width, self.seed, offset, scale)
 
     # -- factored per-sample contributions (hooks) --
     def add_linear(self, out: torch.Tensor, slot: Slot, a: torch.Tensor, g: torch.Tensor) -> None:
         """``out[N] +=`` projection of per-sample ``W_n = Σ_t g[n,t] a[n,t]ᵀ`` (``a [N,T,in]``, ``g [N,T,out]``)."""
         if slot.kind == "kron":
+            self._mark(slot, a, g)
             if slot.index in self.scales:
                 raise AssertionError("diagonal scales cannot act on a Kronecker per-sample sketch")  # guarded upstream
             block = out[:, slot.col : slot.col + slot.width]
@@ -314,6 +351,7 @@ class Projector:
         if padding_idx is not None:
             g = g * (idx != padding_idx).unsqueeze(-1).to(g.dtype)
         if slot.kind == "kron":
+            self._mark(slot, g)
             block = out[:, slot.col : slot.col + slot.width]
             at = torch.matmul(g.to(torch.float32), self.tile(slot, 0))  # [N, T, k_in]
             gt = self.tile(slot, 1)[idx]  # one-hot rows times R_out = rows of R_out: [N, T, k_out]
