@@ -230,10 +230,16 @@ class PerSampleCapture:
         self._unbatched: set = set()
         self._collect = False
         self._error: Optional[BaseException] = None
+        self._eps = 0.0  # machine epsilon of the forward's floating dtype (the checks' tolerance)
 
     def _check_sharded_sources(self) -> None:
         if not self.shards:
             return
+        if self.projector.scales:
+            raise NotImplementedError(
+                "preconditioner='adam' with mode='per_sample' on a sharded (FSDP2/DTensor) model: a per-sample "
+                "gradient is whole on the rank that holds the sample, while Adam's second moments are sharded over "
+                "the ranks, and applying them would gather them; use mode='group' (exact on sharded models)")
         func = [s.name for s in self.slots if self.source[s.index] == "func"]
         if func:
             raise NotImplementedError(
@@ -274,6 +280,8 @@ class PerSampleCapture:
         if not slots or not inputs or not isinstance(inputs[0], torch.Tensor):
             return
         x = inputs[0].detach()  # shares storage with what autograd saves anyway: no extra memory
+        if x.is_floating_point():  # the forward's precision (bf16 under mixed precision) sets the check's tolerance
+            self._eps = max(self._eps, torch.finfo(x.dtype).eps)
         rule = hook_rule(module)
 
         def on_grad(g: torch.Tensor, module=module, x=x, rule=rule, slots=slots) -> None:
@@ -407,6 +415,7 @@ class PerSampleCapture:
 
     def _run_once(self, batch: Any, where: str, verify: bool, real: bool = True):
         self._checks, self._error, self._unbatched = {}, None, set()
+        self._eps = 0.0
         self._active = True
         probe_grads: List[Optional[torch.Tensor]] = []
         nonzero_before, self.projector.nonzero = self.projector.nonzero, set()
@@ -515,7 +524,7 @@ class PerSampleCapture:
         failed = []
         for i, s in enumerate(slots):
             diff = float((per_sample[i] - batch[i]).norm())
-            rtol = max(1e-3, 8 * torch.finfo(s.param.dtype).eps)
+            rtol = max(1e-3, 8 * torch.finfo(s.param.dtype).eps, 8 * self._eps)
             if diff > 2 * rtol * (float(norms[i, 0]) + float(norms[i, 1]) ** 0.5) + 1e-30:
                 failed.append(s)
         return failed
@@ -525,7 +534,7 @@ class PerSampleCapture:
         total, norms = self._checks[slot.index][key]
         ref = torch.zeros_like(total) if grad is None else grad.to_dense().reshape(-1).to(torch.float64)
         diff = float((total - ref).norm())
-        rtol = max(1e-3, 8 * torch.finfo(slot.param.dtype).eps)
+        rtol = max(1e-3, 8 * torch.finfo(slot.param.dtype).eps, 8 * self._eps)
         return diff <= rtol * (norms + float(ref.norm())) + 1e-30
 
 
