@@ -16,7 +16,8 @@ from tikmix.influence import GroupInfluence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CONFIGS = [dict(mode="group"), dict(mode="per_sample"), dict(mode="per_sample", preconditioner="gauss_newton")]
+CONFIGS = [dict(mode="group"), dict(mode="per_sample"), dict(mode="per_sample", preconditioner="gauss_newton"),
+           dict(mode="group", preconditioner="gauss_newton")]
 
 
 def _data():

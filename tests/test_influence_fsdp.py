@@ -24,9 +24,11 @@ import torch.distributed as dist
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import influence_fsdp_worker as worker  # noqa: E402
+from influence_testing import one_thread  # noqa: E402,F401
 
 BACKEND = os.environ.get("TIKMIX_TEST_BACKEND", "gloo")
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # the workers run single-threaded too: same summation order at ws=1
     pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable"),
     pytest.mark.skipif(BACKEND == "nccl" and torch.cuda.device_count() < 2, reason="nccl needs >= 2 GPUs"),
 ]

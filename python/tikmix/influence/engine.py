@@ -258,7 +258,10 @@ class GroupInfluence:
                 capture = (PerSampleCapture(self.model, self.loss_fn, slots, projector, self._owners,
                                             self.func_chunk_size, self._shards)
                            if self.mode == "per_sample" else None)
-                with capture if capture is not None else contextlib.nullcontext():
+                # per-sample capture hooks module inputs and output gradients, which a torch.compile'd graph does not
+                # expose (and its donated buffers allow one backward only): per-sample passes run compiled code eagerly
+                eager = _force_eager() if capture is not None else contextlib.nullcontext()
+                with capture if capture is not None else contextlib.nullcontext(), eager:
                     for j, (name, it) in enumerate(zip(dom_names, dom_iters)):
                         for b, (batch, real) in enumerate(_batches(it, name, "domains", lockstep)):
                             where = f"domains[{name!r}] batch {b}" + ("" if real else " (padding pass)")
@@ -534,6 +537,12 @@ def _unit_scores(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, targets: 
         _, per_sample = tikmix_ext.group_influence(r64, ids, n_groups, targets.contiguous(), None)
         return per_sample
     return r64 @ targets.t()
+
+
+def _force_eager() -> Any:
+    """A context in which torch.compile'd modules and functions run their original Python code eagerly."""
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def _batches(iterable: Iterable[Any], name: str, kind: str, lockstep: Optional[Lockstep]) -> Iterator[Tuple[Any, bool]]:
