@@ -95,6 +95,9 @@ run_stage info 30 info
 # -P: keep the repository root off sys.path, so `import tikmix_ext` is the installed build, not ./tikmix_ext
 run_stage tests 150 env TIKMIX_REQUIRE_CUDA=1 "$PY" -P -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/test_cuda_ops.py tests/test_mma_layout.py tests/test_influence_sketch.py --junitxml="$OUT/junit_cuda.xml" -rfE
+# influence on FSDP2-sharded models with nccl: world sizes up to the GPU count (the others skip)
+run_stage fsdp 240 env TIKMIX_TEST_BACKEND=nccl "$PY" -P -m pytest -q -p no:cacheprovider -o addopts="" \
+  tests/test_influence_fsdp.py --junitxml="$OUT/junit_fsdp.xml" -rfE
 TAIL_LINES=40 run_stage bench 150 "$PY" benchmarks/bench_sketch_gpu.py --out "$OUT"
 if [[ -f benchmarks/bench_influence.py ]]; then
   run_stage influence 90 "$PY" benchmarks/bench_influence.py --device cuda --d-model 768 --layers 12 --seq 1024 --k 8192
