@@ -165,6 +165,25 @@ def test_gpt2_conv1d_rule_exact():
     assert sk.layout["parameter_paths"]["transformer.h.0.mlp.c_fc.weight"] == "kronecker <- hook rule 'conv1d'"
 
 
+def test_hf_rms_norm_rule_matches_llama_copies_only():
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.mistral.modeling_mistral import MistralRMSNorm
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    for cls in (Qwen2RMSNorm, MistralRMSNorm):
+        assert hook_rules.hook_rule(cls(8)).name == "hf_rms_norm"
+    assert hook_rules.hook_rule(GemmaRMSNorm(8)) is None  # (1 + weight) * x̂: another formula, so torch.func
+
+    class Overridden(Qwen2RMSNorm):
+        def forward(self, hidden_states):
+            return super().forward(hidden_states) * 2
+
+    assert hook_rules.hook_rule(Overridden(8)) is None
+    norm = Qwen2RMSNorm(8, eps=1e-5)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    torch.testing.assert_close(norm.double()(x), norm.weight * hook_rules.hook_rule(norm).normalize(norm, x))
+
+
 class _ScaledNorm(nn.Module):
     """out = weight * x / (1 + |x|): a custom module, off the built-in rules."""
 

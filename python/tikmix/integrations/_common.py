@@ -21,7 +21,8 @@ def advance(controller: Any, step: int) -> list[dict[str, Any]]:
     restored. Returns the new history records (usually none).
     """
     step = int(step)
-    pending = [b for b in controller.boundaries if b <= step and b not in controller._done]
+    # The controller handles boundaries in order, so the first `stages_done` are the handled ones.
+    pending = [b for b in controller.boundaries[controller.stages_done :] if b <= step]
     if not pending:
         controller.step(step)  # keeps the train-time clock; a no-op otherwise
         return []

@@ -62,7 +62,7 @@ class TikmixCallback(TrainerCallback):
     """
 
     def __init__(self, controller: Any) -> None:
-        for attr in ("boundaries", "step", "state_dict", "load_state_dict", "sampler", "model"):
+        for attr in ("boundaries", "stages_done", "step", "state_dict", "load_state_dict", "sampler", "model"):
             if not hasattr(controller, attr):
                 raise TypeError(f"controller must be a tikmix.Controller; it has no {attr!r}")
         self.controller = controller

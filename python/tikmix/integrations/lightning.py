@@ -47,7 +47,7 @@ class TikmixCallback(Callback):
     """
 
     def __init__(self, controller: Any) -> None:
-        for attr in ("boundaries", "step", "state_dict", "load_state_dict", "sampler", "model"):
+        for attr in ("boundaries", "stages_done", "step", "state_dict", "load_state_dict", "sampler", "model"):
             if not hasattr(controller, attr):
                 raise TypeError(f"controller must be a tikmix.Controller; it has no {attr!r}")
         self.controller = controller
@@ -63,7 +63,8 @@ class TikmixCallback(Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         sampler = self.controller.sampler
-        if trainer.world_size > 1 and getattr(trainer._accelerator_connector, "use_distributed_sampler", False):
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", True):
             raise ValueError("lightning.pytorch.Trainer(use_distributed_sampler=False) is required with tikmix: the "
                              "MixtureSampler already gives every rank its own slice of each step")
         if trainer.max_steps is None or trainer.max_steps <= 0:
