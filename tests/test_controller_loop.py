@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
+from tikmix.solvers import solve_direct
 from tikmix.demo.model import GPT, GPTConfig, sequence_loss
 
 SEQ = 16
@@ -222,3 +223,59 @@ def test_pull_back_keeps_tikmix_d_constraints():
     w_ok = np.array([0.45, 0.35, 0.2])
     w, t = _pull_back(S, w_prior, w_d, w_ok, {"max_shift": 0.25})
     assert t == 1.0 and np.allclose(w, w_ok)
+
+
+def _meets_constraints_ref(S, w_prior, w, opts, tol):
+    """Independent float64 check of TiKMiX-D's constraints (Pareto rows scaled by their largest |S_ij|)."""
+    S, w, w_prior = (np.asarray(a, dtype=np.float64) for a in (S, w, w_prior))
+    m = w.size
+    ok = abs(w.sum() - 1) <= tol and (w >= -tol).all()
+    if opts.get("pareto", True):
+        ok &= bool((((S @ w) - (S @ w_prior)) / np.abs(S).max(axis=1) >= -tol).all())
+    if "min_weight" in opts:
+        ok &= bool((w >= np.broadcast_to(opts["min_weight"], (m,)) - tol).all())
+    if "max_weight" in opts:
+        ok &= bool((w <= np.broadcast_to(opts["max_weight"], (m,)) + tol).all())
+    if "stage_tokens" in opts:
+        cap = np.broadcast_to(opts["max_epochs"], (m,)) * np.broadcast_to(opts["tokens_available"], (m,))
+        ok &= bool((w * opts["stage_tokens"] <= cap + tol * opts["stage_tokens"]).all())
+    if "max_shift" in opts:
+        ok &= bool(np.abs(w - w_prior).sum() <= opts["max_shift"] + tol)
+    return ok
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"max_shift": 0.3},
+        {"min_weight": 0.05, "max_weight": 0.5},
+        {"max_epochs": 1.0, "tokens_available": [30.0, 40.0, 100.0, 100.0, 25.0], "stage_tokens": 100.0},
+        {"pareto": False, "max_shift": 0.2, "max_weight": 0.4},
+    ],
+)
+def test_pull_back_lands_on_the_solvers_feasible_set(seed, opts):
+    """The pull-back uses solve_direct's own constraint set: rows of very different scale (the Pareto scaling
+    must be the solver's), every constraint kind, and the largest feasible t."""
+    from tikmix.controller import _pull_back
+    from tikmix.solvers.constraints import constraint_set
+
+    rng = np.random.default_rng(seed)
+    S = rng.normal(size=(3, 5)) * np.array([[1e-4], [1.0], [1e3]])
+    w_prior = rng.dirichlet(np.ones(5))
+    if "max_weight" in opts:
+        w_prior = 0.2 + (w_prior - 0.2) * min(1.0, 0.18 / np.abs(w_prior - 0.2).max())  # in [0.02, 0.38]
+    if "stage_tokens" in opts:
+        w_prior = np.array([0.2, 0.2, 0.3, 0.1, 0.2])
+    res = solve_direct(S, w_prior, **opts)
+    cs = constraint_set(S, w_prior, **opts)
+    assert res.maxcv == pytest.approx(cs.maxcv(res.weights), abs=1e-15)
+    w_d = np.asarray(res.weights)
+    for _ in range(3):
+        w_m = rng.dirichlet(np.ones(5) * 0.5)
+        w, t = _pull_back(S, w_prior, w_d, w_m, {**opts, "alpha": 1.0, "restarts": 2})
+        assert 0.0 <= t <= 1.0
+        assert _meets_constraints_ref(S, w_prior, w, opts, 1e-8)
+        if t < 1.0:
+            beyond = np.clip(w_d + min(1.0, t + 1e-6) * (w_m - w_d), 0, None)
+            assert not _meets_constraints_ref(S, w_prior, beyond / beyond.sum(), opts, 1e-9)

@@ -75,7 +75,7 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _rows(data: Any, name: str) -> Any:
+def _as_samples(data: Any, name: str) -> Any:
     """A target set or domain dataset as something with ``len`` and ``[i]`` (tensor rows or a Dataset)."""
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(np.ascontiguousarray(data))
@@ -183,8 +183,8 @@ class Controller:
         self.loss_fn = loss_fn
         self.domain_names = [str(n) for n in domains]
         self.target_names = [str(n) for n in targets]
-        self._domains = {n: _rows(d, f"domains[{n!r}]") for n, d in domains.items()}
-        self._targets = {n: _rows(t, f"targets[{n!r}]") for n, t in targets.items()}
+        self._domains = {n: _as_samples(d, f"domains[{n!r}]") for n, d in domains.items()}
+        self._targets = {n: _as_samples(t, f"targets[{n!r}]") for n, t in targets.items()}
         self.solver = solver
         self.solver_options = dict(solver_options or {})
         self.samples_per_domain = samples_per_domain
@@ -346,7 +346,7 @@ class Controller:
             "weights_prior": w_prior.tolist(),
             "weights": [float(x) for x in weights],
             "S": S.tolist(),
-            "S_ci": _ci(result),
+            "S_ci": _confidence_interval(result),
             "rank_stability": _jsonable(getattr(result, "rank_stability", None)),
             "influence_samples": _jsonable(getattr(result, "domain_samples", None)),
             "influence_tokens": _jsonable(getattr(result, "domain_tokens", None)),
@@ -506,54 +506,21 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _pull_back(S: np.ndarray, w_prior: np.ndarray, w_d: np.ndarray, w_m: np.ndarray,
-               options: Mapping[str, Any], tol: float = 1e-9) -> tuple[np.ndarray, float]:
-    """The point ``w_d + t (w_m - w_d)`` with the largest ``t`` in [0, 1] that meets TiKMiX-D's constraints.
+               options: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+    """The point ``w_d + t (w_m - w_d)`` with the largest ``t`` in [0, 1] inside TiKMiX-D's feasible set.
 
-    TiKMiX-M searches a box around the TiKMiX-D answer ``w_d`` without constraints. Every constraint TiKMiX-D
-    imposes is convex and holds at ``w_d``: the Pareto rows ``S @ w >= S @ w_prior`` and, when given in
-    ``options``, ``max_shift`` (L1 distance from ``w_prior``), ``min_weight`` / ``max_weight`` and the
-    repetition cap (``max_epochs``, ``tokens_available``, ``stage_tokens``). So the feasible part of the
-    segment is an interval ``[0, t*]``; this returns the mixture at ``t*`` (found by bisection) and ``t*``.
+    TiKMiX-M searches a box around the TiKMiX-D answer ``w_d`` without constraints. The constraints are those
+    :func:`~tikmix.solve_direct` built from the same ``options`` (its :class:`~tikmix.solvers.constraints.ConstraintSet`:
+    Pareto, bounds, repetition cap, max_shift, same tolerance); all are convex and hold at ``w_d``, so the feasible
+    part of the segment is an interval ``[0, t*]``. Returns the mixture at ``t*`` and ``t*``.
     """
-    m = len(w_d)
-    scale = np.maximum(np.abs(S).max(axis=1), 1e-300)
-    base = S @ w_prior
-    lo_w = np.zeros(m)
-    hi_w = np.ones(m)
-    if options.get("pareto", True) is False:
-        base = np.full(S.shape[0], -np.inf)
-    if options.get("min_weight") is not None:
-        lo_w = np.maximum(lo_w, np.broadcast_to(np.asarray(options["min_weight"], dtype=float), (m,)))
-    if options.get("max_weight") is not None:
-        hi_w = np.minimum(hi_w, np.broadcast_to(np.asarray(options["max_weight"], dtype=float), (m,)))
-    if options.get("max_epochs") is not None and options.get("stage_tokens"):
-        cap = (np.broadcast_to(np.asarray(options["max_epochs"], dtype=float), (m,))
-               * np.broadcast_to(np.asarray(options["tokens_available"], dtype=float), (m,))
-               / float(options["stage_tokens"]))
-        hi_w = np.minimum(hi_w, cap)
-    max_shift = options.get("max_shift")
+    from tikmix.solvers.constraints import CONSTRAINT_OPTIONS, constraint_set
 
-    def ok(w: np.ndarray) -> bool:
-        if np.any((S @ w - base) / scale < -tol):
-            return False
-        if np.any(w < lo_w - tol) or np.any(w > hi_w + tol):
-            return False
-        return max_shift is None or float(np.abs(w - w_prior).sum()) <= float(max_shift) + tol
-
-    def at(t: float) -> np.ndarray:
-        w = np.clip(w_d + t * (w_m - w_d), 0.0, None)
-        return w / w.sum()
-
-    if ok(at(1.0)):
-        return at(1.0), 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if ok(at(mid)) else (lo, mid)
-    return at(lo), lo
+    feasible = constraint_set(S, w_prior, **{k: options[k] for k in CONSTRAINT_OPTIONS if k in options})
+    return feasible.last_feasible_on_segment(np.asarray(w_d, dtype=np.float64), np.asarray(w_m, dtype=np.float64))
 
 
-def _ci(result: Any) -> Any:
+def _confidence_interval(result: Any) -> Any:
     low, high = getattr(result, "ci_low", None), getattr(result, "ci_high", None)
     if low is None or high is None:
         return None

@@ -247,9 +247,6 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
         super().load_state_dict(state_dict)
         self._worker_resume = resume
 
-    def _rows(self, steps: np.ndarray, seg: Any, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._plan.layout(seg, steps, lo, hi)
-
     def _fetch(self, readers: list[_SourceReader], dom: np.ndarray, draw: np.ndarray) -> list[Any]:
         """Items for the slots (dom, draw) in slot order, reading each domain forward in draw order."""
         out: list[Any] = [None] * dom.size
@@ -275,7 +272,7 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
             nb = max(1, _CHUNK_SAMPLES // seg.size)
             if seg.stop is not None:
                 nb = min(nb, seg.stop - step)
-            dom, draw = self._rows(np.arange(step, step + nb, dtype=np.int64), seg, lo, hi)
+            dom, draw = self._plan.layout(seg, np.arange(step, step + nb, dtype=np.int64), lo, hi)
             for r in range(nb):
                 if generation != self._generation or version != self._version:
                     break
@@ -306,7 +303,7 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
             if seg.stop is not None and last >= seg.stop:
                 nb = (seg.stop - 1 - step) // num_workers + 1
             steps = step + num_workers * np.arange(nb, dtype=np.int64)
-            dom, draw = self._rows(steps, seg, lo, hi)
+            dom, draw = self._plan.layout(seg, steps, lo, hi)
             for r in range(nb):
                 skip = offset if int(steps[r]) == start else 0
                 row = self._fetch(readers, dom[r, skip:], draw[r, skip:])

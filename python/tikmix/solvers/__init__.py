@@ -6,6 +6,7 @@ Both are pure functions on numpy (or torch) arrays, deterministic for a seed, an
 from __future__ import annotations
 
 from .direct import direct_objective, row_scale, solve_direct
+from .options import check_options
 from .regression import MixtureScoreFn, mixture_score_fn, solve_regression
 from .result import InfeasibleConstraintsError, MixtureResult
 
@@ -18,4 +19,5 @@ __all__ = [
     "InfeasibleConstraintsError",
     "direct_objective",
     "row_scale",
+    "check_options",
 ]

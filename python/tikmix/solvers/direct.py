@@ -1,444 +1,30 @@
 """TiKMiX-D: the next stage's mixture by direct optimisation over the Group Influence matrix.
 
-Paper: TiKMiX (arXiv 2508.17677), Eq. 9-11. See :func:`solve_direct`.
+Paper: TiKMiX (arXiv 2508.17677), Eq. 9-11. See :func:`solve_direct`. The objective lives in
+:mod:`~tikmix.solvers.objective`, the constraint set and its feasibility in :mod:`~tikmix.solvers.constraints`,
+the two optimisers in ``_slsqp.py`` and ``_barrier.py``; this module validates, dispatches and assembles the result.
 """
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
-from scipy.optimize import linprog, minimize
 
-from .._validation import check_int, to_float64_array
-from ._barrier import barrier_solve
-from .result import InfeasibleConstraintsError, MixtureResult
+from .._validation import check_int
+from ._barrier import barrier_direct
+from ._slsqp import slsqp_solve
+from ._validate import ArrayLike, PerDomain, check_matrix, check_mixture, nonneg_scalar
+from .constraints import ConstraintSet, domain_bounds, find_interior, pareto_rows
+from .objective import direct_objective, objective_value, row_scale
+from .result import DIRECT_STATUS, MixtureResult
 
 __all__ = ["solve_direct", "row_scale", "direct_objective"]
-
-ArrayLike = Any
-PerDomain = Union[float, Sequence[float], np.ndarray]
-
-# w log w is replaced below this weight by its tangent line (C^1, finite gradient): guards log(0).
-_ENTROPY_FLOOR = 1e-12
-# Tolerance used when reading HiGHS LP solutions (its default primal feasibility tolerance is 1e-7).
-_LP_TOL = 1e-7
 
 # method="auto" uses the paper's SLSQP up to this many domains and the barrier method above it.
 _AUTO_SLSQP_MAX_M = 64
 
-_STATUS_MESSAGES = {
-    0: "Optimization terminated successfully.",
-    1: "Iteration limit reached; returned the best feasible point found.",
-    2: "The solvers failed; returned the best feasible point found (w_prior or an LP point at worst).",
-}
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Public helpers (also used by TiKMiX-M's "tikmix" aggregate)
-# ----------------------------------------------------------------------------------------------------------
-def row_scale(
-    S: np.ndarray, normalize: Literal["max", "absmax", "none"] = "max", eps: float = 1e-8
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Denominators of P_hat = (S @ w) / scale, one per target row of ``S`` [n, m].
-
-    ``"max"`` (paper, default): ``max_j S_ij + eps``; a row whose max is <= 0 would get a zero or negative
-    denominator (flipping "larger is better"), so such rows use ``max_j |S_ij| + eps`` instead.
-    ``"absmax"``: ``max_j |S_ij| + eps`` for every row. ``"none"``: 1.
-
-    Returns ``(scale [n], nonpositive_rows)`` where the second lists the rows that took the fallback.
-    """
-    S = np.asarray(S, dtype=np.float64)
-    n = S.shape[0]
-    if normalize == "none":
-        return np.ones(n), np.zeros(0, dtype=np.int64)
-    absmax = np.abs(S).max(axis=1) + eps
-    if normalize == "absmax":
-        return absmax, np.zeros(0, dtype=np.int64)
-    if normalize != "max":
-        raise ValueError(f"normalize must be 'max', 'absmax' or 'none'; got {normalize!r}")
-    rmax = S.max(axis=1)
-    nonpos = rmax <= 0
-    return np.where(nonpos, absmax, rmax + eps), np.flatnonzero(nonpos)
-
-
-def _xlogx(w: np.ndarray) -> np.ndarray:
-    e = _ENTROPY_FLOOR
-    safe = np.maximum(w, e)
-    return np.where(w >= e, w * np.log(safe), e * math.log(e) + (math.log(e) + 1.0) * (w - e))
-
-
-def _dxlogx(w: np.ndarray) -> np.ndarray:
-    return np.log(np.maximum(w, _ENTROPY_FLOOR)) + 1.0
-
-
-def direct_objective(
-    w: np.ndarray, A: np.ndarray, alpha: float, beta: float, gamma: float
-) -> Tuple[float, Dict[str, float], np.ndarray]:
-    """TiKMiX-D objective at mixture ``w`` [m] with row-normalised ``A = S / scale[:, None]`` [n, m].
-
-    Returns ``(fun, terms, grad)`` with ``fun = alpha*std(P_hat) - beta*sum(P_hat) - gamma*H(w)``,
-    ``P_hat = A @ w``, std with ddof=0, ``H(w) = -sum w log w`` (0 log 0 = 0; below 1e-12 the summand is
-    continued by its tangent, so the gradient stays finite), and ``grad`` its gradient in ``w``. Where
-    std(P_hat) = 0 (always when n = 1) the std term contributes the subgradient 0.
-    """
-    ph = A @ w
-    d = ph - ph.mean()
-    sd = float(np.sqrt(np.mean(d * d)))
-    ent = float(-np.sum(_xlogx(w)))
-    fun = alpha * sd - beta * float(ph.sum()) - gamma * ent
-    grad = -beta * A.sum(axis=0) + gamma * _dxlogx(w)
-    if sd > 0.0 and alpha != 0.0:
-        grad = grad + alpha * (A.T @ d) / (A.shape[0] * sd)
-    return fun, {"std": sd, "sum": float(ph.sum()), "entropy": ent}, grad
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Input parsing
-# ----------------------------------------------------------------------------------------------------------
-def _check_matrix(S: ArrayLike) -> np.ndarray:
-    S = to_float64_array(S, "S")
-    if S.ndim == 1:
-        S = S[None, :]
-    if S.ndim != 2:
-        raise ValueError(f"S must be 2-D [n targets, m domains] (or 1-D [m] for one target); got shape {S.shape}")
-    if S.shape[0] == 0 or S.shape[1] == 0:
-        raise ValueError(f"S must have at least one target row and one domain column; got shape {S.shape}")
-    bad = ~np.isfinite(S)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"S contains {int(bad.sum())} NaN/inf entries (first at row, column {first}); "
-            "influence scores must be finite (check the influence computation or drop those domains)"
-        )
-    return S
-
-
-def _check_mixture(w: ArrayLike, m: int, name: str) -> np.ndarray:
-    w = to_float64_array(w, name)
-    if w.ndim != 1 or w.shape[0] != m:
-        raise ValueError(f"{name} must be a vector of {m} domain weights (one per column of S); got shape {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"{name} contains NaN/inf")
-    if np.any(w < 0):
-        raise ValueError(f"{name} must be non-negative; entry {int(np.argmin(w))} is {w.min():g}")
-    total = w.sum()
-    if total <= 0:
-        raise ValueError(f"{name} must have a positive sum (it is normalised to sum to 1); got {total:g}")
-    return w / total
-
-
-def _per_domain(value: PerDomain, m: int, name: str, lo: float, hi: float) -> np.ndarray:
-    arr = to_float64_array(value, name)
-    if arr.ndim == 0:
-        arr = np.full(m, float(arr))
-    if arr.shape != (m,):
-        raise ValueError(f"{name} must be a scalar or a vector of {m} values (one per domain); got shape {arr.shape}")
-    if np.any(np.isnan(arr)):
-        raise ValueError(f"{name} contains NaN")
-    if np.any(arr < lo) or np.any(arr > hi):
-        j = int(np.flatnonzero((arr < lo) | (arr > hi))[0])
-        raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}]; entry {j} is {arr[j]:g}")
-    return arr
-
-
-def _nonneg_scalar(value: Any, name: str, *, positive: bool = False, upper: float = math.inf) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a real number; got {type(value).__name__}") from exc
-    if not math.isfinite(v) and not (v == math.inf and upper == math.inf):
-        raise ValueError(f"{name} must be finite; got {v}")
-    if v < 0 or (positive and v == 0) or v > upper:
-        need = "> 0" if positive else ">= 0"
-        extra = f" and <= {upper:g}" if upper != math.inf else ""
-        raise ValueError(f"{name} must be {need}{extra}; got {v:g}")
-    return v
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Problem assembly
-# ----------------------------------------------------------------------------------------------------------
-@dataclass
-class _Problem:
-    S: np.ndarray  # [n, m]
-    A: np.ndarray  # [n, m] row-normalised (objective)
-    scale: np.ndarray  # [n]
-    w_prior: np.ndarray  # [m]
-    lb: np.ndarray  # [m]
-    ub: np.ndarray  # [m]
-    lb_src: List[str]  # which option set each lower bound ("" = none)
-    ub_src: List[str]  # which option set each upper bound ("" = none, else "max_weight"/"repetition")
-    P_all: np.ndarray  # [r, m] Pareto rows in row-scaled units (vacuous rows dropped): checked at the end
-    max_shift: Optional[float]
-    tol: float
-    # What SLSQP sees: Pareto rows kept as inequalities, and an orthonormal basis Q of the rows that can only
-    # hold with equality (Q (w - w_prior) = 0); see _find_interior.
-    P: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    eq_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-
-    def __post_init__(self) -> None:
-        self.P = self.P_all.copy()
-        self.eq_rows = np.zeros((0, self.P_all.shape[1]))
-
-    @property
-    def m(self) -> int:
-        return self.S.shape[1]
-
-    @property
-    def shift(self) -> bool:
-        return self.max_shift is not None
-
-    def violation(self, w: np.ndarray) -> Dict[str, float]:
-        """Violation of each constraint at w (0 = satisfied); Pareto rows in row-scaled units."""
-        out = {
-            "simplex": abs(float(w.sum()) - 1.0),
-            "bounds": float(max(0.0, np.max(self.lb - w), np.max(w - self.ub))),
-        }
-        if self.P_all.shape[0]:
-            out["pareto"] = float(max(0.0, -np.min(self.P_all @ (w - self.w_prior))))
-        if self.shift:
-            out["max_shift"] = float(max(0.0, np.abs(w - self.w_prior).sum() - self.max_shift))
-        return out
-
-    def maxcv(self, w: np.ndarray) -> float:
-        return max(self.violation(w).values())
-
-
-def _clean(w: np.ndarray, lb: np.ndarray, ub: np.ndarray) -> np.ndarray:
-    """Clip w into [lb, ub] and restore sum(w) = 1 by moving the residual into coordinates with room."""
-    w = np.clip(w, lb, ub)
-    for _ in range(4):
-        r = 1.0 - w.sum()
-        if r == 0.0:
-            break
-        room = (ub - w) if r > 0 else (w - lb)
-        total = room.sum()
-        if total <= 0:
-            break
-        w = np.clip(w + r * room / total, lb, ub)
-    return w
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Feasibility (LP) and diagnosis
-# ----------------------------------------------------------------------------------------------------------
-def _lp(
-    prob: _Problem,
-    objective: str,
-    direction: Optional[np.ndarray] = None,
-    use_pareto: bool = True,
-    shift_budget: Optional[float] = None,
-):
-    """Solve an LP over the feasible set in variables [w (m), u (m, if max_shift), t] with HiGHS.
-
-    objective "t":   maximise t subject to P (w - w_prior) >= t (the smallest Pareto slack; t <= 1).
-    objective "dir": maximise direction @ w with the Pareto rows >= 0 (t fixed to 0).
-    objective "l1":  minimise sum(u) = the L1 distance to w_prior (needs max_shift set).
-    ``use_pareto=False`` drops the Pareto rows; ``shift_budget`` overrides max_shift.
-    """
-    m = prob.m
-    nu = m if prob.shift else 0
-    nv = m + nu + 1
-    A_ub: List[np.ndarray] = []
-    b_ub: List[np.ndarray] = []
-    if use_pareto and prob.P_all.shape[0]:
-        r = prob.P_all.shape[0]
-        blk = np.zeros((r, nv))
-        blk[:, :m] = -prob.P_all
-        blk[:, -1] = 1.0
-        A_ub.append(blk)
-        b_ub.append(-prob.P_all @ prob.w_prior)
-    if prob.shift:
-        eye = np.eye(m)
-        blk1 = np.zeros((m, nv))
-        blk1[:, :m] = eye
-        blk1[:, m : 2 * m] = -eye
-        blk2 = np.zeros((m, nv))
-        blk2[:, :m] = -eye
-        blk2[:, m : 2 * m] = -eye
-        blk3 = np.zeros((1, nv))
-        blk3[0, m : 2 * m] = 1.0
-        budget = prob.max_shift if shift_budget is None else shift_budget
-        A_ub += [blk1, blk2, blk3]
-        b_ub += [prob.w_prior, -prob.w_prior, np.array([budget])]
-    A_eq = np.zeros((1, nv))
-    A_eq[0, :m] = 1.0
-    b_eq = np.array([1.0])
-    bounds = [(float(lo), float(hi)) for lo, hi in zip(prob.lb, prob.ub)] + [(0.0, 1.0)] * nu
-    c = np.zeros(nv)
-    if objective == "t":
-        bounds.append((None, 1.0))
-        c[-1] = -1.0
-    elif objective == "dir":
-        bounds.append((0.0, 0.0))
-        c[:m] = -np.asarray(direction)
-    elif objective == "l1":
-        bounds.append((0.0, 0.0))
-        c[m : m + nu] = 1.0
-    else:  # pragma: no cover - internal misuse
-        raise ValueError(objective)
-    return linprog(
-        c,
-        A_ub=np.vstack(A_ub) if A_ub else None,
-        b_ub=np.concatenate(b_ub) if b_ub else None,
-        A_eq=A_eq,
-        b_eq=b_eq,
-        bounds=bounds,
-        method="highs",
-    )
-
-
-def _wprior_violations(prob: _Problem) -> List[str]:
-    names: List[str] = []
-    wp = prob.w_prior
-    for j in range(prob.m):
-        if wp[j] < prob.lb[j] - prob.tol and prob.lb_src[j] and prob.lb_src[j] not in names:
-            names.append(prob.lb_src[j])
-        if wp[j] > prob.ub[j] + prob.tol and prob.ub_src[j] and prob.ub_src[j] not in names:
-            names.append(prob.ub_src[j])
-    return names
-
-
-def _check_bounds(prob: _Problem, mw: Optional[np.ndarray], Mw: Optional[np.ndarray], cap: Optional[np.ndarray]) -> None:
-    """Raise InfeasibleConstraintsError naming the culprit if the box and the simplex do not intersect."""
-    m = prob.m
-    for j in range(m):
-        if prob.lb[j] > prob.ub[j] + prob.tol:
-            if Mw is not None and mw is not None and mw[j] > Mw[j]:
-                raise InfeasibleConstraintsError(
-                    "min_weight+max_weight", f"min_weight[{j}]={mw[j]:g} exceeds max_weight[{j}]={Mw[j]:g}"
-                )
-            raise InfeasibleConstraintsError(
-                "min_weight+repetition",
-                f"min_weight[{j}]={prob.lb[j]:g} exceeds domain {j}'s repetition cap "
-                f"max_epochs*tokens_available/stage_tokens = {cap[j]:g}",  # type: ignore[index]
-            )
-    if prob.lb.sum() > 1.0 + prob.tol:
-        raise InfeasibleConstraintsError(
-            "min_weight", f"min_weight sums to {prob.lb.sum():g} > 1: no mixture can give every domain its minimum"
-        )
-    if prob.ub.sum() < 1.0 - prob.tol:
-        ub_mw = np.minimum(1.0, Mw) if Mw is not None else np.ones(m)
-        ub_cap = np.minimum(1.0, cap) if cap is not None else np.ones(m)
-        if ub_mw.sum() < 1.0 - prob.tol:
-            raise InfeasibleConstraintsError(
-                "max_weight", f"max_weight sums to {ub_mw.sum():g} < 1: the weights cannot add up to 1"
-            )
-        if ub_cap.sum() < 1.0 - prob.tol:
-            raise InfeasibleConstraintsError(
-                "repetition",
-                f"repetition cap: at max_epochs the domains can supply only {ub_cap.sum():g} x stage_tokens "
-                "(sum_j min(1, max_epochs_j*tokens_available_j/stage_tokens) < 1); lower stage_tokens, raise "
-                "max_epochs or add data",
-            )
-        raise InfeasibleConstraintsError(
-            "max_weight+repetition",
-            f"max_weight and the repetition cap together allow at most {prob.ub.sum():g} < 1 in total",
-        )
-
-
-def _diagnose_lp_failure(prob: _Problem) -> None:
-    """The bounds are consistent but the LP is infeasible: blame max_shift or the Pareto constraint."""
-    if prob.shift:
-        res = _lp(prob, "t", use_pareto=False)
-        if res.status == 2:
-            d = _lp(prob, "l1", use_pareto=False, shift_budget=2.0)
-            dist = float(d.fun) if d.status == 0 else float("nan")
-            limits = sorted(set(s for s in prob.lb_src + prob.ub_src if s))
-            raise InfeasibleConstraintsError(
-                "max_shift",
-                f"max_shift={prob.max_shift:g} is smaller than {dist:.6g}, the L1 distance from w_prior to the "
-                f"nearest mixture allowed by {', '.join(limits) or 'the bounds'}",
-            )
-    others = _wprior_violations(prob)
-    raise InfeasibleConstraintsError(
-        "pareto",
-        "the Pareto constraint S @ w >= S @ w_prior cannot hold together with "
-        f"{', '.join(others + (['max_shift'] if prob.shift else [])) or 'the other constraints'}: every mixture "
-        "they allow makes some target worse than w_prior (w_prior itself violates "
-        f"{', '.join(others) or 'nothing'}). Relax those constraints or pass pareto=False.",
-    )
-
-
-def _find_interior(prob: _Problem, rng: np.random.Generator) -> Tuple[np.ndarray, bool]:
-    """LP stage. Returns (anchor point, single_point).
-
-    anchor: a feasible point with the largest smallest Pareto slack t* (strictly feasible when t* > 0).
-    If t* ~ 0 the Pareto rows that cannot be slack become equalities (prob.eq_rows) and domains that must be 0
-    get ub = 0, so SLSQP sees a problem with an interior; single_point says the feasible set is one mixture.
-    """
-    res = _lp(prob, "t")
-    if res.status == 2 or (res.status == 0 and res.x[-1] < -_LP_TOL):
-        _diagnose_lp_failure(prob)
-    if res.status != 0:
-        raise RuntimeError(f"feasibility LP failed unexpectedly (HiGHS status {res.status}: {res.message})")
-    t_star = float(res.x[-1])
-    anchor = _clean(res.x[: prob.m], prob.lb, prob.ub)
-    if t_star > _LP_TOL or prob.P_all.shape[0] == 0:
-        return anchor, False
-    # Degenerate: some Pareto rows are implicitly equalities on the feasible set.
-    eq_idx, keep = [], []
-    for i in range(prob.P_all.shape[0]):
-        r = _lp(prob, "dir", direction=prob.P_all[i])
-        if r.status == 0 and float(prob.P_all[i] @ (r.x[: prob.m] - prob.w_prior)) <= _LP_TOL:
-            eq_idx.append(i)
-        else:
-            keep.append(i)
-    if eq_idx:
-        # E (w - w_prior) = 0 given sum(w - w_prior) = 0  <=>  Q (w - w_prior) = 0, Q an orthonormal basis of
-        # E's rows with the ones direction projected out (independent rows keep SLSQP's subproblem regular).
-        E = prob.P_all[eq_idx]
-        E = E - E.mean(axis=1, keepdims=True)
-        _, sv, vt = np.linalg.svd(E, full_matrices=False)
-        prob.eq_rows = vt[sv > 1e-10 * max(sv[0], 1e-300)]
-        prob.P = prob.P_all[keep]
-    # Domains forced to zero on the feasible set.
-    for j in range(prob.m):
-        if prob.ub[j] <= 0:
-            continue
-        r = _lp(prob, "dir", direction=np.eye(prob.m)[j])
-        if r.status == 0 and r.x[j] <= _LP_TOL:
-            prob.ub[j] = 0.0
-            prob.lb[j] = 0.0
-    # Is the feasible set a single point? Compare LP optima along two random directions.
-    single = True
-    for _ in range(2):
-        d = rng.standard_normal(prob.m)
-        hi = _lp(prob, "dir", direction=d)
-        lo = _lp(prob, "dir", direction=-d)
-        if hi.status == 0 and lo.status == 0 and float(d @ (hi.x[: prob.m] - lo.x[: prob.m])) > 1e-7 * np.abs(d).sum():
-            single = False
-            break
-    res = _lp(prob, "t")
-    if res.status == 0:
-        anchor = _clean(res.x[: prob.m], prob.lb, prob.ub)
-    if prob.maxcv(prob.w_prior) <= prob.tol:
-        anchor = prob.w_prior.copy()  # exactly feasible for the Pareto constraint
-    return anchor, single
-
-
-def _repair(prob: _Problem, w: np.ndarray, anchor: np.ndarray) -> Tuple[np.ndarray, float]:
-    """Move w toward the feasible anchor just far enough that every constraint holds to prob.tol."""
-    if prob.maxcv(w) <= prob.tol:
-        return w, 0.0
-    if prob.maxcv(anchor) > prob.tol:
-        return w, float("nan")
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if prob.maxcv(_clean((1 - mid) * w + mid * anchor, prob.lb, prob.ub)) <= prob.tol:
-            hi = mid
-        else:
-            lo = mid
-    return _clean((1 - hi) * w + hi * anchor, prob.lb, prob.ub), hi
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The solver
-# ----------------------------------------------------------------------------------------------------------
 def solve_direct(
     S: ArrayLike,
     w_prior: Optional[ArrayLike] = None,
@@ -543,13 +129,7 @@ def solve_direct(
         ``multipliers`` (SLSQP's, when it provided the answer), ``method`` ("slsqp"/"barrier"/"none"),
         ``solver="tikmix-d"``.
 
-        ====== ====================================================================================
-        status message
-        ====== ====================================================================================
-        0      Optimization terminated successfully.
-        1      Iteration limit reached; returned the best feasible point found.
-        2      The solvers failed; returned the best feasible point found (w_prior or an LP point at worst).
-        ====== ====================================================================================
+        Status codes and messages: the table in :class:`MixtureResult`.
 
     Raises
     ------
@@ -581,16 +161,14 @@ def solve_direct(
     >>> res.success, bool(np.isclose(res.weights.sum(), 1.0))
     (True, True)
     """
-    S = _check_matrix(S)
+    S = check_matrix(S)
     n, m = S.shape
-    wp = np.full(m, 1.0 / m) if w_prior is None else _check_mixture(w_prior, m, "w_prior")
-    alpha = _nonneg_scalar(alpha, "alpha")
-    beta = _nonneg_scalar(beta, "beta")
-    gamma = _nonneg_scalar(gamma, "gamma")
-    eps = _nonneg_scalar(eps, "eps")
-    tol = _nonneg_scalar(tol, "tol", positive=True)
-    restarts = check_int(restarts, "restarts", minimum=0)
-    maxiter = check_int(maxiter, "maxiter", minimum=1)
+    wp = np.full(m, 1.0 / m) if w_prior is None else check_mixture(w_prior, m, "w_prior")
+    settings = _check_settings(
+        alpha=alpha, beta=beta, gamma=gamma, normalize=normalize, eps=eps, method=method, restarts=restarts,
+        maxiter=maxiter, ftol=ftol, tol=tol, seed=seed,
+    )
+    alpha, beta, gamma, eps, tol = (settings[k] for k in ("alpha", "beta", "gamma", "eps", "tol"))
     scale, nonpos = row_scale(S, normalize, eps)
     if nonpos.size:
         warnings.warn(
@@ -599,74 +177,25 @@ def solve_direct(
             RuntimeWarning,
             stacklevel=2,
         )
-
-    lb = np.zeros(m)
-    ub = np.ones(m)
-    lb_src = [""] * m
-    ub_src = [""] * m
-    mw = Mw = cap = None
-    if min_weight is not None:
-        mw = _per_domain(min_weight, m, "min_weight", 0.0, 1.0)
-        lb = np.maximum(lb, mw)
-        lb_src = ["min_weight" if v > 0 else "" for v in mw]
-    if max_weight is not None:
-        Mw = _per_domain(max_weight, m, "max_weight", 0.0, 1.0)
-        ub = np.minimum(ub, Mw)
-        ub_src = ["max_weight" if v < 1 else "" for v in Mw]
-    rep = {"max_epochs": max_epochs, "tokens_available": tokens_available, "stage_tokens": stage_tokens}
-    given = [k for k, v in rep.items() if v is not None]
-    if given and len(given) != 3:
-        missing = [k for k in rep if rep[k] is None]
-        raise ValueError(
-            f"the repetition cap needs max_epochs, tokens_available and stage_tokens together; got {given}, "
-            f"missing {missing}"
-        )
-    if given:
-        epochs = _per_domain(max_epochs, m, "max_epochs", 0.0, math.inf)
-        if np.any(epochs <= 0):
-            raise ValueError(f"max_epochs must be > 0; entry {int(np.argmin(epochs))} is {epochs.min():g}")
-        avail = _per_domain(tokens_available, m, "tokens_available", 0.0, math.inf)
-        if not np.all(np.isfinite(avail)):
-            raise ValueError("tokens_available must be finite")
-        st = _nonneg_scalar(stage_tokens, "stage_tokens", positive=True)
-        with np.errstate(invalid="ignore"):
-            cap = np.where(np.isinf(epochs), np.inf, epochs * avail / st)
-        for j in range(m):
-            if cap[j] < ub[j]:
-                ub[j] = cap[j]
-                ub_src[j] = "repetition"
-    shift = None if max_shift is None else _nonneg_scalar(max_shift, "max_shift", upper=2.0)
-
-    # Pareto rows in row-scaled units; rows constant across domains are vacuous on the simplex.
-    absmax = np.abs(S).max(axis=1)
-    spread = S.max(axis=1) - S.min(axis=1)
-    active = (spread > 1e-12 * np.maximum(absmax, 1e-300)) if pareto else np.zeros(n, dtype=bool)
-    P_rows = np.flatnonzero(active)
-    Pm = S[P_rows] / absmax[P_rows, None] if P_rows.size else np.zeros((0, m))
-    prob = _Problem(
-        S=S, A=S / scale[:, None], scale=scale, w_prior=wp, lb=lb, ub=ub, lb_src=lb_src, ub_src=ub_src,
-        P_all=Pm, max_shift=shift, tol=tol,
-    )
-    _check_bounds(prob, mw, Mw, cap)
+    bounds = domain_bounds(m, min_weight=min_weight, max_weight=max_weight, max_epochs=max_epochs,
+                           tokens_available=tokens_available, stage_tokens=stage_tokens, max_shift=max_shift)
+    bounds.check(tol)
+    cs = ConstraintSet(w_prior=wp, bounds=bounds, pareto_rows=pareto_rows(S, pareto), tol=tol)
+    A = S / scale[:, None]  # row-normalised influence: P_hat = A @ w
+    objective = (A, alpha, beta, gamma)
     rng = np.random.default_rng(seed)
 
     if m == 1:  # the bounds check above already proved [1] allowed; w_prior is [1] too, so shift/Pareto hold
-        w = np.ones(1)
-        return _finish(prob, w, alpha, beta, gamma, 0, "Only one domain: the mixture is [1].", 0, 0, 0, [], None,
-                       mw=mw, Mw=Mw, cap=cap, stage_tokens=stage_tokens)
+        return _assemble(S, cs, scale, objective, np.ones(1), 0, "Only one domain: the mixture is [1].")
 
-    anchor, single = _find_interior(prob, rng)
+    anchor, single = find_interior(cs, rng)
     if single:
-        w = anchor
-        return _finish(
-            prob, w, alpha, beta, gamma, 0,
+        return _assemble(
+            S, cs, scale, objective, anchor, 0,
             "Only one feasible mixture (the Pareto constraint pins it"
-            + (", it is w_prior" if np.array_equal(w, wp) else "") + "); no optimisation needed.",
-            0, 0, 0, [], None, mw=mw, Mw=Mw, cap=cap, stage_tokens=stage_tokens,
+            + (", it is w_prior" if np.array_equal(anchor, wp) else "") + "); no optimisation needed.",
         )
 
-    if method not in ("auto", "slsqp", "barrier"):
-        raise ValueError(f"method must be 'auto', 'slsqp' or 'barrier'; got {method!r}")
     both = method == "auto" and m <= _AUTO_SLSQP_MAX_M
     if method == "auto":
         order = ["slsqp", "barrier"] if m <= _AUTO_SLSQP_MAX_M else ["barrier", "slsqp"]
@@ -676,9 +205,9 @@ def solve_direct(
     nfev = njev = 0
     for which in order:
         if which == "slsqp":
-            out = _slsqp_solve(prob, alpha, beta, gamma, anchor, restarts, maxiter, ftol, rng)
+            out = slsqp_solve(cs, A, alpha, beta, gamma, anchor, restarts, maxiter, ftol, rng)
         else:
-            out = _barrier_direct(prob, alpha, beta, gamma, maxiter)
+            out = barrier_direct(cs, A, alpha, beta, gamma, maxiter)
         attempts.append(out)
         nfev += out["nfev"]
         njev += out["njev"]
@@ -690,7 +219,7 @@ def solve_direct(
         for o in ok[1:]:
             if o["fun"] < chosen["fun"] - 1e-9 * max(1.0, abs(chosen["fun"])):
                 chosen = o
-        status, msg = 0, _STATUS_MESSAGES[0] + chosen["note"]
+        status, msg = 0, DIRECT_STATUS[0] + chosen["note"]
         if chosen is not attempts[0]:
             first = attempts[0]
             why = "failed: " + first["note"].strip() if first["status"] else f"objective {first['fun']:.10g} vs {chosen['fun']:.10g}"
@@ -699,226 +228,49 @@ def solve_direct(
     else:
         # no method converged: best feasible point seen, or the LP anchor
         cands = [(o["fun"], o["w"], o["nit"], o["method"]) for o in attempts if o["w"] is not None]
-        cands.append((_objective_only(prob, anchor, alpha, beta, gamma), anchor, 0, "none"))
+        cands.append((objective_value(anchor, *objective), anchor, 0, "none"))
         _, w, nit, which = min(cands, key=lambda c: c[0])
         status = 1 if any(o["status"] == 1 for o in attempts) else 2
-        msg = f"{_STATUS_MESSAGES[status]} [" + "; ".join(f"{o['method']}:{o['note']}" for o in attempts) + "]"
+        msg = f"{DIRECT_STATUS[status]} [" + "; ".join(f"{o['method']}:{o['note']}" for o in attempts) + "]"
         chosen = {"method": which, "multipliers": None}
     records = [r for o in attempts for r in o["records"]]
-    res = _finish(prob, w, alpha, beta, gamma, status, msg, nit, nfev, njev, records, chosen.get("multipliers"),
-                  mw=mw, Mw=Mw, cap=cap, stage_tokens=stage_tokens)
-    res["method"] = chosen["method"]
-    return res
+    return _assemble(S, cs, scale, objective, w, status, msg, nit=nit, nfev=nfev, njev=njev, starts=records,
+                     multipliers=chosen.get("multipliers"), method=chosen["method"])
 
 
-def _objective_only(prob: _Problem, w: np.ndarray, alpha: float, beta: float, gamma: float) -> float:
-    return direct_objective(w, prob.A, alpha, beta, gamma)[0]
+_SETTINGS_CHECKS = ("alpha", "beta", "gamma", "normalize", "eps", "method", "restarts", "maxiter", "ftol", "tol", "seed")
 
 
-def _slsqp_solve(
-    prob: _Problem, alpha: float, beta: float, gamma: float, anchor: np.ndarray, restarts: int, maxiter: int,
-    ftol: float, rng: np.random.Generator, polish: int = 5,
-) -> Dict[str, Any]:
-    """The paper's solver: SLSQP from uniform, restarting from w_prior, the LP anchor and random mixtures."""
-    m = prob.m
-    wp = prob.w_prior
-    nu = m if prob.shift else 0
-    p = m + nu
-
-    def fun(x: np.ndarray) -> float:
-        return direct_objective(x[:m], prob.A, alpha, beta, gamma)[0]
-
-    def jac(x: np.ndarray) -> np.ndarray:
-        g = np.zeros(p)
-        g[:m] = direct_objective(x[:m], prob.A, alpha, beta, gamma)[2]
-        return g
-
-    cons: List[Dict[str, Any]] = []
-    eq_mat = np.zeros((1 + prob.eq_rows.shape[0], p))
-    eq_mat[0, :m] = 1.0
-    eq_mat[1:, :m] = prob.eq_rows
-    eq_rhs = np.concatenate([[1.0], prob.eq_rows @ wp])
-    cons.append({"type": "eq", "fun": lambda x: eq_mat @ x - eq_rhs, "jac": lambda x: eq_mat})
-    if prob.P.shape[0]:
-        pj = np.zeros((prob.P.shape[0], p))
-        pj[:, :m] = prob.P
-        prhs = prob.P @ wp
-        cons.append({"type": "ineq", "fun": lambda x: pj @ x - prhs, "jac": lambda x: pj})
-    if prob.shift:
-        sj = np.zeros((2 * m + 1, p))
-        sj[:m, :m] = -np.eye(m)
-        sj[:m, m:] = np.eye(m)
-        sj[m : 2 * m, :m] = np.eye(m)
-        sj[m : 2 * m, m:] = np.eye(m)
-        sj[2 * m, m:] = -1.0
-        srhs = np.concatenate([-wp, wp, [-prob.max_shift]])
-        cons.append({"type": "ineq", "fun": lambda x: sj @ x - srhs, "jac": lambda x: sj})
-    # An upper bound of 1 is implied by the simplex; leaving it out (inf) keeps SLSQP's subproblem smaller.
-    bounds = [(float(lo), float(hi) if hi < 1.0 else None) for lo, hi in zip(prob.lb, prob.ub)]
-    bounds += [(0.0, None)] * nu
-
-    starts: List[Tuple[str, np.ndarray]] = [("uniform", np.full(m, 1.0 / m)), ("w_prior", wp.copy()),
-                                           ("lp_point", anchor.copy())]
-    while len(starts) < restarts + 1:
-        starts.append((f"random{len(starts) - 3}", rng.dirichlet(np.ones(m))))
-    starts = starts[: restarts + 1]
-
-    records: List[Dict[str, Any]] = []
-    nfev = njev = 0
-    best: Optional[Tuple[float, np.ndarray, int]] = None
-
-    def run_slsqp(w_start: np.ndarray) -> Any:
-        """One SLSQP run from weights ``w_start`` (auxiliary |w − w_prior| variables appended if used)."""
-        nonlocal nfev, njev
-        x0 = np.concatenate([w_start, np.abs(w_start - wp)]) if nu else w_start
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out = minimize(
-                fun, x0, jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
-                options={"maxiter": int(maxiter), "ftol": float(ftol)},
-            )
-        nfev += int(out.get("nfev", 0))
-        njev += int(out.get("njev", 0))
-        return out
-
-    for name, w0 in starts:
-        res = run_slsqp(w0)
-        w = _clean(res.x[:m], prob.lb, prob.ub)
-        w, theta = _repair(prob, w, anchor)
-        cv = prob.maxcv(w)
-        f = _objective_only(prob, w, alpha, beta, gamma)
-        records.append({"method": "slsqp", "start": name, "status": int(res.status), "message": str(res.message),
-                        "nit": int(res.nit), "fun": f, "maxcv": cv, "repair": theta})
-        if cv <= prob.tol and (best is None or f < best[0]):
-            best = (f, w, int(res.nit))
-        if res.success and cv <= prob.tol:
-            # SLSQP's stopping test (objective change < ftol) fires early when the curvature is badly scaled
-            # (small gamma, weights near 0). Restarting from the answer resets its quasi-Newton matrix; repeat
-            # while that still improves the objective.
-            for _ in range(polish):
-                r2 = run_slsqp(w)
-                w2, th2 = _repair(prob, _clean(r2.x[:m], prob.lb, prob.ub), anchor)
-                f2 = _objective_only(prob, w2, alpha, beta, gamma)
-                if not (r2.success and prob.maxcv(w2) <= prob.tol and f2 < f):
-                    break
-                improved = f - f2
-                w, f, theta, res = w2, f2, th2, r2
-                records[-1].update(fun=f, polished=records[-1].get("polished", 0) + 1, nit=records[-1]["nit"] + int(r2.nit))
-                if improved <= 1e-10 * max(1.0, abs(f)):
-                    break
-            note = ""
-            if theta > 0:
-                note += f" (moved {theta:.2e} of the way to a strictly feasible point to meet tol)"
-            if len(records) > 1:
-                note += f" (start '{name}' after {len(records) - 1} failed start(s))"
-            return {"method": "slsqp", "status": 0, "w": w, "fun": f, "nit": records[-1]["nit"], "nfev": nfev,
-                    "njev": njev, "records": records, "note": note, "multipliers": res.get("multipliers")}
-    status = 1 if all(r["status"] == 9 for r in records) else 2
-    note = " " + "; ".join(f"{r['start']}: {r['message']}" for r in records)
-    return {"method": "slsqp", "status": status, "w": None if best is None else best[1],
-            "fun": math.inf if best is None else best[0], "nit": 0 if best is None else best[2], "nfev": nfev,
-            "njev": njev, "records": records, "note": note, "multipliers": None}
-
-
-def _barrier_direct(prob: _Problem, alpha: float, beta: float, gamma: float, maxiter: int) -> Dict[str, Any]:
-    """TiKMiX-D by the log-barrier Newton method (fast at many domains); pinned domains are eliminated."""
-    m, wp = prob.m, prob.w_prior
-    n = prob.A.shape[0]
-    pinned = prob.ub - prob.lb <= 1e-15
-    J = np.flatnonzero(~pinned)
-    Pn = np.flatnonzero(pinned)
-    fail = {"method": "barrier", "w": None, "fun": math.inf, "nit": 0, "nfev": 0, "njev": 0, "multipliers": None}
-    if J.size == 0:
-        return {**fail, "status": 2, "note": " barrier: every domain is pinned", "records": []}
-    mf = J.size
-    w_pin = prob.lb[Pn]
-    A = prob.A
-    Bfull = (A - A.mean(axis=0, keepdims=True)) / math.sqrt(n)
-    B, b0 = Bfull[:, J], Bfull[:, Pn] @ w_pin
-    nu = mf if prob.shift else 0
-    p = mf + nu
-    c = np.zeros(p)
-    c[:mf] = -beta * A.sum(axis=0)[J]
-    # equalities
-    E_rows = [np.concatenate([np.ones(mf), np.zeros(nu)])]
-    e_vals = [1.0 - w_pin.sum()]
-    for qrow in prob.eq_rows:
-        E_rows.append(np.concatenate([qrow[J], np.zeros(nu)]))
-        e_vals.append(float(qrow @ wp - qrow[Pn] @ w_pin))
-    E, e = np.array(E_rows), np.array(e_vals)
-    # inequalities G x >= h
-    G_rows: List[np.ndarray] = []
-    h_vals: List[np.ndarray] = []
-    if prob.P.shape[0]:
-        G_rows.append(np.hstack([prob.P[:, J], np.zeros((prob.P.shape[0], nu))]))
-        h_vals.append(prob.P @ wp - prob.P[:, Pn] @ w_pin)
-    eye = np.eye(mf)
-    G_rows.append(np.hstack([eye, np.zeros((mf, nu))]))
-    h_vals.append(prob.lb[J])
-    capped = prob.ub[J] < 1.0
-    if np.any(capped):
-        G_rows.append(np.hstack([-eye[capped], np.zeros((int(capped.sum()), nu))]))
-        h_vals.append(-prob.ub[J][capped])
-    if prob.shift:
-        G_rows += [np.hstack([-eye, eye]), np.hstack([eye, eye]), np.concatenate([np.zeros(mf), -np.ones(mf)])[None]]
-        budget = prob.max_shift - float(np.abs(w_pin - wp[Pn]).sum())
-        h_vals += [-wp[J], wp[J], np.array([-budget])]
-    G, h = np.vstack(G_rows), np.concatenate(h_vals)
-    # strictly feasible start: maximise the smallest (row-normalised) slack by LP
-    norms = np.linalg.norm(G, axis=1)
-    res = linprog(
-        np.concatenate([np.zeros(p), [-1.0]]),
-        A_ub=np.hstack([-G, norms[:, None]]),
-        b_ub=-h,
-        A_eq=np.hstack([E, np.zeros((E.shape[0], 1))]),
-        b_eq=e,
-        bounds=[(None, None)] * p + [(None, 1.0)],
-        method="highs",
-    )
-    if res.status != 0 or res.x[-1] <= 1e-10:
-        return {**fail, "status": 2, "records": [],
-                "note": " barrier: the constraints have no strictly feasible point (some hold only with equality)"}
-    x0 = res.x[:p]
-    x, steps, converged, message = barrier_solve(c, B, b0, alpha, gamma, mf, G, h, E, e, x0,
-                                                 max_newton=max(int(maxiter), 50))
-    w = np.zeros(m)
-    w[Pn] = w_pin
-    w[J] = x[:mf]
-    w = _clean(w, prob.lb, prob.ub)
-    cv = prob.maxcv(w)
-    f = _objective_only(prob, w, alpha, beta, gamma)
-    record = {"method": "barrier", "start": "lp_interior", "status": 0 if converged else 1, "message": message,
-              "nit": steps, "fun": f, "maxcv": cv, "repair": 0.0}
-    if cv > prob.tol:
-        return {**fail, "status": 2, "records": [record], "note": f" barrier: constraint violation {cv:.2e} > tol"}
-    return {"method": "barrier", "status": 0 if converged else 1, "w": w, "fun": f, "nit": steps, "nfev": steps,
-            "njev": steps, "records": [record], "note": "" if converged else " " + message, "multipliers": None}
-
-
-def _finish(
-    prob: _Problem, w: np.ndarray, alpha: float, beta: float, gamma: float, status: int, message: str, nit: int,
-    nfev: int, njev: int, starts: List[Dict[str, Any]], multipliers: Any, *, mw: Any = None, Mw: Any = None,
-    cap: Any = None, stage_tokens: Any = None,
-) -> MixtureResult:
-    S, wp = prob.S, prob.w_prior
-    fun, terms, _ = direct_objective(w, prob.A, alpha, beta, gamma)
-    P = S @ w
-    improvement = P - S @ wp
-    slack: Dict[str, Any] = {
-        "simplex": -abs(float(w.sum()) - 1.0),
-        "nonneg": float(w.min()),
-        "pareto": improvement.copy(),
+def _check_settings(*, alpha: Any, beta: Any, gamma: Any, normalize: Any, eps: Any, method: Any,
+                    restarts: Any, maxiter: Any, ftol: Any, tol: Any, seed: Any) -> Dict[str, Any]:
+    """Validate solve_direct's non-constraint options (those that need no S); returns them as checked values."""
+    out: Dict[str, Any] = {
+        "alpha": nonneg_scalar(alpha, "alpha"),
+        "beta": nonneg_scalar(beta, "beta"),
+        "gamma": nonneg_scalar(gamma, "gamma"),
+        "eps": nonneg_scalar(eps, "eps"),
+        "tol": nonneg_scalar(tol, "tol", positive=True),
+        "ftol": nonneg_scalar(ftol, "ftol"),
+        "restarts": check_int(restarts, "restarts", minimum=0),
+        "maxiter": check_int(maxiter, "maxiter", minimum=1),
+        "seed": check_int(seed, "seed", minimum=0),
     }
-    if mw is not None:
-        slack["min_weight"] = w - mw
-    if Mw is not None:
-        slack["max_weight"] = Mw - w
-    if cap is not None:
-        st = float(stage_tokens)
-        with np.errstate(invalid="ignore"):
-            slack["repetition"] = np.where(np.isinf(cap), np.inf, cap * st - w * st)
-    if prob.shift:
-        slack["max_shift"] = float(prob.max_shift - np.abs(w - wp).sum())
+    if normalize not in ("max", "absmax", "none"):
+        raise ValueError(f"normalize must be 'max', 'absmax' or 'none'; got {normalize!r}")
+    if method not in ("auto", "slsqp", "barrier"):
+        raise ValueError(f"method must be 'auto', 'slsqp' or 'barrier'; got {method!r}")
+    return out
+
+
+def _assemble(
+    S: np.ndarray, cs: ConstraintSet, scale: np.ndarray, objective: Tuple[np.ndarray, float, float, float],
+    w: np.ndarray, status: int, message: str, *, nit: int = 0, nfev: int = 0, njev: int = 0,
+    starts: Optional[List[Dict[str, Any]]] = None, multipliers: Any = None, method: str = "none",
+) -> MixtureResult:
+    """The MixtureResult of mixture ``w``: objective terms, predictions, every constraint's slack."""
+    A = objective[0]
+    fun, terms, _ = direct_objective(w, *objective)
+    P = S @ w
     out = MixtureResult(
         weights=w,
         success=status == 0,
@@ -930,14 +282,14 @@ def _finish(
         njev=int(njev),
         terms=terms,
         P=P,
-        P_hat=prob.A @ w,
-        improvement=improvement,
-        slack=slack,
-        maxcv=prob.maxcv(w),
-        row_scale=prob.scale,
-        starts=starts,
+        P_hat=A @ w,
+        improvement=P - S @ cs.w_prior,
+        slack=cs.slack(S, w),
+        maxcv=cs.maxcv(w),
+        row_scale=scale,
+        starts=starts or [],
         solver="tikmix-d",
-        method="none",
+        method=method,
     )
     if multipliers is not None:
         out["multipliers"] = multipliers

@@ -13,18 +13,13 @@ from scipy.stats import qmc, spearmanr
 
 from ._resample import mixture_scores_np
 from .._validation import check_int, to_float64_array
-from .direct import _check_mixture, row_scale
-from .result import MixtureResult
+from ._validate import check_mixture
+from .objective import row_scale
+from .result import REGRESSION_STATUS, MixtureResult
 
 __all__ = ["solve_regression", "mixture_score_fn", "MixtureScoreFn"]
 
 ScoreFn = Callable[[np.ndarray], Any]
-
-_STATUS_MESSAGES = {
-    0: "Search finished.",
-    1: "Surrogate fit is poor on held-out candidates (R^2 below min_r2); the mixture is unreliable.",
-    2: "score_fn returned the same value for every candidate; nothing to fit, returned w0.",
-}
 
 _LGB_DEFAULTS: Dict[str, Any] = {
     "objective": "regression",
@@ -160,6 +155,40 @@ def _labels(score_fn: ScoreFn, W: np.ndarray, batch_size: Optional[int]) -> np.n
     return np.concatenate(parts)
 
 
+def _check_search_options(
+    m: int, *, n_candidates: Any, box: Any, rounds: Any, alpha_range: Any, top_k: Any, samples_per_round: Any,
+    model: Any, model_params: Any, test_fraction: Any, outside: Any, batch_size: Any, seed: Any,
+) -> Tuple[Tuple[float, float], Tuple[float, float], Any]:
+    """Validate solve_regression's options for ``m`` domains: returns the box, the sorted alpha range and the
+    surrogate model (built, not fitted)."""
+    try:
+        a, b = (float(v) for v in box)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"box must be a pair (a, b); got {box!r}") from exc
+    if not (0.0 <= a <= 1.0 <= b and a < b and math.isfinite(b)):
+        raise ValueError(f"box must satisfy 0 <= a <= 1 <= b < inf and a < b (w0 inside the box); got {box!r}")
+    for name, value, low in (("n_candidates", n_candidates, 20), ("rounds", rounds, 0), ("top_k", top_k, 1),
+                             ("samples_per_round", samples_per_round, 1)):
+        check_int(value, name, minimum=low)
+    if samples_per_round < top_k:
+        raise ValueError(f"samples_per_round ({samples_per_round}) must be >= top_k ({top_k})")
+    if not (0.0 < float(test_fraction) < 1.0):
+        raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction!r}")
+    if outside not in ("reject", "project"):
+        raise ValueError(f"outside must be 'reject' or 'project'; got {outside!r}")
+    if batch_size is not None:
+        check_int(batch_size, "batch_size", minimum=1)
+    if alpha_range is None:
+        alpha_range = (10.0 * m, 1000.0 * m)
+    try:
+        alo, ahi = sorted(float(v) for v in alpha_range)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"alpha_range must be a pair of positive numbers; got {alpha_range!r}") from exc
+    if not (alo > 0 and math.isfinite(ahi)):
+        raise ValueError(f"alpha_range must be a pair of positive finite numbers; got {alpha_range!r}")
+    return (a, b), (alo, ahi), _make_model(model, model_params, seed)
+
+
 def solve_regression(
     score_fn: ScoreFn,
     w0: Any,
@@ -246,13 +275,7 @@ def solve_regression(
         ``candidates`` [C, m], ``labels`` [C], ``trace`` (per round: alpha, drawn, accepted, best_pred,
         topk_mean_pred, w_best_pred, w_best), ``model``, ``n_drawn`` (LHS points drawn), ``solver="tikmix-m"``.
 
-        ====== ====================================================================================
-        status message
-        ====== ====================================================================================
-        0      Search finished.
-        1      Surrogate fit is poor on held-out candidates (R^2 below min_r2); mixture is unreliable.
-        2      score_fn returned the same value for every candidate; nothing to fit, returned w0.
-        ====== ====================================================================================
+        Status codes and messages: the table in :class:`MixtureResult`.
 
     Raises
     ------
@@ -267,34 +290,13 @@ def solve_regression(
     w0_arr = to_float64_array(w0, "w0")
     if w0_arr.ndim != 1 or w0_arr.size == 0:
         raise ValueError(f"w0 must be a non-empty 1-D vector of domain weights; got shape {w0_arr.shape}")
-    w0 = _check_mixture(w0_arr, w0_arr.size, "w0")
+    w0 = check_mixture(w0_arr, w0_arr.size, "w0")
     m = w0.size
-    try:
-        a, b = (float(v) for v in box)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"box must be a pair (a, b); got {box!r}") from exc
-    if not (0.0 <= a <= 1.0 <= b and a < b and math.isfinite(b)):
-        raise ValueError(f"box must satisfy 0 <= a <= 1 <= b < inf and a < b (w0 inside the box); got {box!r}")
-    for name, value, low in (("n_candidates", n_candidates, 20), ("rounds", rounds, 0), ("top_k", top_k, 1),
-                             ("samples_per_round", samples_per_round, 1)):
-        check_int(value, name, minimum=low)
-    if samples_per_round < top_k:
-        raise ValueError(f"samples_per_round ({samples_per_round}) must be >= top_k ({top_k})")
-    if not (0.0 < float(test_fraction) < 1.0):
-        raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction!r}")
-    if outside not in ("reject", "project"):
-        raise ValueError(f"outside must be 'reject' or 'project'; got {outside!r}")
-    if batch_size is not None:
-        check_int(batch_size, "batch_size", minimum=1)
-    if alpha_range is None:
-        alpha_range = (10.0 * m, 1000.0 * m)
-    try:
-        alo, ahi = sorted(float(v) for v in alpha_range)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"alpha_range must be a pair of positive numbers; got {alpha_range!r}") from exc
-    if not (alo > 0 and math.isfinite(ahi)):
-        raise ValueError(f"alpha_range must be a pair of positive finite numbers; got {alpha_range!r}")
-    surrogate = _make_model(model, model_params, seed)
+    (a, b), (alo, ahi), surrogate = _check_search_options(
+        m, n_candidates=n_candidates, box=box, rounds=rounds, alpha_range=alpha_range, top_k=top_k,
+        samples_per_round=samples_per_round, model=model, model_params=model_params, test_fraction=test_fraction,
+        outside=outside, batch_size=batch_size, seed=seed,
+    )
 
     rng = np.random.default_rng(seed)
     sup = np.flatnonzero(w0 > 0)
@@ -317,7 +319,7 @@ def solve_regression(
     y = _labels(score_fn, W, batch_size)
     base = dict(candidates=W, labels=y, n_drawn=int(drawn), solver="tikmix-m")
     if np.ptp(y) == 0.0 or sup.size == 1:
-        msg = _STATUS_MESSAGES[2] if np.ptp(y) == 0.0 else "Only one domain has weight in w0; returned w0."
+        msg = REGRESSION_STATUS[2] if np.ptp(y) == 0.0 else "Only one domain has weight in w0; returned w0."
         return MixtureResult(weights=w0.copy(), success=sup.size == 1, status=0 if sup.size == 1 else 2,
                              message=msg, fun=float(y[0]), nit=0, score=float(y[0]), score_w0=float(y[0]),
                              fit={"r2": float("nan"), "spearman": float("nan"), "n_train": 0, "n_test": 0},
@@ -379,7 +381,7 @@ def solve_regression(
     else:
         score = score_w0 = float("nan")
     status = 1 if not (r2 >= min_r2) else 0
-    message = _STATUS_MESSAGES[status]
+    message = REGRESSION_STATUS[status]
     if status == 1:
         message += f" (held-out R^2 = {r2:.3g} < min_r2 = {min_r2:g}; Spearman {rho:.3g})"
     return MixtureResult(

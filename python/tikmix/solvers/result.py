@@ -5,7 +5,20 @@ from typing import Any, Dict
 
 import numpy as np
 
-__all__ = ["MixtureResult", "InfeasibleConstraintsError"]
+__all__ = ["MixtureResult", "InfeasibleConstraintsError", "DIRECT_STATUS", "REGRESSION_STATUS"]
+
+# The status codes of each solver and their messages: the one source of the tables in MixtureResult's docstring
+# (a test checks they agree).
+DIRECT_STATUS = {
+    0: "Optimization terminated successfully.",
+    1: "Iteration limit reached; returned the best feasible point found.",
+    2: "The solvers failed; returned the best feasible point found (w_prior or an LP point at worst).",
+}
+REGRESSION_STATUS = {
+    0: "Search finished.",
+    1: "Surrogate fit is poor on held-out candidates (R^2 below min_r2); the mixture is unreliable.",
+    2: "score_fn returned the same value for every candidate; nothing to fit, returned w0.",
+}
 
 # Fields shown first by repr, in this order (the rest follow alphabetically).
 _REPR_FIRST = ("message", "success", "status", "fun", "weights", "nit")
@@ -111,7 +124,7 @@ class MixtureResult(dict):
     status message
     ====== ====================================================================================
     0      Search finished.
-    1      Surrogate fit is poor on held-out candidates (R^2 below min_r2); mixture is unreliable.
+    1      Surrogate fit is poor on held-out candidates (R^2 below min_r2); the mixture is unreliable.
     2      score_fn returned the same value for every candidate; nothing to fit, returned w0.
     ====== ====================================================================================
 
