@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "sketch_isa.h"
@@ -208,12 +209,28 @@ IsaKernels make_generic() {
   return t;
 }
 
+// The one place that picks the kernel set. Levels from best to plainest; the first the CPU supports wins, capped by
+// TIKMIX_CPU_ISA (tests and benchmarks force each path in a fresh process: the choice is made once).
+// An AMX level (±1 bf16 sign tiles generated in the AMX tile layout, tdpbf16ps; see csrc/README.md) would go first.
+constexpr const char* kIsaLevels[] = {"avx512-bf16", "avx512", "avx2", "generic"};
+constexpr int kNumIsaLevels = int(sizeof(kIsaLevels) / sizeof(kIsaLevels[0]));
+
+int isa_cap() {
+  const char* env = std::getenv("TIKMIX_CPU_ISA");
+  std::string want = env ? env : "";
+  if (want.empty() || want == "auto") return 0;
+  if (want == "avx512bf16") want = "avx512-bf16";
+  for (int level = 0; level < kNumIsaLevels; ++level)
+    if (want == kIsaLevels[level]) return level;
+  throw std::invalid_argument("tikmix: TIKMIX_CPU_ISA=" + want +
+                              " is not a CPU kernel set; use auto, avx512bf16, avx512, avx2 or generic");
+}
+
 IsaKernels select_kernels() {
+  const int cap = isa_cap();
   IsaKernels t = make_generic();
-  const char* cap = std::getenv("TIKMIX_CPU_ISA");
-  const std::string want = cap ? cap : "";
-  if (want == "generic") return t;
-  avx512_kernels(t, want != "avx512");
+  if (cap <= 1 && avx512_kernels(t, /*allow_bf16=*/cap == 0)) return t;
+  if (cap <= 2 && avx2_kernels(t)) return t;
   return t;
 }
 

@@ -1,6 +1,7 @@
 // Internal to csrc/cpu: the per-instruction-set kernel table behind sketch_items() and fill_signs_f32().
-// sketch.cpp holds the portable kernels and the driver; sketch_avx512.cpp the AVX-512 / AVX512-BF16 ones,
-// compiled with per-function target attributes and chosen at run time (never -march=native).
+// sketch.cpp holds the portable kernels, the driver and the dispatch; sketch_avx512.cpp the AVX-512 / AVX512-BF16
+// ones and sketch_avx2.cpp the AVX2 + FMA ones, compiled with per-function target attributes and chosen at run time
+// (never -march=native).
 #pragma once
 #include <cstdint>
 
@@ -51,9 +52,11 @@ constexpr int kTableRows = kGroupRows * kGroups;  // 48 rows of R per table bloc
 constexpr int64_t table_work_floats(int64_t lanes) { return (kTableRows + kGroups * 64) * lanes; }
 
 const IsaKernels& generic_kernels();
-// Fills in the AVX-512 entries when the CPU (and OS) support them; returns false otherwise.
+// Fill in the AVX-512 (sketch_avx512.cpp) or AVX2 + FMA (sketch_avx2.cpp) entries when the CPU supports them;
+// return false otherwise (the table is then unchanged).
 bool avx512_kernels(IsaKernels& table, bool allow_bf16);
-// The table in use (selected once: AVX512-BF16 → AVX-512 → generic, capped by TIKMIX_CPU_ISA).
+bool avx2_kernels(IsaKernels& table);
+// The table in use (selected once: AVX512-BF16 → AVX-512 → AVX2 → generic, capped by TIKMIX_CPU_ISA).
 const IsaKernels& kernels();
 
 }  // namespace tikmix::cpu::detail

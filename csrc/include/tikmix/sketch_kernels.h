@@ -99,8 +99,9 @@ void run_sketch(int64_t n, int64_t d, int64_t k, const SketchInput& in, SketchOu
   }
 }
 
-// Which instruction set the kernels dispatch to on this CPU: "avx512-bf16", "avx512" or "generic".
-// Setting the environment variable TIKMIX_CPU_ISA=generic|avx512 before the first call caps it (tests, benchmarks).
+// Which instruction set the kernels dispatch to on this CPU: "avx512-bf16", "avx512", "avx2" or "generic".
+// The environment variable TIKMIX_CPU_ISA=avx512bf16|avx512|avx2|generic (or auto), read once at the first call,
+// caps it (tests, benchmarks); any other value throws std::invalid_argument.
 const char* sketch_isa();
 
 }  // namespace tikmix::cpu
