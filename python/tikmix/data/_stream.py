@@ -322,16 +322,6 @@ class MixturePlan:
         i = bisect.bisect_right([s.start for s in self.stages], step) - 1
         return self.stages[max(i, 0)]
 
-    def samples_between(self, start: int, stop: int) -> int:
-        """Number of global samples in steps ``[start, stop)``."""
-        total = 0
-        for seg in self.segments:
-            a = max(seg.start, start)
-            b = stop if seg.stop is None else min(seg.stop, stop)
-            if b > a:
-                total += (b - a) * seg.size
-        return total
-
     def requested_samples(self, stop: int) -> np.ndarray:
         """Σ over steps < stop of (stage weights × samples in that step): the requested mixture, in samples."""
         out = np.zeros(self.num_domains, dtype=np.float64)

@@ -121,10 +121,6 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
-    def num_parameters(self) -> int:
-        """Number of distinct trainable parameters (the tied head counted once)."""
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape [B, T], got {tuple(idx.shape)}")

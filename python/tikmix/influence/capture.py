@@ -321,7 +321,7 @@ class PerSampleCapture:
             if module.padding_idx is not None:
                 g3 = g3 * (idx != module.padding_idx).unsqueeze(-1).to(g3.dtype)
             slot = slots["weight"]
-            self.projector.add_embedding(rows, slot, idx, g3, None)
+            self.projector.add_embedding(rows, slot, idx, g3)
             self._record(slot, lambda sel: _lookup_total(slot.shape, idx[sel], g3[sel]))
         else:  # norm: weight gradient Σ_t g_t ⊙ x̂_t with x̂ the normalised input
             x = rule.normalize(module, x)

@@ -344,12 +344,10 @@ class Projector:
             w = torch.einsum("nto,nti->noi", g[s:e].to(dtype), a[s:e].to(dtype))
             self.add_grad(out[s:e], slot, w)
 
-    def add_embedding(self, out: torch.Tensor, slot: Slot, idx: torch.Tensor, g: torch.Tensor,
-                      padding_idx: Optional[int]) -> None:
-        """``out[N] +=`` projection of per-sample ``W_n = Σ_t e_{idx[n,t]} g[n,t]ᵀ`` (``idx [N,T]``, ``g [N,T,d]``)."""
+    def add_embedding(self, out: torch.Tensor, slot: Slot, idx: torch.Tensor, g: torch.Tensor) -> None:
+        """``out[N] +=`` projection of per-sample ``W_n = Σ_t e_{idx[n,t]} g[n,t]ᵀ`` (``idx [N,T]``, ``g [N,T,d]``;
+        the caller has already zeroed the rows of a padding index)."""
         n = idx.shape[0]
-        if padding_idx is not None:
-            g = g * (idx != padding_idx).unsqueeze(-1).to(g.dtype)
         if slot.kind == "kron":
             self._mark(slot, g)
             block = out[:, slot.col : slot.col + slot.width]
