@@ -380,7 +380,8 @@ def test_boundary_rule_passed_between_calls_triggers_once():
 def test_core_import_does_not_import_frameworks():
     import subprocess
 
-    code = ("import sys, tikmix, tikmix.integrations, tikmix.losses, tikmix.influence.hook_rules; "
+    code = ("import sys, tikmix, tikmix.integrations, tikmix.losses, tikmix.influence.hook_rules, tikmix.run, "
+            "tikmix.data.tokenizers, tikmix.data.text_sources, tikmix.cli; "
             "bad = [m for m in ('transformers', 'lightning', 'pytorch_lightning') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,7 +7,8 @@ Public API (everything else is internal):
 * solvers: :func:`solve_direct` (TiKMiX-D), :func:`solve_regression` (TiKMiX-M), :func:`mixture_score_fn`
 * data: :class:`MixtureSampler`, :class:`MixtureIterableDataset`, :class:`TokenFileDataset`, token-file and
   text-folder builders
-* training glue: :class:`Controller`
+* training glue: :class:`Controller`; optional framework integrations in :mod:`tikmix.integrations`
+  (``transformers.Trainer``, Lightning) and the causal-LM loss :func:`tikmix.losses.causal_lm_loss`
 
 The native ops are ``torch.ops.tikmix.*`` with typed wrappers in :mod:`tikmix_ext`.
 """
