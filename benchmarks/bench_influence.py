@@ -1,4 +1,4 @@
-"""Cost of Group Influence relative to plain training compute (DESIGN.md §7).
+"""Cost of Group Influence relative to plain training compute.
 
 For a small GPT (tikmix.demo.model.GPT) and a fixed set of micro-batches (domains + targets), measure:
 

@@ -8,7 +8,7 @@ Peers at each shape (N, d, k):
 
 Timings are wall-clock, best and median of ``--repeats`` runs (round-robin over the methods, so background load
 hits all alike), ``--threads`` torch threads. Ratios are against the float32 materialised matmul (``mm fp32``).
-Issue targets: sketch fp32 ≤ 1.0× mm fp32; sketch bf16 input ≤ 0.5× mm fp32; sketch fp32 ≥ 10× faster than TRAK.
+Performance goals: sketch fp32 ≤ 1.0× mm fp32; sketch bf16 input ≤ 0.5× mm fp32; sketch fp32 ≥ 10× faster than TRAK.
 
     python benchmarks/bench_sketch_cpu.py                 # (64, 2^20, 1024) and (64, 2^22, 1024), 2 threads
     python benchmarks/bench_sketch_cpu.py --quick         # (64, 2^18, 1024) only, TRAK once: about a minute

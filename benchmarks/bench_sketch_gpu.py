@@ -1,6 +1,6 @@
 """GPU benchmark of tikmix's CUDA ops (run by benchmarks/gpu_check.sh on an H200; needs a CUDA build).
 
-Prints one table: time and achieved TFLOP/s (2·N·D·k) of ``sketch`` at the shapes of KERNEL_NOTES §3 —
+Prints one table: time and achieved TFLOP/s (2·N·D·k) of ``sketch`` at the shapes of benchmarks/GPU_NOTES.md —
 A: (N=64, D=1e8, k=8192) bf16, the target (≤ 190 ms on an H200), B: N=16, C: N=256, D: (N=1, D=1e9, k=16384),
 E: shape A with float32 input (exact 3-way bf16 split) — against dense bf16 ``torch.matmul`` with a stored
 matrix where it fits in memory (a reduced D otherwise, marked) and TRAK's ``fast_jl`` CudaProjector when it is

@@ -1,6 +1,7 @@
 // The one file that owns the tikmix op namespace: every schema is written here, once.
 // Backend files (*_cpu.cpp, *_cuda.cpp in this folder) only add implementations with TORCH_LIBRARY_IMPL.
-// Contracts: ../shared DESIGN.md §3 and README "Op reference"; RNG contract: csrc/include/tikmix/rng.h.
+// Contracts: each op's typed wrapper docstring in tikmix_ext/ and the docs' op reference; RNG contract:
+// csrc/include/tikmix/rng.h.
 #include <torch/extension.h>
 
 #include "tikmix/rng.h"

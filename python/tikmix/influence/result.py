@@ -1,6 +1,6 @@
 """The result of a Group Influence computation, and THE statement of tikmix's sign convention.
 
-Sign convention (referenced everywhere else; DESIGN.md §1). For target task i with loss ``f_i`` (the mean
+Sign convention (referenced everywhere else). For target task i with loss ``f_i`` (the mean
 per-sequence loss over its target sequences) and domain j with sampled sequences ``S_j``, the paper's Group
 Influence is ``I_ij = −∇f_i(θ)ᵀ H⁻¹ G_j``. tikmix stores its negation::
 
