@@ -30,7 +30,7 @@ def _load() -> ModuleType:
     except ImportError as exc:
         raise ImportError(
             "tikmix_ext: the compiled module _C is missing or broken. Build it against the installed torch with "
-            "`pip install --no-build-isolation .` (see README, Install); a build against another torch "
+            "`pip install --no-build-isolation .` (see docs/install.md); a build against another torch "
             f"version fails to load. Original error: {exc}"
         ) from exc
 

@@ -14,6 +14,8 @@ The native ops are ``torch.ops.tikmix.*`` with typed wrappers in :mod:`tikmix_ex
 """
 from __future__ import annotations
 
+import tikmix_ext  # noqa: F401  (loads the native library, which registers torch.ops.tikmix.*)
+
 from .data import (
     ByteTokenizer,
     DomainConcatDataset,

@@ -111,9 +111,17 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
             (``L`` = items per pass), so domains cycle pass after pass. A source with a method
             ``iter_from(offset)`` and ``len()`` is opened at the needed offset instead of being skipped
             through.
-        weights, batch_size, seed, rank, world_size, drop_last, max_epochs, exhaustion, num_steps,
-            tokens_per_sample: as for :class:`MixtureSampler` (the block layout is identical: same seed and
-            schedule give the same domain for every slot).
+        weights: initial mixture, as for :class:`MixtureSampler` (the block layout is identical: the same seed
+            and schedule give the same domain for every slot).
+        batch_size: the *global* batch (as for :class:`MixtureSampler`).
+        seed: as for :class:`MixtureSampler`.
+        rank: as for :class:`MixtureSampler`.
+        world_size: as for :class:`MixtureSampler`.
+        drop_last: as for :class:`MixtureSampler`.
+        max_epochs: as for :class:`MixtureSampler`.
+        exhaustion: as for :class:`MixtureSampler`.
+        num_steps: as for :class:`MixtureSampler`.
+        tokens_per_sample: as for :class:`MixtureSampler`.
         domain_sizes: items per pass of each source (None entries = unknown); needed for ``max_epochs``.
             Defaults to ``len(source)`` where the source has it.
         with_domain: yield ``(domain, item)`` instead of ``item``.

@@ -79,8 +79,9 @@ class MixtureSampler(MixtureBase, Sampler[int]):
         weights: initial mixture, one non-negative finite weight per domain (normalised; zeros allowed).
         batch_size: the *global* batch: samples per step over all ranks. Each step is one block.
         seed: any int; the whole stream is a function of it.
-        rank, world_size: this process's slot; default from ``torch.distributed`` when initialised,
-            else 0 and 1. ``batch_size`` must be divisible by ``world_size``.
+        rank: this process's slot; default from ``torch.distributed`` when initialised, else 0.
+        world_size: number of processes; default from ``torch.distributed`` when initialised, else 1.
+            ``batch_size`` must be divisible by ``world_size``.
         drop_last: whether a final partial block (only possible when domains run out under ``max_epochs``)
             is dropped (default) or handed out, split across ranks as evenly as possible.
         max_epochs: cap on passes over each domain (an int, or one int/None per domain); None = no cap.
