@@ -7,6 +7,7 @@
 #   info     tikmix_ext.build_info(): with_cuda and a CUDA kernel for every op
 #   tests    TIKMIX_REQUIRE_CUDA=1 pytest tests/test_cuda_ops.py tests/test_mma_layout.py (CUDA vs CPU)
 #   bench    benchmarks/bench_sketch_gpu.py: the sketch table (shapes A-E, dense matmul, TRAK) + per-op times
+#   pybench  pytest benchmarks/ --benchmark-only -m cuda: JSON in $OUT/benchmarks.json, tables.py's Markdown beside it
 #   influence benchmarks/bench_influence.py --device cuda, if that file exists
 #   compile  scripts/check_cuda_compile.sh: registers/spills per kernel, SASS checks with the machine's cuobjdump
 # Budget: under 8 minutes on an H200 expected; all stages together are cut at GPU_CHECK_BUDGET (default 570 s),
@@ -99,6 +100,8 @@ run_stage tests 150 env TIKMIX_REQUIRE_CUDA=1 "$PY" -P -m pytest -q -p no:cachep
 run_stage fsdp 240 env TIKMIX_TEST_BACKEND=nccl "$PY" -P -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/test_influence_fsdp.py --junitxml="$OUT/junit_fsdp.xml" -rfE
 TAIL_LINES=40 run_stage bench 150 "$PY" benchmarks/bench_sketch_gpu.py --out "$OUT"
+# the pytest-benchmark suite: GPU sketch vs a dense bf16 matmul with a stored R (cuda-marked), JSON + tables
+TAIL_LINES=40 run_stage pybench 120 bash -c '"$0" -P -m pytest benchmarks/ -q -p no:cacheprovider -o addopts="" --benchmark-only -m cuda --benchmark-json="$1/benchmarks.json" && "$0" benchmarks/tables.py "$1/benchmarks.json" --out "$1/benchmark_tables.md" && cat "$1/benchmark_tables.md"' "$PY" "$OUT"
 if [[ -f benchmarks/bench_influence.py ]]; then
   run_stage influence 90 "$PY" benchmarks/bench_influence.py --device cuda --d-model 768 --layers 12 --seq 1024 --k 8192
 else
