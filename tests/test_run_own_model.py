@@ -100,6 +100,11 @@ FACTORY = textwrap.dedent('''
 
     def not_a_pair(vocab_size, seq_len):
         return "model"
+
+    RECORDS = []
+
+    def remember(record):
+        RECORDS.append(record["step"])
 ''')
 
 
@@ -107,10 +112,12 @@ def test_run_factory_model_and_per_sequence_check(files, tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(FACTORY)
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("my_models", None)
-    base = _cfg(files, tmp_path / "out", tokenizer="bytes", model={"factory": "my_models:good"})
+    base = _cfg(files, tmp_path / "out", tokenizer="bytes", model={"factory": "my_models:good"},
+                on_boundary="my_models:remember")
     base["train"]["steps"] = 5
     hist = train(validate_config(base), progress=False, log=lambda *a, **k: None)
     assert len(hist["stages"]) == 2
+    assert sys.modules["my_models"].RECORDS == [2, 4]  # the config's on_boundary hook saw both boundaries
     for name, match in (("scalar_loss", "per-sequence losses of shape"), ("not_a_pair", "must return")):
         cfg = validate_config(_cfg(files, tmp_path / f"out_{name}", tokenizer="bytes",
                                    model={"factory": f"my_models:{name}"}))
@@ -137,6 +144,7 @@ BAD = [
     (lambda c: c["data"]["domains"]["code"].update(field="body"), "data.domains.code.parquet", "no 'body' column"),
     (lambda c: c["data"]["domains"]["web"].update(jsonl="missing.jsonl"), "data.domains.web.jsonl", "not found"),
     (lambda c: c.update(log="wandb"), "log", ""),
+    (lambda c: c.update(on_boundary="print"), "on_boundary", ""),
 ]
 
 

@@ -382,6 +382,8 @@ class RunConfig(_Section):
         "text_folder / jsonl / parquet sources (token files are used as they are)")
     log: Literal["none", "tensorboard"] = Field(
         "none", description="tensorboard: scalars (weights, S, losses) under <out>/tensorboard")
+    on_boundary: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = Field(
+        None, description="'package.module:function' called with each stage boundary's history record")
 
     @field_validator("tokenizer")
     @classmethod

@@ -23,7 +23,7 @@ import torch
 
 from .config import ConfigError, RunConfig
 
-__all__ = ["vocab_size", "build_model", "check_model", "rows_causal_lm_loss"]
+__all__ = ["vocab_size", "build_model", "check_model", "rows_causal_lm_loss", "import_callable"]
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
@@ -90,14 +90,22 @@ def _hf_model(cfg: RunConfig, vocab: int) -> torch.nn.Module:
     return model
 
 
-def _factory_model(cfg: RunConfig, vocab: int, device: torch.device) -> tuple[torch.nn.Module, LossFn]:
-    target = cfg.model.factory
-    assert target is not None
+def import_callable(target: str, key: str) -> Callable[..., Any]:
+    """The function named by ``"package.module:function"`` (the config's own code; never from a checkpoint)."""
     module_name, _, fn_name = target.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError("model.factory", f"cannot import {target!r}: {exc}") from None
+        raise ConfigError(key, f"cannot import {target!r}: {exc}") from None
+    if not callable(fn):
+        raise ConfigError(key, f"{target!r} is not callable")
+    return fn
+
+
+def _factory_model(cfg: RunConfig, vocab: int, device: torch.device) -> tuple[torch.nn.Module, LossFn]:
+    target = cfg.model.factory
+    assert target is not None
+    fn = import_callable(target, "model.factory")
     out = fn(vocab_size=vocab, seq_len=cfg.data.seq_len)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.nn.Module) and callable(out[1])):
         raise ConfigError("model.factory", f"{target} must return (model: torch.nn.Module, loss_fn), got "

@@ -11,7 +11,7 @@ import torch
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, TrainConfig
 from tikmix._distributed import barrier, init_from_env
-from .model import build_model, check_model, vocab_size
+from .model import build_model, check_model, import_callable, vocab_size
 from .sources import open_sources, split_targets
 
 __all__ = ["train", "learning_rate"]
@@ -46,7 +46,8 @@ def train(
             (used by tests and to split long runs); ``resume=True`` continues from it.
         log: where one-line status messages go (rank 0).
         on_boundary: called on every rank with the controller's history record right after each stage boundary
-            (the new weights, S, timings; see :class:`tikmix.Controller`), e.g. to log it elsewhere.
+            (the new weights, S, timings; see :class:`tikmix.Controller`), e.g. to log it elsewhere. Default: the
+            config's ``on_boundary: "package.module:function"``, if any.
 
     With ``log: tensorboard`` in the config, rank 0 writes TensorBoard scalars under ``<out>/tensorboard``:
     ``loss/train`` every step, ``loss/target/<name>`` at every evaluation, ``weights/<domain>`` from step 0 and at
@@ -70,6 +71,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     barrier()
 
+    if on_boundary is None and cfg.on_boundary is not None:
+        on_boundary = import_callable(cfg.on_boundary, "on_boundary")
     tokenizer = load_tokenizer(cfg.tokenizer)
     domains = open_sources(cfg, "domains", rank, tokenizer)
     targets = open_sources(cfg, "targets", rank, tokenizer)
