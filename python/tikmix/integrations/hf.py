@@ -107,7 +107,8 @@ class MixtureTrainer(Trainer):
     Args:
         controller: the :class:`tikmix.Controller` (its ``sampler`` is a :class:`tikmix.MixtureSampler` over
             ``train_dataset``, the concatenation of the domains in the controller's order).
-        *args, **kwargs: as for ``transformers.Trainer``. ``args.max_steps`` must be > 0.
+        *args: as for ``transformers.Trainer``. ``args.max_steps`` must be > 0.
+        **kwargs: as for ``transformers.Trainer``.
 
     The class docstring of this module explains the sampler, batch-size and resume rules.
     """
