@@ -4,13 +4,14 @@
 * :mod:`tikmix.run.sources` -- the configured domains and targets as datasets
 * :mod:`tikmix.run.model` -- the model the run trains
 * :mod:`tikmix.run.checkpoint` -- checkpoint files
+* :mod:`tikmix.run.parallel` -- DDP or FSDP2, and the sharded (DCP) checkpoints of FSDP2
 * :mod:`tikmix.run.train` -- the training loop, :func:`train`
 
 The config is validated completely before anything is built or trained; every problem raises
 :class:`ConfigError` (a ValueError) whose message starts with the dotted key, e.g.
 ``data.domains.web.token_file: file not found: data/web.bin``. Under ``torchrun`` (``WORLD_SIZE > 1``)
 the process group is initialised (gloo on CPU, nccl on CUDA), the model is wrapped in
-DistributedDataParallel, every rank reads its slice of each global batch from the
+DistributedDataParallel (or sharded with FSDP2, ``train.parallel: fsdp``; :mod:`tikmix.run.parallel`), every rank reads its slice of each global batch from the
 :class:`tikmix.MixtureSampler`, and influence sketches are all-reduced.
 """
 

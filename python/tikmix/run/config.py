@@ -315,6 +315,9 @@ class TrainConfig(_Section):
     grad_clip: Annotated[FiniteFloat, Field(gt=0)] | None = Field(1.0, description="max gradient norm; null = off")
     eval_every: PositiveInt = Field(100, description="evaluate the target test halves every this many steps")
     checkpoint_every: PositiveInt = Field(500, description="write a checkpoint every this many steps (and at the end)")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="data parallelism under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2 fully_shard "
+        "per block + root; checkpoints with torch.distributed.checkpoint, resumable at another world size)")
 
 
 class StagesConfig(_Section):

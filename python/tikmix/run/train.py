@@ -12,6 +12,7 @@ from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, TrainConfig
 from tikmix._distributed import barrier, init_from_env
 from .model import build_model, check_model, import_callable, vocab_size
+from .parallel import load_sharded, prune_sharded, save_sharded, wrap_model
 from .sources import open_sources, split_targets
 
 __all__ = ["train", "learning_rate"]
@@ -53,7 +54,6 @@ def train(
     ``loss/train`` every step, ``loss/target/<name>`` at every evaluation, ``weights/<domain>`` from step 0 and at
     every boundary, and ``S/<target>/<domain>`` at every boundary.
     """
-    from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader
 
     from tikmix.controller import Controller
@@ -85,6 +85,7 @@ def train(
     model, loss_fn = build_model(cfg, vocab, device)
     first = next(iter(domains.values()))
     check_model(cfg, model, loss_fn, torch.stack([first[i % len(first)] for i in range(2)]).to(device))
+    wrapped = wrap_model(model, t.parallel, world)  # fsdp: shards model in place (before the optimizer sees it)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.98), weight_decay=t.weight_decay)
     weights = cfg.data.initial_weights or [1.0 / len(names)] * len(names)
     sampler = MixtureSampler([len(ds) for ds in domains.values()], weights, batch_size=t.batch_size, seed=seed,
@@ -105,15 +106,17 @@ def train(
         samples_per_domain=infl.samples_per_domain, target_samples=infl.target_samples, batch_size=infl.batch_size,
         device=device, history_path=out / "history.json", seed=seed, total_steps=t.steps,
     )
-    ddp = DistributedDataParallel(model) if world > 1 else model
 
     start = 0
     state = load_checkpoint(out, device) if resume else None
     if state is not None:
         if state.get("config") != cfg.comparable():
             raise ConfigError("<resume>", f"{checkpoint_path(out)} was written by a different config; refusing to resume")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if state.get("sharded") is not None:  # a DCP checkpoint (parallel: fsdp), written at any world size
+            load_sharded(out, state["sharded"], model, opt)
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
         controller.load_state_dict(state["controller"])
         start = int(state["step"])
         say(f"[tikmix] resumed from {checkpoint_path(out)} at step {start}")
@@ -128,7 +131,14 @@ def train(
         bar = tqdm(total=t.steps, initial=start, unit="step", desc="tikmix run", dynamic_ncols=True)
 
     def save(step: int) -> None:
-        if rank == 0:
+        if t.parallel == "fsdp":  # every rank writes its shards (DCP); the checkpoint file names the folder
+            folder = save_sharded(out, step, model, opt)
+            barrier()
+            if rank == 0:
+                save_checkpoint(out, {"step": step, "sharded": folder, "controller": controller.state_dict(step=step),
+                                      "config": cfg.comparable()})
+                prune_sharded(out, folder)
+        elif rank == 0:
             save_checkpoint(out, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                                   "controller": controller.state_dict(step=step), "config": cfg.comparable()})
         barrier()
@@ -142,13 +152,13 @@ def train(
             for n, w in zip(names, sampler.weights_at(0)):
                 tb.add_scalar(f"weights/{n}", w, 0)
     end = t.steps if stop_at is None else min(stop_at, t.steps)
-    ddp.train()
+    wrapped.train()
     for step in range(start + 1, end + 1):
         lr = learning_rate(t, step - 1)
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(loader).to(device)
-        loss = loss_fn(ddp, batch).mean()
+        loss = loss_fn(wrapped, batch).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip is not None:
