@@ -7,6 +7,7 @@ Throughput rows time (a) ``local_indices`` (vectorised numpy, one call for many 
 iteration ``for i in sampler`` (what a DataLoader does), pinned to one CPU core. ``idx/s`` counts the
 indices this rank yields; a rank computes its whole step's layout (O(batch_size) per step) to place its
 slice, so ``step-idx/s`` = idx/s x world_size is the per-core rate in global-batch samples.
+The schedule-change rows time ``set_weights`` (it computes one period of the new stage's allocation).
 Memory rows run tracemalloc over construction + iterating N indices with 1e3 vs 1e9 samples per domain:
 the peak must not grow with the dataset (the per-domain permutation is computed, never stored).
 """
@@ -23,6 +24,7 @@ from itertools import islice
 import numpy as np
 
 from tikmix.data import MixtureSampler
+from tikmix.data._stream import period_steps
 
 
 def pin_one_core() -> str:
@@ -93,6 +95,14 @@ def main() -> None:
     for d, size, batch, world in configs:
         vec, it = throughput(d, size, batch, world, n, repeats)
         print(f"| {d} | {size:.0e} | {batch} | {world} | {vec:,.0f} | {it:,.0f} | {it * world:,.0f} |")
+    print()
+    print("| domains | batch | steps per period | schedule change (set_weights) s |")
+    print("|---:|---:|---:|---:|")
+    for d, batch in ((7, 1), (7, 32), (64, 4096)):
+        s = MixtureSampler([10**9] * d, np.ones(d), batch_size=batch, seed=3)
+        rng = np.random.default_rng(0)
+        t = best_of(lambda: s.set_weights(rng.random(d) + 0.01, at_step=10), repeats)
+        print(f"| {d} | {batch} | {period_steps(batch)} | {t:.4f} |")
     print()
     m = 100_000 if args.quick else 300_000
     print(f"| samples/domain | tracemalloc peak over construction + {m:,} indices |")

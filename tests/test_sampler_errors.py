@@ -121,7 +121,7 @@ def test_state_dict_from_another_configuration_is_refused_naming_the_fields():
         (lambda d: d.update(offset=99), ValueError, r"state_dict\['offset'\] = 99 is not inside step"),
         (lambda d: d["schedule"].append([0, [1, 0, 0], [6, 0, 0]]), ValueError, "stage starts must increase"),
         (lambda d: d["schedule"].__setitem__(0, [2, [0.2, 0.3, 0.5], [1, 2, 3]]), ValueError, "first stage must start at step 0"),
-        (lambda d: d["schedule"][0].__setitem__(2, [2, 2, 2]), ValueError, r"counts\) = \[2, 2, 2\] do not match"),
+        (lambda d: d["schedule"][0].__setitem__(2, [2, 2, 2]), ValueError, r"units\) = \[2, 2, 2\] do not match"),
         (lambda d: d["schedule"][0].__setitem__(1, [0.2, -0.3, 1.1]), ValueError, r"weights\)\[1\] = -0.3 is negative"),
         (lambda d: d["schedule"][0].__setitem__(1, [2, 3, 5]), ValueError, "normalised to sum 1"),
         (lambda d: d.update(schedule=[]), ValueError, "non-empty list"),

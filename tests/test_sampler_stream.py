@@ -1,8 +1,9 @@
 """MixtureSampler stream semantics: exact block counts, per-domain epochs, schedules, exhaustion, ranks.
 
-References here are written independently of the implementation: block counts come from a Fraction-based
-largest-remainder rule, exhaustion from a step-by-step simulation with explicit per-domain counters, and
-per-domain order is checked only through its observable properties (each epoch a permutation).
+References here are written independently of the implementation: weights are quantised by a Fraction-based
+largest-remainder rule, block counts come from a sample-by-sample largest-deficit simulation in exact
+fractions (with explicit per-domain counters for exhaustion), and per-domain order is checked only through
+its observable properties (each epoch a permutation).
 """
 
 from __future__ import annotations
@@ -36,6 +37,60 @@ def reference_counts(weights, total):
     for j in ranked[:rest]:
         base[j] += 1
     return base
+
+
+GRID = 10080  # the documented weight grid: weights are multiples of 1 / lcm(batch_size, GRID)
+
+
+def reference_quotas(weights, batch):
+    """Per-step requested samples of each domain after quantisation to the weight grid (Fractions)."""
+    total = math.lcm(batch, GRID)
+    units = reference_counts(weights, total)
+    return [Fraction(u * batch, total) for u in units]
+
+
+def reference_stream(stages, batch, steps, caps=None, exhaustion="wrap", drop_last=True):
+    """Per-step domain counts, sample by sample: each sample goes to the domain whose cumulative request
+    minus draws (plus this step's request) is largest, ties to the lower index; zero-weight domains and
+    domains without room never get one. ``stages``: [(start, weights)]. Also returns the lag (request -
+    draws) after each step, and the request per step."""
+    d = len(stages[0][1])
+    lag = [Fraction(0)] * d
+    used = [0] * d
+    blocks, lags = [], []
+    for b in range(steps):
+        w = [st[1] for st in stages if st[0] <= b][-1]
+        room = [None if caps is None or caps[j] is None else caps[j] - used[j] for j in range(d)]
+        if caps is not None and exhaustion == "redistribute":
+            w = [w[j] if room[j] is None or room[j] > 0 else 0 for j in range(d)]
+            if not any(w):
+                break
+        q = reference_quotas([Fraction(x) for x in w], batch)
+        need = [lag[j] + q[j] for j in range(d)]
+        got = [0] * d
+        for _ in range(batch):
+            ok = [j for j in range(d) if q[j] > 0 and (room[j] is None or got[j] < room[j])]
+            if exhaustion == "stop" and caps is not None:
+                ok = [j for j in range(d) if q[j] > 0]
+            if not ok:
+                break
+            j = max(ok, key=lambda i: (need[i], -i))
+            got[j] += 1
+            need[j] -= 1
+        if exhaustion == "stop" and any(room[j] is not None and got[j] > room[j] for j in range(d)):
+            alloc = [got[j] if room[j] is None else min(got[j], room[j]) for j in range(d)]
+            if not drop_last and sum(alloc):
+                blocks.append(alloc)
+            break
+        if sum(got) < batch:
+            if not drop_last and sum(got):
+                blocks.append(got)
+            break
+        blocks.append(got)
+        used = [u + g for u, g in zip(used, got)]
+        lag = need
+        lags.append(list(lag))
+    return blocks, lags
 
 
 def block_domains(sampler, start, stop):
@@ -106,15 +161,100 @@ def test_largest_remainder_matches_reference(weights, total):
     batch=st.integers(1, 40),
     seed=st.integers(0, 2**40),
 )
-def test_every_block_has_exact_counts(sizes, data, batch, seed):
-    w = data.draw(st.lists(st.integers(0, 9), min_size=len(sizes), max_size=len(sizes)).filter(any))
+def test_every_block_follows_the_cumulative_request(sizes, data, batch, seed):
+    d = len(sizes)
+    weights = st.lists(st.integers(0, 9), min_size=d, max_size=d).filter(any)
+    stages = [(0, data.draw(weights))]
+    for start in sorted(set(data.draw(st.lists(st.integers(1, 15), max_size=2)))):
+        stages.append((start, data.draw(weights)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        s = MixtureSampler(sizes, w, batch_size=batch, seed=seed)
-    expected = reference_counts([x / sum(w) for x in w], batch)
-    doms = block_domains(s, 0, 12)
-    for row in doms:
-        assert np.bincount(row, minlength=len(sizes)).tolist() == expected
+        s = MixtureSampler(sizes, stages[0][1], batch_size=batch, seed=seed)
+        for start, w in stages[1:]:
+            s.set_weights(w, at_step=start)
+    norm = [(a, [Fraction(x, sum(w)) for x in w]) for a, w in stages]
+    expected, _ = reference_stream(norm, batch, 18)
+    doms = block_domains(s, 0, 18)
+    for b, row in enumerate(doms):
+        assert np.bincount(row, minlength=d).tolist() == expected[b], b
+        assert s.block_counts(b).tolist() == expected[b]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    d=st.integers(1, 7),
+    data=st.data(),
+    batch=st.integers(1, 48),
+)
+def test_realised_counts_stay_within_one_sample_of_the_cumulative_request(d, data, batch):
+    """The documented bound (MixturePlan): after a step, requested - realised < 1 for every domain when no
+    domain entered it more than its quota ahead; > -1 when the domains without weight are owed nothing in
+    total; so |requested - realised| < 1 throughout when every weight is >= 1 / batch_size."""
+    weights = st.lists(st.sampled_from([0, 0, 1, 1, 2, 3, 7, 50, 1000]), min_size=d, max_size=d).filter(any)
+    starts = [0] + sorted(set(data.draw(st.lists(st.integers(1, 40), max_size=4))))
+    stages = [(a, data.draw(weights)) for a in starts]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = MixtureSampler([5] * d, stages[0][1], batch_size=batch, seed=1)
+        for a, w in stages[1:]:
+            s.set_weights(w, at_step=a)
+    steps = 60
+    requested = np.zeros(d)
+    prev_lag = np.zeros(d)
+    drawn = np.zeros(d, dtype=np.int64)
+    for b in range(steps):
+        quota = np.asarray(s.weights_at(b)) * batch
+        counts = s.block_counts(b)
+        assert counts.sum() == batch and (counts >= 0).all()
+        assert (counts[quota == 0] == 0).all(), "a zero-weight domain was drawn"
+        drawn += counts
+        requested += quota
+        lag = requested - drawn
+        if prev_lag[quota == 0].sum() <= 1e-9:
+            assert (lag > -1 + 1e-9).all(), (b, lag)
+        if (prev_lag + quota >= -1e-9).all():
+            assert (lag < 1 - 1e-9).all(), (b, lag)
+        prev_lag = lag
+    rc = s.realised_counts(step=steps)
+    assert list(rc.samples) == drawn.tolist()
+    assert np.allclose(np.asarray(rc.requested_cumulative) * steps * batch, requested)
+
+
+@FAST
+@given(d=st.integers(1, 6), data=st.data(), batch=st.integers(6, 64))
+def test_with_every_weight_at_least_one_sample_per_step_the_bound_is_one_sample(d, data, batch):
+    weights = st.lists(st.integers(1, 20), min_size=d, max_size=d).filter(lambda w: min(w) * batch >= sum(w))
+    starts = [0] + sorted(set(data.draw(st.lists(st.integers(1, 30), max_size=4))))
+    stages = [(a, data.draw(weights)) for a in starts]
+    s = MixtureSampler([3] * d, stages[0][1], batch_size=batch, seed=0, world_size=2 if batch % 2 == 0 else 1)
+    for a, w in stages[1:]:
+        s.set_weights(w, at_step=a)
+    requested, drawn = np.zeros(d), np.zeros(d)
+    for b in range(40):
+        requested += np.asarray(s.weights_at(b)) * batch
+        drawn += s.block_counts(b)
+        assert np.abs(requested - drawn).max() < 1 - 1e-9, b
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32, 1000])
+def test_a_single_stage_never_drifts_by_a_sample_and_uniform_is_uniform(batch):
+    d = 7
+    s = MixtureSampler([1000] * d, [1.0] * d, batch_size=batch, seed=0)
+    steps = 300
+    drawn = np.cumsum([s.block_counts(b) for b in range(steps)], axis=0)
+    requested = np.arange(1, steps + 1)[:, None] * batch / d
+    assert np.abs(drawn - requested).max() < 1
+    s = MixtureSampler([1000] * 3, [0.61, 0.3, 0.09], batch_size=batch, seed=0)
+    drawn = np.cumsum([s.block_counts(b) for b in range(steps)], axis=0)
+    requested = np.arange(1, steps + 1)[:, None] * np.asarray(s.weights_at(0)) * batch
+    assert np.abs(drawn - requested).max() < 1
+    assert np.allclose(s.weights_at(0), [0.61, 0.3, 0.09], atol=1.0 / GRID)
+
+
+def test_the_reported_issue_case_realises_the_requested_mixture():
+    s = MixtureSampler([10**6] * 7, [1 / 7] * 7, batch_size=32, seed=0)
+    dom, _ = s.locate(s.global_indices(0, 200))
+    assert sorted(np.bincount(dom, minlength=7).tolist()) == [914] * 5 + [915] * 2  # 6400 / 7 = 914.29
 
 
 @FAST
@@ -208,54 +348,20 @@ def test_set_weights_replaces_later_scheduled_stages_and_merges_equal_ones():
 def test_zero_weight_domain_is_never_drawn_and_starved_domain_warns():
     s = MixtureSampler([5, 5, 5], [0.5, 0.0, 0.5], batch_size=4, seed=2)
     assert 1 not in block_domains(s, 0, 10)
-    with pytest.warns(UserWarning, match=r"domain\(s\) \[2\]"):
-        MixtureSampler([5, 5, 5], [0.6, 0.39, 0.01], batch_size=4, seed=2)
-    with pytest.warns(UserWarning, match="no slot"):
-        s.set_weights([0.98, 0.01, 0.01])
+    with pytest.warns(UserWarning, match=r"domain\(s\) \[2\] have a nonzero weight below the weight grid"):
+        MixtureSampler([5, 5, 5], [0.6, 0.39999, 0.00001], batch_size=4, seed=2)
+    with pytest.warns(UserWarning, match="will not be sampled"):
+        s.set_weights([0.99998, 0.00001, 0.00001])
+    small = MixtureSampler([5, 5, 5], [0.6, 0.39, 0.01], batch_size=4, seed=2)  # 0.04 samples a step
+    counts = np.sum([small.block_counts(b) for b in range(100)], axis=0)
+    assert counts.tolist() == [240, 156, 4]
 
 
 # ---------------------------------------------------------------------------------------- exhaustion
 def simulate(sizes, weights, batch, max_epochs, exhaustion, drop_last, steps):
-    """Step-by-step reference: per-block domain counts with explicit per-domain counters."""
+    """Step-by-step reference with explicit per-domain counters (see reference_stream)."""
     caps = [max_epochs * n for n in sizes]
-    used = [0] * len(sizes)
-    blocks = []
-    for _ in range(steps):
-        room = [c - u for c, u in zip(caps, used)]
-        if exhaustion == "stop":
-            want = reference_counts(weights, batch)
-            if all(want[j] <= room[j] for j in range(len(sizes))):
-                alloc = want
-            else:
-                alloc = [min(w, r) for w, r in zip(want, room)]
-                if not drop_last and sum(alloc):
-                    blocks.append(alloc)
-                break
-        else:
-            active = [w if r > 0 else 0.0 for w, r in zip(weights, room)]
-            if not any(active):
-                break
-            alloc, fixed, budget = [0] * len(sizes), set(), batch
-            while True:  # give each domain its share, capped at its room; share the rest again
-                free = [j for j in range(len(sizes)) if active[j] > 0 and j not in fixed]
-                if not free or budget == 0:
-                    break
-                share = reference_counts([active[j] if j in free else 0 for j in range(len(sizes))], budget)
-                over = [j for j in free if share[j] > room[j]]
-                if not over:
-                    for j in free:
-                        alloc[j] = share[j]
-                    break
-                for j in over:
-                    alloc[j] = room[j]
-                    budget -= room[j]
-                    fixed.add(j)
-            if sum(alloc) < batch:
-                if not drop_last and sum(alloc):
-                    blocks.append(alloc)
-                break
-        blocks.append(alloc)
-        used = [u + a for u, a in zip(used, alloc)]
+    blocks, _ = reference_stream([(0, weights)], batch, steps, caps, exhaustion, drop_last)
     return blocks
 
 

@@ -13,12 +13,12 @@ import torch
 
 from .. import _distributed
 from .._validation import check_int
-from ._stream import MixturePlan, Segment, Stage, largest_remainder, warn_unslotted
+from ._stream import MixturePlan, Segment, Stage, make_stage, warn_unslotted
 
 __all__ = ["RealisedCounts", "EXHAUSTION_MODES", "STATE_FORMAT"]
 
 EXHAUSTION_MODES = ("wrap", "stop", "redistribute")
-STATE_FORMAT = "tikmix.mixture/1"
+STATE_FORMAT = "tikmix.mixture/2"
 _MAX_TOTAL = 1 << 62
 
 
@@ -198,8 +198,8 @@ class MixtureBase:
                 "batch and every rank takes batch_size // world_size samples of each step"
             )
         w = check_weights(weights, d)
-        counts = largest_remainder(w, bsz)
-        warn_unslotted(w, counts, bsz, "weights", stacklevel=4)  # -> _setup -> __init__ -> caller
+        stage = make_stage(0, w, bsz)
+        warn_unslotted(w, stage.units, bsz, "weights", stacklevel=4)  # -> _setup -> __init__ -> caller
 
         self._domain_sizes = domain_sizes
         self._batch_size = bsz
@@ -212,7 +212,7 @@ class MixtureBase:
         self._caps = caps
         self._num_steps = num_steps
         self._tokens_per_sample = tps
-        self._stages: list[Stage] = [Stage(0, w, counts)]
+        self._stages: list[Stage] = [stage]
         self._plan = self._make_plan(self._stages)
         # Position: the next index belongs to step `_step`; `_row_skip` + what the live row iterator has
         # handed out is the number of samples of that step's local slice already produced.
@@ -268,7 +268,7 @@ class MixtureBase:
 
     @property
     def schedule(self) -> tuple[Stage, ...]:
-        """The mixture schedule: stages ``(start step, normalised weights, per-block counts)``."""
+        """The mixture schedule: stages ``(start step, quantised weights, per-step units)``."""
         return tuple(self._stages)
 
     @property
@@ -299,12 +299,13 @@ class MixtureBase:
     def block_counts(self, step: int) -> np.ndarray:
         """Exact per-domain sample counts of global step ``step`` (all ranks), after exhaustion rules.
 
-        Equals the stage's counts unless a domain ran out (``max_epochs``); zeros past the end.
+        They follow the cumulative request (see the class docstring); zeros past the end.
         """
-        seg = self._plan.segment_at(check_int(step, "step", minimum=0))
+        step = check_int(step, "step", minimum=0)
+        seg = self._plan.segment_at(step)
         if seg is None:
             return np.zeros(self.num_domains, dtype=np.int64)
-        return seg.counts.copy()
+        return seg.counts_at(step)
 
     def _local_share(self, seg: Segment) -> tuple[int, int]:
         return MixturePlan.slice_bounds(seg.size, self._rank, self._world_size)
@@ -342,11 +343,11 @@ class MixtureBase:
                     f"at_step={at_step} is in the past: steps up to {free - 1} were already produced; "
                     f"the earliest step a new mixture can start at is {free}"
                 )
-        counts = largest_remainder(w, self._batch_size)
-        warn_unslotted(w, counts, self._batch_size, "set_weights", stacklevel=3)
+        stage = make_stage(at_step, w, self._batch_size)
+        warn_unslotted(w, stage.units, self._batch_size, "set_weights", stacklevel=3)
         stages = [s for s in self._stages if s.start < at_step]
-        if not stages or stages[-1].weights != w:
-            stages.append(Stage(at_step, w, counts))
+        if not stages or stages[-1].units != stage.units:
+            stages.append(stage)
         plan = self._make_plan(stages)
         self._stages, self._plan = stages, plan
         self._version += 1
@@ -398,7 +399,7 @@ class MixtureBase:
             "step": step,
             "offset": offset,
             "world_size": self._world_size,
-            "schedule": [[s.start, list(s.weights), list(s.counts)] for s in self._stages],
+            "schedule": [[s.start, list(s.weights), list(s.units)] for s in self._stages],
             "config": self._config(),
         }
 
@@ -451,12 +452,12 @@ class MixtureBase:
 
     def _parse_schedule(self, schedule: Any) -> list[Stage]:
         if isinstance(schedule, (str, bytes, Mapping)) or not isinstance(schedule, Sequence) or not schedule:
-            raise ValueError("state_dict['schedule'] must be a non-empty list of [start, weights, counts]")
+            raise ValueError("state_dict['schedule'] must be a non-empty list of [start, weights, units]")
         stages: list[Stage] = []
         for i, entry in enumerate(schedule):
             name = f"state_dict['schedule'][{i}]"
             if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 3:
-                raise ValueError(f"{name} must be [start_step, weights, counts]")
+                raise ValueError(f"{name} must be [start_step, weights, units]")
             start = check_int(entry[0], f"{name}[0] (start step)", minimum=0)
             if i == 0 and start != 0:
                 raise ValueError(f"{name}[0]: the first stage must start at step 0, got {start}")
@@ -466,14 +467,14 @@ class MixtureBase:
             w = tuple(float(v) for v in entry[1])
             if abs(sum(w) - 1.0) > 1e-9:
                 raise ValueError(f"{name}[1] (weights) must be normalised to sum 1, got sum {sum(w)}")
-            counts = largest_remainder(w, self._batch_size)
-            got = _to_list(entry[2], f"{name}[2] (counts)")
-            if [int(c) if isinstance(c, (int, np.integer)) else c for c in got] != list(counts):
+            stage = make_stage(start, w, self._batch_size)
+            got = _to_list(entry[2], f"{name}[2] (units)")
+            if [int(c) if isinstance(c, (int, np.integer)) else c for c in got] != list(stage.units):
                 raise ValueError(
-                    f"{name}[2] (counts) = {got} do not match the weights for batch_size="
-                    f"{self._batch_size} (expected {list(counts)})"
+                    f"{name}[2] (units) = {got} do not match the weights for batch_size="
+                    f"{self._batch_size} (expected {list(stage.units)})"
                 )
-            stages.append(Stage(start, w, counts))
+            stages.append(stage)
         return stages
 
     # ---------------------------------------------------------------- counting

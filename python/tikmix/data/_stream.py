@@ -2,6 +2,8 @@
 :class:`~tikmix.data.MixtureIterableDataset`.
 
 Everything here is a function of ``(seed, schedule, position)``; nothing depends on what was drawn before.
+Per-step domain counts follow the cumulative request (largest deficit first, see :class:`MixturePlan`); the
+allocation of each stage is periodic, so it is computed once per stage and read back in O(D) per step.
 
 Hashing follows the project's RNG contract: ``mix`` is the SplitMix64 finaliser, all arithmetic is on
 unsigned 64-bit integers modulo 2**64, and the seed key is ``mix(seed + G)``. From it the stream derives
@@ -18,6 +20,8 @@ numpy over whole blocks.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -34,7 +38,11 @@ __all__ = [
     "permute",
     "half_bits",
     "largest_remainder",
+    "period_steps",
+    "quantise",
+    "greedy_step",
     "Stage",
+    "make_stage",
     "Segment",
     "MixturePlan",
 ]
@@ -125,66 +133,203 @@ def largest_remainder(weights: Sequence[float], total: int) -> tuple[int, ...]:
     return tuple(counts)
 
 
+WEIGHT_GRID = 10080
+"""Weights are quantised to multiples of ``1 / lcm(batch_size, WEIGHT_GRID)`` (1e-4 or finer), so that one
+*period* of ``P = lcm(batch_size, WEIGHT_GRID) / batch_size`` steps asks for a whole number of samples of
+every domain. 10080 = 2^5 * 3^2 * 5 * 7 makes equal weights over 1-10, 12, 14, 15 or 16 domains exact."""
+
+_MAX_PERIODS = 64  # safety net of the periodicity check in _stage_table (one period suffices in practice)
+
+
+def period_steps(batch_size: int) -> int:
+    """Steps per period ``P = WEIGHT_GRID / gcd(batch_size, WEIGHT_GRID)``."""
+    return WEIGHT_GRID // math.gcd(int(batch_size), WEIGHT_GRID)
+
+
+def quantise(weights: Sequence[float], batch_size: int) -> tuple[int, ...]:
+    """Per-step quotas in *units* of ``1/P`` sample: ``largest_remainder(weights, batch_size * P)``.
+
+    A domain with ``u`` units asks for ``u / P`` samples per step, i.e. weight ``u / (batch_size * P)``.
+    """
+    return largest_remainder(weights, int(batch_size) * period_steps(batch_size))
+
+
+def greedy_step(
+    lag: Sequence[int],
+    units: Sequence[int],
+    active: Sequence[bool],
+    batch: int,
+    per: int,
+    room: Sequence[int | None] | None = None,
+) -> list[int]:
+    """One step of largest-deficit-first allocation (the rule of Megatron's blended datasets, per block).
+
+    ``lag[j]`` is domain ``j``'s cumulative requested minus realised count before the step and ``units[j]``
+    its per-step quota, both in units of ``1/per`` sample. The ``batch`` samples of the step go one at a
+    time to the active domain (with room left, if ``room`` caps it) whose deficit ``lag + units`` minus
+    what it already got this step is largest, ties to the lower index. Returns the per-domain counts; their
+    sum is below ``batch`` only if every active domain is out of room.
+
+    Computed in O(D) plus O(D) per sample not owed in full: every deficit of at least one sample is served
+    first (those are exactly the picks with value >= ``per``), then the rest by value.
+    """
+    d = len(lag)
+    need = [lag[j] + units[j] for j in range(d)]
+    cap = [None if room is None else room[j] for j in range(d)]
+    c = [0] * d
+    for j in range(d):
+        if active[j] and need[j] >= per:
+            c[j] = need[j] // per if cap[j] is None else min(need[j] // per, cap[j])
+    s = sum(c)
+    while s < batch:  # next unit of j is worth need - c*per; take the largest, ties to the lower index
+        best, best_v = -1, 0
+        for j in range(d):
+            if active[j] and (cap[j] is None or c[j] < cap[j]):
+                v = need[j] - c[j] * per
+                if best < 0 or v > best_v:
+                    best, best_v = j, v
+        if best < 0:
+            break
+        c[best] += 1
+        s += 1
+    while s > batch:  # drop the least valuable unit given; on ties the higher index was picked last
+        worst, worst_v = -1, 0
+        for j in range(d):
+            if c[j] > 0:
+                v = need[j] - (c[j] - 1) * per
+                if worst < 0 or v <= worst_v:
+                    worst, worst_v = j, v
+        c[worst] -= 1
+        s -= 1
+    return c
+
+
+@functools.lru_cache(maxsize=128)
+def _stage_table(
+    lag0: tuple[int, ...], units: tuple[int, ...], active: tuple[bool, ...], batch: int, per: int
+) -> tuple[np.ndarray, int, int]:
+    """Cumulative counts of a stage run by :func:`greedy_step` from lag ``lag0``: ``(table, lead, cycle)``.
+
+    ``table[k]`` (int64 [D]) is what the first ``k`` steps drew per domain, for ``k <= lead + cycle``. The
+    state (lag vector) after ``lead`` steps recurs after ``lead + cycle`` steps, so the allocation is
+    periodic from there: ``A(lead + t + n*cycle) = A(lead + t) + n*(A(lead + cycle) - A(lead))``. Each
+    period of ``per`` steps asks for whole samples, so the lag is checked at period ends (in practice it
+    returns after the first period: ``lead = 0, cycle = per``).
+    """
+    d = len(units)
+    lag = list(lag0)
+    cum = [0] * d
+    rows = [list(cum)]
+    seen = {lag0: 0}
+    for period in range(1, _MAX_PERIODS + 1):
+        for _ in range(per):
+            c = greedy_step(lag, units, active, batch, per)
+            for j in range(d):
+                cum[j] += c[j]
+                lag[j] += units[j] - per * c[j]
+            rows.append(list(cum))
+        key = tuple(lag)
+        if key in seen:
+            table = np.asarray(rows, dtype=np.int64)
+            table.setflags(write=False)
+            return table, seen[key], period * per - seen[key]
+        seen[key] = period * per
+    raise RuntimeError(  # pragma: no cover - a safety net: the lag state space is finite
+        f"mixture allocation did not become periodic within {_MAX_PERIODS} periods; please report this "
+        f"with units={units}, lag={lag0}, batch_size={batch}"
+    )
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One entry of the mixture schedule: from global step ``start`` on, blocks follow ``weights``.
+    """One entry of the mixture schedule: from global step ``start`` on, steps follow ``weights``.
 
-    ``weights`` are normalised to sum to 1; ``counts`` are the exact per-block sample counts
-    (``largest_remainder(weights, batch_size)``).
+    ``units`` are the per-step quotas in units of ``1/P`` sample (:func:`quantise`); ``weights`` are the
+    quantised weights ``units / (batch_size * P)`` -- what the stream is asked to realise.
     """
 
     start: int
     weights: tuple[float, ...]
-    counts: tuple[int, ...]
+    units: tuple[int, ...]
+
+
+def make_stage(start: int, weights: Sequence[float], batch_size: int) -> Stage:
+    """A :class:`Stage` from normalised weights: quantised units, and weights as the units realise them."""
+    units = quantise(weights, batch_size)
+    total = float(sum(units))
+    return Stage(int(start), tuple(u / total for u in units), units)
 
 
 @dataclass(frozen=True, eq=False)
 class Segment:
-    """A run of global steps ``[start, stop)`` whose blocks all hold ``counts`` samples per domain.
+    """A run of global steps ``[start, stop)`` allocated by one periodic table (see :func:`_stage_table`).
 
-    ``drawn[j]`` is how many samples of domain ``j`` the global stream drew before ``start``; ``stop`` is
-    None for an unbounded run. Exhaustion can split a stage into several segments.
+    ``base[j]`` is how many samples of domain ``j`` the global stream drew before ``start``; ``units`` the
+    per-step request (units of ``1/P`` sample) during the segment; ``stop`` is None for an unbounded run.
+    Stage changes and exhaustion split the stream into segments; a one-step segment holds an explicit
+    block (a transition or a final partial block).
     """
 
     start: int
     stop: int | None
-    counts: np.ndarray  # int64 [D]
-    drawn: np.ndarray  # int64 [D]
+    base: np.ndarray  # int64 [D]
+    table: np.ndarray  # int64 [lead + cycle + 1, D]
+    lead: int
+    cycle: int
+    units: tuple[int, ...]
     stage: int
-    size: int  # samples per block (sum of counts); < batch_size only for the final partial block
+    size: int  # samples per step; < batch_size only for the final partial block
 
-    def drawn_at(self, step: int) -> np.ndarray:
-        return self.drawn + (step - self.start) * self.counts
+    def drawn_at(self, steps: Any) -> np.ndarray:
+        """Samples per domain drawn before each step of ``steps`` (int64 [..., D]); steps in [start, stop]."""
+        k = np.asarray(steps, dtype=np.int64) - self.start
+        wrap = k > self.lead
+        idx = np.where(wrap, self.lead + (k - self.lead) % self.cycle, k)
+        rep = np.where(wrap, (k - self.lead) // self.cycle, 0)
+        inc = self.table[self.lead + self.cycle] - self.table[self.lead]
+        return self.base + self.table[idx] + rep[..., None] * inc
+
+    def counts_at(self, steps: Any) -> np.ndarray:
+        """Per-domain samples of each step of ``steps`` (int64 [..., D])."""
+        steps = np.asarray(steps, dtype=np.int64)
+        return self.drawn_at(steps + 1) - self.drawn_at(steps)
 
 
-def _waterfill(weights: Sequence[float], room: Sequence[int | None], total: int) -> list[int]:
-    """Largest-remainder allocation of ``total`` by ``weights`` where no domain gets more than its room.
-
-    Domains whose share exceeds their room get exactly their room; the rest is shared again among the
-    others, in proportion to their weights. The sum is below ``total`` only if every weighted domain is full.
-    """
-    d = len(weights)
-    alloc = [0] * d
-    free = [weights[j] > 0 for j in range(d)]
-    budget = total
-    while budget > 0 and any(free):
-        c = largest_remainder([weights[j] if free[j] else 0.0 for j in range(d)], budget)
-        over = [j for j in range(d) if free[j] and room[j] is not None and c[j] > room[j]]
-        if not over:
-            for j in range(d):
-                if free[j]:
-                    alloc[j] = c[j]
-            return alloc
-        for j in over:
-            alloc[j] = room[j]
-            budget -= room[j]
-            free[j] = False
-    return alloc
+def _explicit(start: int, base: Sequence[int], counts: Sequence[int], units: Sequence[int], stage: int) -> Segment:
+    table = np.asarray([[0] * len(counts), list(counts)], dtype=np.int64)
+    return Segment(start, start + 1, np.asarray(base, dtype=np.int64), table, 0, 1, tuple(units), stage,
+                   int(sum(counts)))
 
 
 class MixturePlan:
     """Stage list + exhaustion rule → segments, and the per-block layout of the global stream.
 
+    **Allocation.** Each step's per-domain counts follow the *cumulative* request: with ``lag_j`` = samples
+    of domain ``j`` requested so far (each step adds ``w_j * batch_size`` of the stage in effect) minus
+    samples drawn, a step's ``batch_size`` samples go one at a time to the domain with the largest
+    ``lag_j + w_j * batch_size`` still unserved, ties to the lower index (:func:`greedy_step`). Domains with
+    weight 0 (or exhausted) get nothing. Since weights are quantised so that a period of ``P`` steps asks for
+    whole samples, the allocation of a stage is periodic and computed once per stage (a table of at most a
+    few periods): the counts of any step are O(D) arithmetic, no replay, and the stream stays a pure
+    function of (seed, schedule, position).
+
+    **Bound.** Write ``e_j = requested_j - realised_j`` (samples) after a step and ``q_j = w_j * batch_size``
+    for the step's request; a domain is *inactive* in a step if its weight is 0 or it is exhausted.
+
+    1. If no domain starts the step more than its quota ahead (``e_j + q_j >= 0`` for all ``j``), every
+       ``e_j < 1`` after it. Proof: the inactive domains are then owed ``>= 0`` in total, so the active
+       deficits sum to at most ``batch_size`` and the greedy first hands every active domain
+       ``floor(e_j + q_j)`` samples; what is left of a deficit is ``< 1``; inactive ``e_j`` do not change.
+    2. If the inactive domains are owed nothing in total (``sum of their e_j <= 0``), every ``e_j > -1``
+       after the step. Proof: before each sample the active deficits sum to ``>= 1``, so the largest one,
+       which gets the sample, is ``> 0`` and stays ``> -1``; the others only grow.
+
+    So when every weight is at least ``1 / batch_size`` (or 0 in no stage), ``|requested - realised| < 1``
+    for every domain after every step, across any number of weight changes. Otherwise a domain with less
+    than one sample per step may get up to one sample ahead, and a domain switched off keeps its
+    (``|e| < 1``) balance forever; the other domains then carry that balance between them, so one of them
+    can be slightly more than one sample off (about 1.1 at worst in random schedules of the tests).
+    Immutable once built; the owning sampler builds a new plan when its schedule changes.
     Immutable once built; the owning sampler builds a new plan when its schedule changes.
     """
 
@@ -201,6 +346,7 @@ class MixturePlan:
     ) -> None:
         self.stages = tuple(stages)
         self.batch_size = int(batch_size)
+        self.per = period_steps(self.batch_size)
         self.num_domains = len(self.stages[0].weights)
         key = mix_int(int(seed) + G)
         self.block_base = np.uint64(mix_int(key ^ TAG_BLOCK))
@@ -216,83 +362,98 @@ class MixturePlan:
                 if seg.start >= num_steps:
                     break
                 stop = num_steps if seg.stop is None else min(seg.stop, num_steps)
-                clipped.append(
-                    Segment(seg.start, stop, seg.counts, seg.drawn, seg.stage, seg.size)
-                )
+                clipped.append(dataclasses.replace(seg, stop=stop))
             segments = clipped
         self.segments = tuple(segments)
         self.end_step = end
-        self._tables: dict[tuple[int, int, bytes], tuple[np.ndarray, np.ndarray]] = {}
         self._starts = [s.start for s in self.segments]
 
     # ------------------------------------------------------------------ construction
+    def _segment(self, start: int, stop: int | None, drawn: list[int], req: list[int], units: Sequence[int],
+                 active: Sequence[bool], stage: int) -> Segment:
+        lag = tuple(req[j] - self.per * drawn[j] for j in range(self.num_domains))
+        table, lead, cycle = _stage_table(lag, tuple(units), tuple(active), self.batch_size, self.per)
+        return Segment(start, stop, np.asarray(drawn, dtype=np.int64), table, lead, cycle, tuple(units), stage,
+                       self.batch_size)
+
+    @staticmethod
+    def _first_over(seg: Segment, j: int, room: int) -> int:
+        """Least ``k >= 0`` with domain ``j`` drawing more than ``room`` samples in steps [start, start+k]."""
+
+        def over(k: int) -> bool:
+            return int(seg.drawn_at(seg.start + k + 1)[j] - seg.base[j]) > room
+
+        if over(0):
+            return 0
+        hi = 1
+        while not over(hi):  # an active domain draws at least one sample per period, so this ends
+            hi *= 2
+        lo = hi // 2  # over(lo) is False
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if over(mid) else (mid, hi)
+        return hi
+
     def _build(
         self, caps: Sequence[int | None] | None, exhaustion: str, drop_last: bool
     ) -> tuple[list[Segment], int | None]:
-        d, bsz = self.num_domains, self.batch_size
-        drawn = [0] * d
+        d, bsz, per = self.num_domains, self.batch_size, self.per
+        drawn = [0] * d  # samples drawn before step s
+        req = [0] * d  # units requested before step s
         segs: list[Segment] = []
-
-        def add(start: int, stop: int | None, counts: Sequence[int], stage: int) -> None:
-            segs.append(
-                Segment(
-                    start,
-                    stop,
-                    np.asarray(counts, dtype=np.int64),
-                    np.asarray(drawn, dtype=np.int64),
-                    stage,
-                    int(sum(counts)),
-                )
-            )
-
         capped = caps is not None and exhaustion != "wrap" and any(c is not None for c in caps)
+
+        def advance(seg: Segment, stop: int) -> None:
+            after = seg.drawn_at(stop)
+            for j in range(d):
+                drawn[j] = int(after[j])
+                req[j] += (stop - seg.start) * seg.units[j]
+
         for k, st in enumerate(self.stages):
             stop = self.stages[k + 1].start if k + 1 < len(self.stages) else None
             s = st.start
-            if not capped:
-                add(s, stop, st.counts, k)
-                if stop is None:
-                    return segs, None
-                for j in range(d):
-                    drawn[j] += (stop - s) * st.counts[j]
-                continue
-            assert caps is not None
             while stop is None or s < stop:
-                room = [None if caps[j] is None else caps[j] - drawn[j] for j in range(d)]
-                if exhaustion == "stop":
-                    w = list(st.weights)
-                    c = list(st.counts)
-                else:  # redistribute: exhausted domains give their share to the others
+                units = list(st.units)
+                room = [None] * d if not capped else [None if caps[j] is None else caps[j] - drawn[j] for j in range(d)]  # type: ignore[index]
+                if capped and exhaustion == "redistribute":
                     w = [st.weights[j] if (room[j] is None or room[j] > 0) else 0.0 for j in range(d)]
                     if sum(w) <= 0:
                         return segs, s
-                    c = list(largest_remainder(w, bsz))
-                fits = [room[j] // c[j] for j in range(d) if c[j] > 0 and room[j] is not None]
-                m = min(fits) if fits else None
-                seg_stop = None if m is None else s + m
-                if stop is not None and (seg_stop is None or seg_stop > stop):
-                    seg_stop = stop
-                if seg_stop is None or seg_stop > s:
-                    add(s, seg_stop, c, k)
-                    if seg_stop is None:
-                        return segs, None
+                    units = list(quantise(w, bsz))
+                active = [u > 0 for u in units]
+                seg = self._segment(s, stop, drawn, req, units, active, k)
+                hit = None
+                if capped:
                     for j in range(d):
-                        drawn[j] += (seg_stop - s) * c[j]
-                    s = seg_stop
-                    continue
-                # Block s cannot be filled with the counts c.
+                        if active[j] and room[j] is not None:
+                            h = s + self._first_over(seg, j, room[j])  # type: ignore[arg-type]
+                            hit = h if hit is None else min(hit, h)
+                if hit is None or (stop is not None and hit >= stop):
+                    segs.append(seg)
+                    if stop is None:
+                        return segs, None
+                    advance(seg, stop)
+                    break
+                if hit > s:  # the steps before the one that cannot be filled as requested
+                    seg = dataclasses.replace(seg, stop=hit)
+                    segs.append(seg)
+                    advance(seg, hit)
+                    s = hit
+                room = [None if caps[j] is None else caps[j] - drawn[j] for j in range(d)]  # type: ignore[index]
                 if exhaustion == "stop":
-                    alloc = [c[j] if room[j] is None else min(c[j], room[j]) for j in range(d)]
+                    want = self._segment(s, s + 1, drawn, req, units, active, k).counts_at(s).tolist()
+                    alloc = [want[j] if room[j] is None else min(want[j], room[j]) for j in range(d)]
                 else:
-                    alloc = _waterfill(w, room, bsz)
+                    lag = [req[j] - per * drawn[j] for j in range(d)]
+                    alloc = greedy_step(lag, units, active, bsz, per, room)
                     if sum(alloc) == bsz:  # a full transition block; exhausted domains drop out after it
-                        add(s, s + 1, alloc, k)
-                        for j in range(d):
-                            drawn[j] += alloc[j]
+                        seg = _explicit(s, drawn, alloc, units, k)
+                        segs.append(seg)
+                        advance(seg, s + 1)
                         s += 1
                         continue
                 if not drop_last and sum(alloc) > 0:
-                    add(s, s + 1, alloc, k)
+                    segs.append(_explicit(s, drawn, alloc, units, k))
                     return segs, s + 1
                 return segs, s
         raise AssertionError("unreachable: the last stage is unbounded")  # pragma: no cover
@@ -323,12 +484,12 @@ class MixturePlan:
         return self.stages[max(i, 0)]
 
     def requested_samples(self, stop: int) -> np.ndarray:
-        """Σ over steps < stop of (stage weights × samples in that step): the requested mixture, in samples."""
+        """Σ over steps < stop of the per-step request (weights × samples of a full step), in samples."""
         out = np.zeros(self.num_domains, dtype=np.float64)
         for seg in self.segments:
             b = stop if seg.stop is None else min(seg.stop, stop)
             if b > seg.start:
-                out += (b - seg.start) * seg.size * np.asarray(self.stages[seg.stage].weights)
+                out += (b - seg.start) * np.asarray(seg.units, dtype=np.float64) / self.per
         return out
 
     @staticmethod
@@ -347,32 +508,42 @@ class MixturePlan:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Domain and per-domain draw number of slots ``[lo, hi)`` of each step in ``steps``.
 
-        All steps must lie in ``seg``. Slot ``s`` of step ``b`` belongs to the domain owning position
-        ``perm_b(s)`` of the domain-sorted block (domain ``j`` owns ``counts_j`` consecutive positions), so
-        every block holds exactly ``counts_j`` slots of domain ``j`` in a keyed random order. The ``r``-th
-        slot of domain ``j`` in slot order gets draw number ``drawn_j(b) + r``: a domain's draws appear in
-        the stream in increasing order. Returns two int64 arrays of shape ``[len(steps), hi - lo]``.
-        The whole block's labels are computed (O(batch_size) per block) to rank the slice's slots.
+        All steps must lie in ``seg``. Step ``b`` holds ``counts_j(b)`` samples of domain ``j`` (see the
+        class docstring). Slot ``s`` of step ``b`` belongs to the domain owning position ``perm_b(s)`` of the
+        domain-sorted block (domain ``j`` owns ``counts_j(b)`` consecutive positions), so the block's
+        domains appear in a keyed random order. The ``r``-th slot of domain ``j`` in slot order gets draw
+        number ``drawn_j(b) + r``: a domain's draws appear in the stream in increasing order. Returns two
+        int64 arrays of shape ``[len(steps), hi - lo]``. The whole block's labels are computed
+        (O(batch_size) per block) to rank the slice's slots.
         """
         steps = np.asarray(steps, dtype=np.int64)
-        nb, size = steps.size, seg.size
-        table, first = self._block_tables(seg)
+        nb, size, d = steps.size, seg.size, self.num_domains
+        before = seg.drawn_at(steps)  # [nb, D]
+        counts = (seg.drawn_at(steps + 1) - before).ravel()
+        # the domain-sorted blocks, all rows at once: row b holds counts_j(b) copies of j, in domain order
+        # int16 labels where they fit: numpy's stable sort is a radix sort for them (the argsort below)
+        dtype = np.int16 if d < 2**15 else np.int64
+        sorted_dom = np.repeat(np.tile(np.arange(d, dtype=dtype), nb), counts).reshape(nb, size)
         keys = mix(self.block_base + steps.astype(np.uint64) * _U64_G)
         slots = np.broadcast_to(np.arange(size, dtype=np.uint64), (nb, size))
-        pos = permute(slots, size, half_bits(size), keys[:, None])
-        labels = table[pos]  # domain of each slot
+        pos = permute(slots, size, half_bits(size), keys[:, None]).astype(np.int64)
+        pos += (np.arange(nb, dtype=np.int64) * size)[:, None]
+        labels = sorted_dom.ravel()[pos]  # domain of each slot
         if lo == 0 and hi == size:
             # rank of each slot among its domain's slots, in slot order: a stable sort by domain puts the
-            # slots of domain j at sorted positions [first_j, first_j + counts_j), in slot order
+            # slots of domain j at the sorted positions of j's run, in slot order; the rank within a run is
+            # the flat position minus the run's flat start
+            run_start = np.cumsum(counts) - counts
+            first = np.arange(nb * size, dtype=np.int64) - np.repeat(run_start, counts)
             order = np.argsort(labels, axis=1, kind="stable")
             order += (np.arange(nb, dtype=np.int64) * size)[:, None]
             within = np.empty(nb * size, dtype=np.int64)
-            within[order.ravel()] = np.tile(first, nb)
+            within[order.ravel()] = first
             within = within.reshape(nb, size)
         else:
             within = self._slice_ranks(labels, lo, hi)
         dom = labels[:, lo:hi].astype(np.int64)
-        draw = seg.drawn[dom] + (steps - seg.start)[:, None] * seg.counts[dom] + within
+        draw = np.take_along_axis(before, dom, axis=1) + within
         return dom, draw
 
     def _slice_ranks(self, labels: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -396,20 +567,6 @@ class MixturePlan:
         within[order.ravel()] = rank_sorted.ravel()
         return within.reshape(nb, k)
 
-    def _block_tables(self, seg: Segment) -> tuple[np.ndarray, np.ndarray]:
-        """(domain of each sorted position, rank of each sorted position within its domain) for ``seg``."""
-        key = (seg.start, seg.size, seg.counts.tobytes())
-        hit = self._tables.get(key)
-        if hit is None:
-            dtype = np.int16 if self.num_domains < 2**15 else np.int64
-            table = np.repeat(np.arange(self.num_domains, dtype=dtype), seg.counts)
-            first = np.arange(seg.size, dtype=np.int64) - np.repeat(np.cumsum(seg.counts) - seg.counts, seg.counts)
-            hit = (table, first)
-            if len(self._tables) > 64:
-                self._tables.clear()
-            self._tables[key] = hit
-        return hit
-
     def domain_order(
         self, dom: np.ndarray, draw: np.ndarray, sizes: np.ndarray, halves: np.ndarray
     ) -> np.ndarray:
@@ -424,15 +581,16 @@ class MixturePlan:
 
 
 def warn_unslotted(
-    weights: Sequence[float], counts: Sequence[int], batch_size: int, what: str, stacklevel: int = 3
+    weights: Sequence[float], units: Sequence[int], batch_size: int, what: str, stacklevel: int = 3
 ) -> None:
-    """Warn when a domain with nonzero weight gets no slot in a block."""
-    starved = [j for j, (w, c) in enumerate(zip(weights, counts)) if w > 0 and c == 0]
+    """Warn when a domain with nonzero weight is quantised to no samples at all."""
+    starved = [j for j, (w, u) in enumerate(zip(weights, units)) if w > 0 and u == 0]
     if starved:
+        grid = 1.0 / (batch_size * period_steps(batch_size))
         warnings.warn(
-            f"{what}: domain(s) {starved} have a nonzero weight but get no slot in a block of "
-            f"batch_size={batch_size} (largest-remainder rounding); they will not be sampled. "
-            "Increase batch_size or the weight.",
+            f"{what}: domain(s) {starved} have a nonzero weight below the weight grid {grid:.3g} "
+            f"(1 / (batch_size * {period_steps(batch_size)}) for batch_size={batch_size}); they will not be "
+            "sampled. Increase the weight or batch_size.",
             UserWarning,
             stacklevel=stacklevel,
         )

@@ -95,13 +95,21 @@ class MixtureSampler(MixtureBase, Sampler[int]):
         tokens_per_sample: int or one int per domain, used by :meth:`realised_counts` for token counts.
 
     **Semantics.** The global stream is a pure function of ``(seed, schedule, position)``. Global step ``b``
-    is a block of ``batch_size`` samples holding exactly ``counts_j`` samples of domain ``j``
-    (largest-remainder rounding of ``w_j * batch_size``, ties to the lower domain; a warning names any domain
-    with a nonzero weight but no slot). Within the block, the samples are placed by a keyed permutation of
+    is a block of ``batch_size`` samples whose per-domain counts track the *cumulative* request: each step
+    adds ``w_j * batch_size`` to domain ``j``'s request (weights of the stage in effect), and the step's
+    samples go one at a time to the domain furthest behind its request, ties to the lower index (the
+    largest-deficit rule of Megatron's blended datasets, applied per block). So after every step every
+    domain's realised count is within one sample of its requested count (the exact bound, including the
+    case of weights below one sample per step, is in :class:`~tikmix.data._stream.MixturePlan`), also
+    across weight changes and at every world size. Weights are quantised to multiples of
+    ``1 / lcm(batch_size, 10080)`` (1e-4 or finer; equal weights over up to 10 domains stay exact); the
+    quantised weights are what :attr:`schedule` and :meth:`realised_counts` report, and a nonzero weight
+    below the grid warns. The allocation is periodic within a stage, so any step's counts are O(D)
+    arithmetic. Within the block, the samples are placed by a keyed permutation of
     ``(seed, b)``. The ``t``-th sample ever drawn from domain ``j`` is ``perm_{j,e}(t mod n_j)`` with epoch
     ``e = t // n_j`` and ``perm`` a keyed bijection of ``[0, n_j)`` computed in O(1) memory (Feistel network
     with cycle walking), so within each epoch of a domain every index appears exactly once. ``t`` for a slot is
-    arithmetic: samples of ``j`` in earlier segments + blocks so far × per-block count + rank in the block.
+    arithmetic: samples of ``j`` drawn before the step + rank in the block.
     Rank ``r`` takes the contiguous slice ``[r*B/W, (r+1)*B/W)`` of every block, so the ranks' batches of
     one step, concatenated in rank order, are that global block.
 
@@ -112,12 +120,13 @@ class MixtureSampler(MixtureBase, Sampler[int]):
 
     **State and resume.** ``state_dict()`` returns a small JSON-serialisable dict:
 
-    * ``"format"``: ``"tikmix.mixture/1"``;
+    * ``"format"``: ``"tikmix.mixture/2"``;
     * ``"step"``: global steps completed (absolute; pass ``state_dict(step=trainer_step)`` when the
       DataLoader prefetches, since the sampler's own count runs ahead);
     * ``"offset"``: samples of step ``step``'s local slice already handed out (0 at a step boundary);
     * ``"world_size"``: the world size that saved it (only matters when ``offset > 0``);
-    * ``"schedule"``: the stages ``[[start_step, weights, counts], ...]``;
+    * ``"schedule"``: the stages ``[[start_step, weights, units], ...]`` (quantised weights, and the per-step
+      request in units of ``1/P`` sample with ``P = lcm(batch_size, 10080) / batch_size``);
     * ``"config"``: ``kind``, ``domain_sizes``, ``batch_size``, ``seed``, ``max_epochs``, ``exhaustion``
       -- everything the stream depends on besides the schedule.
 
