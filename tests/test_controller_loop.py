@@ -97,7 +97,8 @@ def test_boundaries_reweight_sampler_and_write_history(tmp_path):
     # the mixture really changed, and the sampler follows it from the boundary on
     last = h["stages"][-1]
     assert np.abs(np.array(last["weights"]) - 1 / 3).max() > 0.01
-    assert np.allclose(sampler.weights_at(STEPS - 1), last["weights"], atol=1e-12)
+    # the sampler realises the weights on its grid of 1 / lcm(batch_size, 10080)
+    assert np.allclose(sampler.weights_at(STEPS - 1), last["weights"], atol=1.0 / 10080)
     assert np.allclose(sampler.weights_at(5), [1 / 3] * 3)
     # the domain that matches the target gets more weight than noise once measured
     good, _, noise = last["weights"]
