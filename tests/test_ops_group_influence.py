@@ -166,7 +166,7 @@ class TestGroupInfluence:
             (dict(ids=torch.tensor([0, -4, 1, 0])), ValueError, r"ids\[1\] = -4 is out of range"),
             (dict(ids=torch.zeros(3, dtype=torch.int64)), ValueError, r"ids must have one entry per row of train"),
             (dict(ids=torch.zeros(4)), TypeError, "ids must be int64 or int32"),
-            (dict(num_groups=0), ValueError, "num_groups must be >= 1"),
+            (dict(num_groups=0), ValueError, r"num_groups must be in \[1, 2\^31\)"),
             (dict(num_groups="3"), TypeError, "num_groups must be an int, got str"),
             (dict(target=torch.ones(2, 3, device="meta")), ValueError, "one device"),
         ],

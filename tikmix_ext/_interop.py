@@ -27,21 +27,33 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def as_tensor(value: Any, name: str) -> Tuple[torch.Tensor, Converter]:
+def as_tensor(value: Any, name: str, written: bool = False) -> Tuple[torch.Tensor, Converter]:
     """Return ``value`` as a tensor (zero-copy through DLPack where the device allows) and a converter back.
 
     Tensors pass through unchanged. numpy arrays are wrapped with ``torch.from_numpy`` (no copy); other
     objects with ``__dlpack__`` (cupy, jax) via ``torch.from_dlpack`` (no copy). Anything else raises a
-    TypeError naming ``name``.
+    TypeError naming ``name``. ``written=True`` marks an argument the op updates in place: it must share memory
+    with the caller's object, so a read-only numpy array raises ValueError (a copy would be updated and dropped)
+    and only tensors, numpy and cupy arrays are accepted (jax arrays, for one, are immutable).
     """
     if isinstance(value, torch.Tensor):
         return value, _identity
     module = type(value).__module__.split(".")[0]
+    if written and module not in ("numpy", "cupy"):
+        raise TypeError(
+            f"tikmix: {name} is updated in place, so it must be a torch.Tensor, a numpy array or a cupy array, "
+            f"got {type(value).__name__}"
+        )
     if module == "numpy":
         import numpy as np
 
-        if not value.flags.writeable:  # torch.from_numpy warns on read-only arrays; copy instead
-            value = np.array(value)
+        if not value.flags.writeable:
+            if written:
+                raise ValueError(
+                    f"tikmix: {name} is a read-only numpy array, but the op updates it in place; pass a writable "
+                    f"array (e.g. {name}.copy()) and keep that one"
+                )
+            value = np.array(value)  # torch.from_numpy warns on read-only arrays; an input may be copied
         if value.dtype.byteorder == ">":
             raise TypeError(f"tikmix: {name} has a big-endian dtype {value.dtype}; convert it to native order")
         return torch.from_numpy(value), lambda t: t.detach().cpu().numpy()

@@ -1,9 +1,9 @@
-"""Typed wrapper and fake kernel of ``sketch_kron``: per-sample sketches of a linear layer's weight gradient.
+"""Typed wrapper and autograd of ``sketch_kron``: per-sample sketches of a linear layer's weight gradient.
 
 Contract (csrc/include/tikmix/reduce_kernels.h): ``y[n, p·k_in + q] = (R_outᵀ · W_n · R_in)[p, q] / √(k_in·k_out)``
 with ``W_n = Σ_t g[n, t] · a[n, t]ᵀ`` never materialised; ``R_in``/``R_out`` are the RNG contract's sign matrices for
-the seeds ``kron_seed(seed, layer, 0/1)`` (rng.h). Detailed input checks live in the real kernel
-(csrc/binding/reduce_checks.h); the fake only computes output metadata.
+the seeds ``kron_seed(seed, layer, 0/1)`` (rng.h). Input checks live in C++ (csrc/binding/reduce_checks.h),
+called by the CPU, CUDA and Meta kernels alike, so torch.compile rejects bad input at trace time.
 
 No gradient formula: the op consumes activations and output gradients captured by hooks during a backward pass,
 to produce influence features, and nothing differentiates through it. (It is bilinear in ``a`` and ``g``, so one
@@ -37,14 +37,6 @@ def sketch_kron(a: Any, g: Any, k_in: int, k_out: int, seed: int, layer: int) ->
     k_in, k_out = int_arg(k_in, "k_in", "sketch_kron"), int_arg(k_out, "k_out", "sketch_kron")
     seed, layer = int_arg(seed, "seed", "sketch_kron"), int_arg(layer, "layer", "sketch_kron")
     return back(torch.ops.tikmix.sketch_kron.default(at, gt, k_in, k_out, seed, layer))
-
-
-@torch.library.register_fake("tikmix::sketch_kron")
-def _sketch_kron_fake(a, g, k_in, k_out, seed, layer):
-    # Detailed checks (dtypes, k ranges, seed) live in the real kernel: reduce_checks.h.
-    torch._check(a.dim() == 3 and g.dim() == 3, lambda: "tikmix.sketch_kron: a and g must be 3-D")
-    torch._check(a.shape[0] == g.shape[0], lambda: "tikmix.sketch_kron: a and g must have the same N")
-    return a.new_empty((a.shape[0], k_in * k_out), dtype=torch.float32)
 
 
 def _sketch_kron_backward(ctx, grad):

@@ -1,13 +1,16 @@
-"""Typed wrappers, fake kernels and autograd of the reduce family: segment_sum, segment_mean, group_influence,
+"""Typed wrappers and autograd of the reduce family: segment_sum, segment_mean, group_influence,
 mixture_scores.
 
 Numerical contracts (summation order, draw counts, draw hash) are stated once in
-csrc/include/tikmix/reduce_kernels.h; detailed input checks live in the real kernels
-(csrc/binding/reduce_checks.h), fakes only compute output metadata.
+csrc/include/tikmix/reduce_kernels.h. Input checks live in C++ (csrc/binding/reduce_checks.h), called by the CPU,
+CUDA and Meta kernels alike: meta tensors, FakeTensor and ``torch.compile`` reject bad input at trace time with the
+real kernel's message. Checks that need the data (ids in range, finite values, candidate weights) run only in the
+real kernels.
 
 Autograd: ``segment_sum``/``segment_mean`` and ``group_influence`` are linear in their float inputs and have
 backward formulas (plain torch ops, so double backward works too). ``mixture_scores`` has none: its outputs are
-labels for a surrogate model, and its gradient would need the resampling multiplicities of every candidate.
+labels for a surrogate model, and its gradient would need the resampling multiplicities of every candidate; its
+registered backward raises NotImplementedError (the forward works on inputs that require grad).
 """
 from __future__ import annotations
 
@@ -20,31 +23,21 @@ from ._interop import as_optional_tensor, as_tensor, check_devices, int_arg
 
 __all__ = ["segment_sum", "segment_mean", "group_influence", "mixture_scores"]
 
-def _check_fake_segment(op: str, x, ids, num_groups: int) -> None:
-    torch._check(x.dim() == 2, lambda: f"tikmix.{op}: x must be 2-D [N, k]")
-    torch._check(ids.dim() == 1, lambda: f"tikmix.{op}: ids must be 1-D [N]")
-    torch._check(num_groups >= 1, lambda: f"tikmix.{op}: num_groups must be >= 1")
-
 
 # ---- segment_sum ------------------------------------------------------------------------------------------------
 def segment_sum(x: Any, ids: Any, num_groups: int) -> Any:
     """Deterministic row sums per group: ``out[j] = Σ_{z: ids[z]=j} x[z]`` → ``[num_groups, k]`` in x's dtype.
 
-    ``x``: ``[N, k]`` float32/float64; ``ids``: ``[N]`` int64/int32 in ``[0, num_groups)``. Same bits every run,
-    for any thread count, and on CUDA (fixed 4096-row chunk order, reduce_kernels.h). Empty groups give zeros.
+    ``x``: ``[N, k]`` float32/float64; ``ids``: ``[N]`` int64/int32 in ``[0, num_groups)``; ``num_groups`` in
+    ``[1, 2^31)``. Same bits every run, for any thread count, and on CUDA (fixed 4096-row chunk order,
+    reduce_kernels.h). Empty groups give zeros. Sums follow IEEE arithmetic in x's dtype, like ``torch.sum``: NaN/inf
+    in x propagate, and a sum beyond the dtype's range is ±inf.
     """
     xt, back = as_tensor(x, "x")
     it, _ = as_tensor(ids, "ids")
     check_devices("segment_sum", x=xt, ids=it)
     num_groups = int_arg(num_groups, "num_groups", "segment_sum")
     return back(torch.ops.tikmix.segment_sum.default(xt, it, num_groups))
-
-
-@torch.library.register_fake("tikmix::segment_sum")
-def _segment_sum_fake(x, ids, num_groups):
-    # Detailed checks (dtypes, lengths, id range) live in the real kernel: reduce_checks.h.
-    _check_fake_segment("segment_sum", x, ids, num_groups)
-    return x.new_empty((num_groups, x.shape[1]))
 
 
 def _segment_sum_backward(ctx, grad):
@@ -76,13 +69,6 @@ def segment_mean(x: Any, ids: Any, num_groups: int) -> Any:
     return back(torch.ops.tikmix.segment_mean.default(xt, it, num_groups))
 
 
-@torch.library.register_fake("tikmix::segment_mean")
-def _segment_mean_fake(x, ids, num_groups):
-    # Detailed checks live in the real kernel: reduce_checks.h.
-    _check_fake_segment("segment_mean", x, ids, num_groups)
-    return x.new_empty((num_groups, x.shape[1]))
-
-
 def _segment_mean_backward(ctx, grad):
     (ids,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
@@ -112,7 +98,12 @@ def group_influence(
 
     ``train``: ``[N, k]``, ``target``: ``[n, k]``, ``precond``: optional ``[k, k]`` (P = I when None), all float32 or
     all float64; ``ids``: ``[N]`` int64/int32 in ``[0, num_groups)``. Returns ``(S [n, num_groups],
-    per_sample [N, n])`` in that dtype; S uses the deterministic segment sum. Non-finite inputs raise ValueError.
+    per_sample [N, n])`` in that dtype; S uses the deterministic segment sum. ``num_groups`` in ``[1, 2^31)``.
+
+    Raises ValueError (naming the argument and the first bad entry) for NaN/±inf in train, target or precond, and
+    when a finite computation leaves the dtype's range: a per-sample product or a domain sum of S that overflows to
+    ±inf (e.g. float32 rows of 1e38 summed over a domain) raises instead of returning inf; rescale the inputs, or
+    use float64.
     """
     tt, back = as_tensor(train, "train")
     it, _ = as_tensor(ids, "ids")
@@ -122,14 +113,6 @@ def group_influence(
     num_groups = int_arg(num_groups, "num_groups", "group_influence")
     s, per_sample = torch.ops.tikmix.group_influence.default(tt, it, num_groups, gt, pt)
     return back(s), back(per_sample)
-
-
-@torch.library.register_fake("tikmix::group_influence")
-def _group_influence_fake(train, ids, num_groups, target, precond=None):
-    # Detailed checks (dtypes, k agreement, finiteness, id range) live in the real kernel: reduce_checks.h.
-    torch._check(train.dim() == 2 and target.dim() == 2, lambda: "tikmix.group_influence: train/target must be 2-D")
-    torch._check(num_groups >= 1, lambda: "tikmix.group_influence: num_groups must be >= 1")
-    return train.new_empty((target.shape[0], num_groups)), train.new_empty((train.shape[0], target.shape[0]))
 
 
 def _group_influence_backward(ctx, grad_s, grad_per_sample):
@@ -165,6 +148,8 @@ def mixture_scores(per_sample: Any, ids: Any, candidates: Any, draws: int, seed:
     row; ``candidates``: ``[C, G]`` non-negative weights (rows normalised). Candidate ``c`` draws ``draws`` rows:
     largest-remainder counts per domain, rows picked by the documented hash of ``(seed, c, domain, t)``; the score
     is their float64-accumulated mean. Bit-identical on CPU and CUDA (contract: reduce_kernels.h).
+    ``draws`` in ``[1, 2^31)``, ``G < 2^20``, ``seed ≥ 0``. Not differentiable: a backward through the scores raises
+    NotImplementedError.
     """
     pt, back = as_tensor(per_sample, "per_sample")
     it, _ = as_tensor(ids, "ids")
@@ -174,9 +159,13 @@ def mixture_scores(per_sample: Any, ids: Any, candidates: Any, draws: int, seed:
     return back(torch.ops.tikmix.mixture_scores.default(pt, it, ct, draws, seed))
 
 
-@torch.library.register_fake("tikmix::mixture_scores")
-def _mixture_scores_fake(per_sample, ids, candidates, draws, seed):
-    # Detailed checks (weights, draws, empty domains, finiteness) live in the real kernel: reduce_checks.h.
-    torch._check(per_sample.dim() == 2 and candidates.dim() == 2, lambda: "tikmix.mixture_scores: 2-D inputs")
-    torch._check(draws >= 1, lambda: "tikmix.mixture_scores: draws must be >= 1")
-    return per_sample.new_empty((candidates.shape[0], per_sample.shape[1]))
+def _mixture_scores_backward(ctx, grad):
+    raise NotImplementedError(
+        "tikmix.mixture_scores has no backward: its scores are labels for a surrogate model, and a gradient would need "
+        "the resampling multiplicities of every candidate; detach per_sample and candidates (or score under "
+        "torch.no_grad())"
+    )
+
+
+# Registered so that a backward through the scores raises instead of silently giving no gradient.
+torch.library.register_autograd("tikmix::mixture_scores", _mixture_scores_backward)

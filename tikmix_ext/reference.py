@@ -71,7 +71,7 @@ def sketch_kron_ref(a: torch.Tensor, g: torch.Tensor, k_in: int, k_out: int, see
     w = torch.einsum("nto,nti->noi", g.double(), a.double())  # materialised per-sample gradients
     r_in = projection_ref(a.shape[2], k_in, kron_seed_ref(seed, layer, 0))
     r_out = projection_ref(g.shape[2], k_out, kron_seed_ref(seed, layer, 1))
-    return w.reshape(w.shape[0], -1) @ torch.kron(r_out, r_in)
+    return w.reshape(w.shape[0], w.shape[1] * w.shape[2]) @ torch.kron(r_out, r_in)  # explicit: N may be 0
 
 
 def segment_sum_ref(x: torch.Tensor, ids: torch.Tensor, num_groups: int) -> torch.Tensor:

@@ -1,8 +1,11 @@
-"""Typed wrappers, fake kernels and autograd of the sketch family: sketch, sketch_accumulate_, projection.
+"""Typed wrappers and autograd of the sketch family: sketch, sketch_accumulate_, projection.
 
 The projection R is defined once, in csrc/include/tikmix/rng.h (the RNG contract): ``R[r, c] = ±1/√k`` with the sign
-a pure function of ``(seed, r, c)``. Detailed input checks live in the real kernels (csrc/binding/sketch_checks.h);
-the wrappers only check the Python types of the integer arguments, and fakes only compute output metadata.
+a pure function of ``(seed, r, c)``. Input checks live in C++ (csrc/binding/sketch_checks.h), called by the CPU,
+CUDA and Meta kernels alike (and by projection's fake), so meta tensors, FakeTensor and ``torch.compile`` reject bad
+input at trace time with the real kernel's message. The wrappers check the Python types and int64 range of the
+integer arguments (the raw ``torch.ops.tikmix`` ops parse them as int64 before any tikmix code runs, so a value
+beyond int64 raises torch's RuntimeError there, and ValueError here).
 """
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ from typing import Any, Optional
 
 import torch
 
-from . import _load  # noqa: F401  (registers torch.ops.tikmix)
 from ._interop import as_optional_tensor, as_tensor, check_devices, int_arg
+from ._load import _C  # loading it registers torch.ops.tikmix
 
 __all__ = ["sketch", "sketch_accumulate_", "projection", "MAX_ROWS", "MAX_K"]
 
@@ -45,13 +48,6 @@ def sketch(x: Any, k: int, seed: int, offset: int = 0, scale: Optional[Any] = No
     st = as_optional_tensor(scale, "scale")
     check_devices(op, x=xt, scale=st)
     return back(torch.ops.tikmix.sketch.default(xt, k, seed, offset, st))
-
-
-@torch.library.register_fake("tikmix::sketch")
-def _sketch_fake(x, k, seed, offset=0, scale=None):
-    # Detailed checks (dtypes, k, seed, offset range, scale shape) live in the real kernel: sketch_checks.h.
-    torch._check(x.dim() == 2, lambda: "tikmix.sketch: x must be 2-D [N, d]")
-    return x.new_empty((x.shape[0], k), dtype=torch.float32)
 
 
 def _transposed_sketch(grad: torch.Tensor, d: int, seed: int, offset: int, rows_per_chunk: int = 1 << 16):
@@ -103,22 +99,26 @@ def sketch_accumulate_(out: Any, x: Any, seed: int, offset: int = 0, scale: Opti
     ``offset`` and ``scale`` are as in :func:`sketch`. Streaming a long vector segment by segment, each with its
     global ``offset``, accumulates the sketch of the whole vector without a temporary of out's size (equal to
     :func:`sketch` of the concatenation up to float32 rounding; bit-exact for small-integer data).
-    Not differentiable (it mutates ``out``).
+
+    Raises:
+        ValueError: ``x`` or ``scale`` shares memory with ``out`` (e.g. ``x = out[:, :d]``): out is written while they
+            are read, so pass a copy. ``out`` is a read-only numpy array (it could not be updated in place).
+        TypeError: ``out`` is neither a torch.Tensor, a numpy array nor a cupy array (e.g. an immutable jax array).
+        RuntimeError: ``out`` is a leaf tensor that requires grad while grad mode is on, like torch's in-place ops.
+        NotImplementedError: ``out``, ``x`` or ``scale`` requires grad (the op is not differentiable; use
+            :func:`sketch`, which is, and add).
+
+    Like torch's in-place ops, it bumps ``out``'s version counter, so autograd notices if ``out`` was saved for a
+    backward pass.
     """
     op = "sketch_accumulate_"
     seed = int_arg(seed, "seed", op, 0)
     offset = int_arg(offset, "offset", op, 0, MAX_ROWS)
-    out_t, _ = as_tensor(out, "out")
+    out_t, _ = as_tensor(out, "out", written=True)
     xt, _ = as_tensor(x, "x")
     st = as_optional_tensor(scale, "scale")
     check_devices(op, out=out_t, x=xt, scale=st)
     torch.ops.tikmix.sketch_accumulate_.default(out_t, xt, seed, offset, st)
-
-
-@torch.library.register_fake("tikmix::sketch_accumulate_")
-def _sketch_accumulate_fake(out, x, seed, offset=0, scale=None):
-    # Detailed checks live in the real kernel (sketch_checks.h); nothing to compute for a mutating op.
-    return None
 
 
 def projection(rows: int, k: int, seed: int, offset: int = 0) -> torch.Tensor:
@@ -136,6 +136,8 @@ def projection(rows: int, k: int, seed: int, offset: int = 0) -> torch.Tensor:
 
 @torch.library.register_fake("tikmix::projection")
 def _projection_fake(rows, k, seed, offset=0):
-    # No tensor inputs: the output lives on the CPU, like the real kernel's (under fake mode this is a FakeTensor).
+    # No tensor inputs, so no C++ Meta kernel: the fake calls the kernel's own checks, and its output lives on the CPU
+    # like the real kernel's (under fake mode this is a FakeTensor).
+    _C.check_projection_inputs(rows, k, seed, offset)
     return torch.empty((rows, k), dtype=torch.float32, device="cpu")
 

@@ -4,6 +4,7 @@
 // csrc/include/tikmix/rng.h.
 #include <torch/extension.h>
 
+#include "sketch_checks.h"
 #include "tikmix/rng.h"
 #include "tikmix/sketch_kernels.h"
 
@@ -52,11 +53,25 @@ pybind11::dict build_info() {
   return info;
 }
 
+// The C++ checks, raising Python's ValueError/TypeError like the ops do.
+void check_projection_inputs(int64_t rows, int64_t k, int64_t seed, int64_t offset) {
+  try {
+    tikmix::binding::check_projection_inputs(rows, k, seed, offset);
+  } catch (const c10::ValueError& e) {
+    throw pybind11::value_error(e.what_without_backtrace());
+  } catch (const c10::TypeError& e) {
+    throw pybind11::type_error(e.what_without_backtrace());
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, module) {
   module.doc() = "tikmix native ops; the ops themselves are reached through torch.ops.tikmix";
   module.def("build_info", &build_info, "Versions and features this extension was built with.");
+  module.def("check_projection_inputs", &check_projection_inputs, pybind11::arg("rows"), pybind11::arg("k"),
+             pybind11::arg("seed"), pybind11::arg("offset"),
+             "projection's input checks (its fake calls them; the kernel calls the same C++ function).");
   module.attr("rng_max_rows") = pybind11::int_(tikmix::kMaxRows);
   module.attr("rng_max_k") = pybind11::int_(tikmix::kMaxK);
 }

@@ -243,6 +243,7 @@ std::tuple<at::Tensor, at::Tensor> group_influence_cpu(const at::Tensor& train, 
   } else {
     segment_into<double>(per_sample, plan, num_groups, /*mean=*/false, sums);
   }
+  check_group_sums_finite(sums);
   return {sums.t().contiguous(), per_sample};
 }
 

@@ -156,6 +156,7 @@ std::tuple<at::Tensor, at::Tensor> group_influence_cuda(const at::Tensor& train,
   const at::Tensor q = precond.has_value() ? at::mm(target, *precond) : target;
   at::Tensor per_sample = at::mm(train, q.t()).contiguous();
   at::Tensor sums = segment_into_new(per_sample, plan, num_groups, /*mean=*/false);
+  check_group_sums_finite(sums);
   return {sums.t().contiguous(), per_sample};
 }
 

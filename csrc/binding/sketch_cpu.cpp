@@ -63,17 +63,13 @@ at::Tensor sketch_cpu(const at::Tensor& x, int64_t k, int64_t seed, int64_t offs
 
 void sketch_accumulate_cpu(at::Tensor& out, const at::Tensor& x, int64_t seed, int64_t offset,
                            const std::optional<at::Tensor>& scale) {
-  TORCH_CHECK_VALUE(out.dim() == 2, "tikmix.sketch_accumulate_: out must be 2-D [N, k], got shape ", out.sizes());
-  check_sketch_inputs(x, out.size(1), seed, offset, scale);
-  check_sketch_out(out, x);
+  check_sketch_accumulate_inputs(out, x, seed, offset, scale);
+  check_sketch_accumulate_no_overlap(out, x, scale);
   run_sketch(out, /*accumulate=*/true, x, seed, offset, scale);
 }
 
 at::Tensor projection_cpu(int64_t rows, int64_t k, int64_t seed, int64_t offset) {
-  check_k(k);
-  check_seed(seed);
-  TORCH_CHECK_VALUE(rows >= 0, "tikmix.projection: rows must be >= 0, got ", rows);
-  check_rows(offset, rows, "projection");
+  check_projection_inputs(rows, k, seed, offset);
   at::Tensor out = at::empty({rows, k}, at::TensorOptions().dtype(at::kFloat));
   const float value = float(1.0 / std::sqrt(double(k)));
   float* base = out.data_ptr<float>();

@@ -57,9 +57,8 @@ at::Tensor sketch_cuda(const at::Tensor& x, int64_t k, int64_t seed, int64_t off
 
 void sketch_accumulate_cuda(at::Tensor& out, const at::Tensor& x, int64_t seed, int64_t offset,
                             const std::optional<at::Tensor>& scale) {
-  TORCH_CHECK_VALUE(out.dim() == 2, "tikmix.sketch_accumulate_: out must be 2-D [N, k], got shape ", out.sizes());
-  check_sketch_inputs(x, out.size(1), seed, offset, scale);
-  check_sketch_out(out, x);
+  check_sketch_accumulate_inputs(out, x, seed, offset, scale);
+  check_sketch_accumulate_no_overlap(out, x, scale);
   const c10::cuda::CUDAGuard guard(x.device());
   run_sketch_cuda(out, /*accumulate=*/true, x, seed, offset, scale);
 }
