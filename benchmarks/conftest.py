@@ -46,16 +46,19 @@ def size(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def measure(benchmark: Any, size: str) -> Callable[..., Any]:
-    """``measure(fn, group=..., role="case"|"baseline", rounds=N, **info)``: time ``fn`` (one warm-up round,
-    then ``rounds`` rounds of one call; one round at smoke size) and return its last result."""
+    """``measure(fn, group=..., role="case"|"baseline", rounds=N, warmup=1, **info)``: time ``fn`` (``warmup``
+    untimed calls, then ``rounds`` rounds of one call; one round and no warm-up at smoke size) and return its last
+    result. ``measure.benchmark`` is the pytest-benchmark fixture (for ``extra_info`` known only afterwards)."""
 
-    def run(fn: Callable[[], Any], *, group: str, role: str = "case", rounds: int = 3, **info: Any) -> Any:
+    def run(fn: Callable[[], Any], *, group: str, role: str = "case", rounds: int = 3, warmup: int = 1,
+            **info: Any) -> Any:
         if role not in ("case", "baseline"):
             raise ValueError(f"role must be 'case' or 'baseline', got {role!r}")
         benchmark.group = group
         benchmark.extra_info.update(role=role, size=size, **info)
         if size == "smoke":
-            rounds = 1
-        return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0 if size == "smoke" else 1)
+            rounds, warmup = 1, 0
+        return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
 
+    run.benchmark = benchmark  # type: ignore[attr-defined]
     return run
