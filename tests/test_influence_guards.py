@@ -24,8 +24,7 @@ def _model(**kw):
     return TinyLM(d=8, **kw).eval()
 
 
-@pytest.mark.parametrize("mode", ["group", "per_sample"])
-@pytest.mark.parametrize("how", ["whole", "submodules"])
+@pytest.mark.parametrize("mode,how", [("group", "whole"), ("per_sample", "whole"), ("per_sample", "submodules")])
 def test_compiled_model_gives_the_eager_result(mode, how):
     doms, tgts = make_data(n_domains=2, n_targets=1)
     ref = _gi(_model(), mode=mode).compute(doms, tgts).S

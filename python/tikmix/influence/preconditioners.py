@@ -15,6 +15,14 @@
   (``damping`` times the mean eigenvalue; ``damping`` itself if ΦᵀΦ is zero). Applied to the target rows, ``P·t_i``
   (equivalent to passing ``P`` as ``group_influence``'s ``precond``, as P is symmetric), through the Woodbury identity
   in N×N when N < K, otherwise through a K×K Cholesky solve; always in float64.
+
+  Across ranks: group mode's Φ has one row per micro-batch (on sharded models, per lockstep step: the ranks'
+  micro-batches of that step together), so S depends on how samples are grouped into micro-batches — unlike
+  ``identity`` and ``adam``, whose S is a plain sum. Ranks that hold the same micro-batches as one process agree with
+  it to float32 summation order (the Gram matrix ΦᵀΦ and its row count are all-reduced in float64; tested to 1e-5
+  relative); a different grouping of the same samples (e.g. ``samples[rank::world]`` batched per rank instead of
+  contiguous batches) changes Φ, and S by up to ~1e-3 relative on small runs — a property of the estimator, not
+  rounding. ``mode="per_sample"`` builds Φ from samples and does not depend on the grouping.
 """
 from __future__ import annotations
 
