@@ -48,6 +48,8 @@ def scenarios(world: int) -> List[Dict[str, Any]]:
               4: {"group-exact", "group-adam", "group-gauss_newton", "per_sample-identity", "per_sample-gauss_newton"}}
     if world in subset:
         out = [sc for sc in out if sc["name"] in subset[world]]
+    if os.environ.get("TIKMIX_TEST_BACKEND") == "nccl":  # FSDP2's CPU offload needs an accelerator
+        out.append(dict(name="group-offload", gi=dict(mode="group", k=64), fsdp=dict(offload=True)))
     if world == 4:
         out += [dict(name="hsdp-exact", gi=dict(mode="group", k=None), fsdp=dict(hsdp=True)),
                 dict(name="hsdp-gauss_newton", gi=dict(mode="group", k=64, preconditioner="gauss_newton"),
@@ -91,14 +93,16 @@ def adam_for(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def shard(model: torch.nn.Module, world: int, hsdp: bool = False, mixed: bool = False,
-          reshard_after_forward: bool = True) -> torch.nn.Module:
+          reshard_after_forward: bool = True, offload: bool = False) -> torch.nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     mesh = (init_device_mesh(device, (2, world // 2), mesh_dim_names=("replicate", "shard")) if hsdp
             else init_device_mesh(device, (world,)))
     kw: Dict[str, Any] = dict(mesh=mesh, reshard_after_forward=reshard_after_forward)
+    if offload:
+        kw["offload_policy"] = CPUOffloadPolicy()
     if mixed:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in (model.fc1, model.fc2, model.mix):  # tok/head are tied: they stay in the root's group

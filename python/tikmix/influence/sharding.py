@@ -75,13 +75,16 @@ class ShardSpec:
 
 
 def _placement_ok(placement: Any) -> bool:
+    """``Replicate()`` or a plain ``Shard(0)`` (not a strided shard, whose local rows are not contiguous)."""
     from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor import placement_types
 
-    strided = getattr(__import__("torch.distributed.tensor.placement_types", fromlist=["_StridedShard"]),
-                      "_StridedShard", ())
+    strided = getattr(placement_types, "_StridedShard", None)
     if isinstance(placement, Replicate):
         return True
-    return isinstance(placement, Shard) and not (strided and isinstance(placement, strided)) and placement.dim == 0
+    if strided is not None and isinstance(placement, strided):
+        return False
+    return isinstance(placement, Shard) and placement.dim == 0
 
 
 def shard_spec(name: str, param: torch.Tensor) -> ShardSpec:
