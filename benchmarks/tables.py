@@ -1,5 +1,6 @@
 """Markdown tables from a pytest-benchmark JSON file: one table per comparison group, each case as a ratio to
-its group's baseline (the minimum over rounds of both; the median beside it). A benchmark that times its work
+its group's baseline (the minimum over rounds of both; the median beside it). Groups whose benchmarks record
+``extra_info["mean_test_loss"]`` (mixing quality) get that column too. A benchmark that times its work
 itself (in worker processes) puts that time in ``extra_info["inner_s"]``; it is then the time reported.
 
     pytest benchmarks/ --benchmark-only --benchmark-json=bench.json
@@ -59,7 +60,9 @@ def tables(report: dict[str, Any]) -> str:
         base = _time(baselines[0])[0] if baselines else None
         base_name = _label(baselines[0]) if baselines else None
         out += ["", f"**{group}**", ""]
-        out += [f"| case | time | rounds | vs {base_name or 'baseline'} |", "|---|---|---|---|"]
+        extra = "mean_test_loss" in benches[0].get("extra_info", {})
+        head = f"| case | time | rounds | vs {base_name or 'baseline'} |" + (" mean test loss |" if extra else "")
+        out += [head, "|---|---|---|---|" + ("---|" if extra else "")]
         for b in benches:
             t, shown = _time(b)
             if b in baselines:
@@ -68,7 +71,10 @@ def tables(report: dict[str, Any]) -> str:
                 ratio = f"**{t / base:.2f}×**"
             else:
                 ratio = "no baseline in this group"
-            out.append(f"| {_label(b)} | {shown} | {b['stats']['rounds']} | {ratio} |")
+            row = f"| {_label(b)} | {shown} | {b['stats']['rounds']} | {ratio} |"
+            if extra:
+                row += f" {b['extra_info'].get('mean_test_loss', float('nan')):.4f} |"
+            out.append(row)
     return "\n".join(out) + "\n"
 
 

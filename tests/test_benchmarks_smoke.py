@@ -22,7 +22,8 @@ def test_benchmark_suite_and_tables_run(tmp_path: pathlib.Path) -> None:
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     groups = {b["group"] for b in report["benchmarks"]}
-    for prefix in ("sketch CPU", "influence CPU", "influence FSDP CPU", "TiKMiX-D", "TiKMiX-M labels", "sampler"):
+    for prefix in ("sketch CPU", "influence CPU", "influence FSDP CPU", "TiKMiX-D", "TiKMiX-M labels", "sampler",
+                   "mixing quality"):
         assert any(g.startswith(prefix) for g in groups), f"no benchmark group {prefix!r} ran: {sorted(groups)}"
     for group in groups:  # every CPU comparison ran with its baseline
         roles = [b["extra_info"]["role"] for b in report["benchmarks"] if b["group"] == group]
