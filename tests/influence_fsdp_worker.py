@@ -48,6 +48,11 @@ def scenarios(world: int) -> List[Dict[str, Any]]:
               4: {"group-exact", "group-adam", "group-gauss_newton", "per_sample-identity", "per_sample-gauss_newton"}}
     if world in subset:
         out = [sc for sc in out if sc["name"] in subset[world]]
+    if world == 2:  # refusals
+        out += [dict(name="per_sample-hidden-path", gi=dict(mode="per_sample", k=64), hidden_path=True,
+                     raises="do not match autograd's on a sharded model"),
+                dict(name="no-sync", gi=dict(mode="group", k=64), no_sync=True,
+                     raises="gradient synchronisation disabled")]
     if os.environ.get("TIKMIX_TEST_BACKEND") == "nccl":  # FSDP2's CPU offload needs an accelerator
         out.append(dict(name="group-offload", gi=dict(mode="group", k=64), fsdp=dict(offload=True)))
     if world == 4:
@@ -76,9 +81,9 @@ def step_batches(batches: List[torch.Tensor], world: int) -> List[torch.Tensor]:
     return [torch.cat(batches[s : s + world]) for s in range(0, len(batches), world)]
 
 
-def base_model() -> TinyLM:
+def base_model(cls: type = TinyLM) -> TinyLM:
     torch.manual_seed(0)
-    return TinyLM(d=D).eval()
+    return cls(d=D).eval()
 
 
 def adam_for(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -111,6 +116,13 @@ def shard(model: torch.nn.Module, world: int, hsdp: bool = False, mixed: bool = 
     return model
 
 
+class HiddenPath(TinyLM):
+    """ln.weight also used outside LayerNorm's forward: a gradient path the per-sample hooks cannot see."""
+
+    def forward(self, idx):
+        return super().forward(idx) * (1 + 0.5 * self.ln.weight.mean())  # scales the logits
+
+
 def compute(model, scenario, doms, tgts, optimizer=None):
     from tikmix.influence import GroupInfluence
 
@@ -118,6 +130,11 @@ def compute(model, scenario, doms, tgts, optimizer=None):
     if gi.get("preconditioner") == "adam":
         gi["optimizer"] = optimizer
     return GroupInfluence(model, lm_loss, seed=3, progress=False, n_bootstrap=50, **gi).compute(doms, tgts)
+
+
+def _fsdp_settings(model) -> list:
+    return [(g.gradient_divide_factor, g.force_sum_reduction_for_comms, g.reduce_grads)
+            for m in model.modules() if hasattr(m, "_get_fsdp_state") for g in m._get_fsdp_state()._fsdp_param_groups]
 
 
 def summary(res) -> Dict[str, Any]:
@@ -138,9 +155,13 @@ def run_rank(out_dir: str) -> None:
     for sc in scenarios(world):
         try:
             fs = dict(sc.get("fsdp", {}))
-            model = shard(base_model().to(device), world, **fs)
+            model = shard(base_model(HiddenPath if sc.get("hidden_path") else TinyLM).to(device), world, **fs)
             opt = adam_for(model) if sc["gi"].get("preconditioner") == "adam" else None
+            if sc.get("no_sync"):
+                model.set_requires_gradient_sync(False)
+            before = _fsdp_settings(model)
             results[sc["name"]] = summary(compute(model, sc, doms, tgts, opt))
+            results[sc["name"]]["fsdp_settings_restored"] = _fsdp_settings(model) == before
         except Exception:  # reported by the test with the scenario's name
             results[sc["name"]] = {"error": traceback.format_exc()}
     results["tp-raises"] = tp_raises(device)

@@ -62,6 +62,7 @@ def _check_scenario(sc: dict, got: dict, world: int) -> None:
         assert "error" in got and sc["raises"] in got["error"], (name, got.get("error", "no error"))
         return
     assert "error" not in got, f"{name}:\n{got.get('error')}"
+    assert got["fsdp_settings_restored"], f"{name}: the model's FSDP reduction settings were not restored"
     ref = worker.reference(sc, world)
     scale = float(ref.S.abs().max())
     if sc.get("tol") == "bf16":
