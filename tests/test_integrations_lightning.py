@@ -60,7 +60,8 @@ def test_lightning_three_stages_and_exact_resume(tmp_path):
     weights = [tuple(ctl.history["initial_weights"])] + [tuple(r["weights"]) for r in hist]
     assert weights[0] != weights[1] and weights[1] != weights[2]
     for r in hist:
-        assert sampler.weights_at(r["applies_from_step"]) == pytest.approx(r["weights"])
+        # the sampler realises the weights on its grid of 1 / lcm(batch_size, 10080)
+        assert sampler.weights_at(r["applies_from_step"]) == pytest.approx(r["weights"], abs=1.0 / 10080)
     expected = sampler.global_indices(0, 9)
     ref = torch.stack([train[int(i)]["input_ids"] for i in expected])
     assert torch.equal(torch.cat(module.seen), ref)  # one sampler step per optimizer step, in order
