@@ -119,7 +119,10 @@ class GroupInfluence:
 
     Distributed: under an initialised ``torch.distributed`` process group, every rank passes *its own* batches to
     :meth:`compute` (same domain/target names everywhere); sketches and counts are summed across ranks
-    (:mod:`.distributed`), and every rank returns the same result — the one a single process gets on the union.
+    (:mod:`tikmix._distributed`), and every rank returns the same result — the one a single process gets on the
+    union. FSDP2 (``fully_shard``, HSDP) models: pass the sharded model; each rank sketches its shards at their global
+    offsets and nothing is gathered (:mod:`.sharding`). ``torch.compile``'d models work in both modes (per-sample
+    passes run the compiled code eagerly).
     """
 
     def __init__(

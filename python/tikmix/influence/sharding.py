@@ -28,7 +28,8 @@ from torch import nn
 
 from .. import _distributed as dist_utils
 
-__all__ = ["ShardSpec", "is_sharded", "shard_specs", "local_tensor", "fsdp_summed_gradients", "compute_device"]
+__all__ = ["ShardSpec", "Lockstep", "is_sharded", "local_tensor", "shard_spec", "shard_specs", "compute_device",
+           "fsdp_summed_gradients"]
 
 
 def _dtensor_type() -> Optional[type]:
