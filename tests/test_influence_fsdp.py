@@ -3,7 +3,7 @@ unsharded process on the same data, at world sizes 1, 2 and 4, HSDP on a 2x2 mes
 
 Each world size is one torchrun launch that runs every scenario (tests/influence_fsdp_worker.py). Tolerances:
 
-* world size 1: FSDP's all-gather and reduce-scatter are copies, so S is bit-identical in group mode.
+* world size 1 (gloo): FSDP's all-gather and reduce-scatter are copies, so S is bit-identical in group mode.
 * otherwise: FSDP sums the ranks' float32 gradients of a step in a different order than one backward over the
   concatenated batch, and each rank's partial sketch is summed over ranks in float32; every coordinate then differs by
   a few float32 roundings of its largest terms (relative ~1e-6 here), so S agrees to ``1e-5 · max|S|``.
@@ -68,7 +68,7 @@ def _check_scenario(sc: dict, got: dict, world: int) -> None:
     if sc.get("tol") == "bf16":
         torch.testing.assert_close(got["S"], ref.S, rtol=0, atol=2e-2 * scale, msg=name)
         return
-    if world == 1 and sc["gi"]["mode"] == "group":
+    if world == 1 and sc["gi"]["mode"] == "group" and BACKEND == "gloo":  # same device and thread count as the reference
         assert torch.equal(got["S"], ref.S), (name, got["S"], ref.S)
     torch.testing.assert_close(got["S"], ref.S, rtol=0, atol=1e-5 * scale, msg=name)
     assert torch.equal(got["samples"], ref.domain_samples) and torch.equal(got["targets"], ref.target_samples), name
