@@ -8,7 +8,6 @@ samples. Run as ``python influence_fsdp_worker.py OUT_DIR`` under torchrun, or t
 """
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import traceback

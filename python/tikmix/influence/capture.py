@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .. import _distributed as dist_utils
-from .sharding import ShardSpec, is_sharded, local_tensor
+from .sharding import ShardSpec, local_tensor
 from .hook_rules import HookRule, hook_rule, is_factorable
 from .sketch_space import Projector, Slot
 
@@ -235,16 +235,11 @@ class PerSampleCapture:
     def _check_sharded_sources(self) -> None:
         if not self.shards:
             return
-        if self.projector.scales:
-            raise NotImplementedError(
-                "preconditioner='adam' with mode='per_sample' on a sharded (FSDP2/DTensor) model: a per-sample "
-                "gradient is whole on the rank that holds the sample, while Adam's second moments are sharded over "
-                "the ranks, and applying them would gather them; use mode='group' (exact on sharded models)")
         func = [s.name for s in self.slots if self.source[s.index] == "func"]
         if func:
             raise NotImplementedError(
                 "per-sample influence on a sharded (FSDP2/DTensor) model captures per-sample gradients with module "
-                "hooks only (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm running their stock forward); these "
+                "hooks only (the rules of tikmix.influence.hook_rules: nn.Linear, nn.Embedding, norms, ...); these "
                 "selected parameters would need torch.func over unsharded parameters: " + ", ".join(func[:8])
                 + (" ..." if len(func) > 8 else "") + ". Use mode='group', or params= without them")
 

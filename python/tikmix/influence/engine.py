@@ -201,6 +201,11 @@ class GroupInfluence:
         self.device = devices.pop()
         # sharded (DTensor) parameters: each rank sketches its local shard at its global offset (.sharding)
         self._shards = shard_specs(self.named_params)
+        if self._shards and mode == "per_sample" and preconditioner == "adam":
+            raise NotImplementedError(
+                "preconditioner='adam' with mode='per_sample' on a sharded (FSDP2/DTensor) model: a per-sample "
+                "gradient is whole on the rank that holds the sample, while Adam's second moments are sharded over "
+                "the ranks, and applying them would gather them; use mode='group' (exact on sharded models)")
         self._batch_device = compute_device(self.named_params) or self.device
         self._all_params = list(model.parameters())  # outside a forward: FSDP2's sharded parameters
         owners = parameter_owners(model)
