@@ -47,8 +47,10 @@ def scenarios(world: int) -> List[Dict[str, Any]]:
               4: {"group-exact", "group-adam", "group-gauss_newton", "per_sample-identity", "per_sample-gauss_newton"}}
     if world in subset:
         out = [sc for sc in out if sc["name"] in subset[world]]
-    if world == 2:  # refusals
-        out += [dict(name="per_sample-hidden-path", gi=dict(mode="per_sample", k=64), hidden_path=True,
+    if world == 2:  # blocks compiled before sharding (as torchtitan does), and refusals
+        out += [dict(name="group-compiled", gi=dict(mode="group", k=64), fsdp=dict(compile_blocks=True)),
+                dict(name="per_sample-compiled", gi=dict(mode="per_sample", k=64), fsdp=dict(compile_blocks=True)),
+                dict(name="per_sample-hidden-path", gi=dict(mode="per_sample", k=64), hidden_path=True,
                      raises="do not match autograd's on a sharded model"),
                 dict(name="no-sync", gi=dict(mode="group", k=64), no_sync=True,
                      raises="gradient synchronisation disabled")]
@@ -97,7 +99,7 @@ def adam_for(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def shard(model: torch.nn.Module, world: int, hsdp: bool = False, mixed: bool = False,
-          reshard_after_forward: bool = True, offload: bool = False) -> torch.nn.Module:
+          reshard_after_forward: bool = True, offload: bool = False, compile_blocks: bool = False) -> torch.nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -110,6 +112,8 @@ def shard(model: torch.nn.Module, world: int, hsdp: bool = False, mixed: bool = 
     if mixed:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in (model.fc1, model.fc2, model.mix):  # tok/head are tied: they stay in the root's group
+        if compile_blocks:
+            block.compile()
         fully_shard(block, **kw)
     fully_shard(model, **kw)
     return model
