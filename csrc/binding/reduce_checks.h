@@ -52,6 +52,15 @@ inline void check_num_groups(const char* op, int64_t num_groups) {
                     ": num_groups must be in [1, 2^31), got ", num_groups);
 }
 
+// A host buffer of `count` elements of `bytes` each, sized by the argument `arg`, could not be allocated: raise
+// torch.OutOfMemoryError naming that argument (instead of a bare std::bad_alloc).
+[[noreturn]] inline void fail_out_of_memory(const char* op, const char* what, int64_t count, int64_t bytes,
+                                            const char* arg) {
+  TORCH_CHECK_WITH(OutOfMemoryError, false, "tikmix.", op, ": out of memory allocating ", what, " (", count, " × ",
+                   bytes, " bytes, sized by ", arg, "); use a smaller ", arg);
+  __builtin_unreachable();
+}
+
 // `range` names the bound in the message, e.g. "num_groups" or "G = candidates.size(1)".
 [[noreturn]] inline void fail_bad_id(const char* op, int64_t index, int64_t value, int64_t num_groups,
                                      const char* range) {

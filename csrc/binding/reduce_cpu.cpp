@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <new>
 #include <tuple>
 #include <vector>
 
@@ -35,7 +36,13 @@ struct SegmentPlan {
 SegmentPlan make_plan(const char* op, const at::Tensor& ids, int64_t num_groups, const char* range) {
   const at::Tensor c = ids.contiguous();
   const int64_t n = c.numel();
-  SegmentPlan plan{std::vector<int64_t>(size_t(num_groups) + 1), std::vector<int64_t>(size_t(n))};
+  SegmentPlan plan;
+  try {
+    plan.offsets.resize(size_t(num_groups) + 1);
+    plan.rows.resize(size_t(n));
+  } catch (const std::bad_alloc&) {
+    fail_out_of_memory(op, "the group offsets", num_groups + 1, 8, "num_groups");
+  }
   int64_t bad;
   if (c.scalar_type() == at::kLong) {
     bad = cpu::segment_plan(c.data_ptr<int64_t>(), n, num_groups, plan.offsets.data(), plan.rows.data());
