@@ -1,8 +1,9 @@
 """tikmix_ext — the compiled op layer of tikmix.
 
-Loads the native module ``_C`` (which registers ``torch.ops.tikmix.*``), and provides typed wrappers, fake
-kernels (for torch.compile / FakeTensor) and autograd registrations for every op. ``python -m tikmix_ext.info``
-prints what this build contains.
+Loads the native module ``_C`` (which registers ``torch.ops.tikmix.*`` with CPU, CUDA and Meta kernels; the Meta
+kernels serve meta tensors, FakeTensor and torch.compile and run the real kernels' input checks), and provides typed
+wrappers and autograd registrations for every op. :func:`has_kernel` says whether this build runs an op on a
+device; ``python -m tikmix_ext.info`` prints what this build contains.
 """
 from __future__ import annotations
 
