@@ -18,5 +18,5 @@ command -v cmake >/dev/null || pip_install "cmake>=3.25"
 command -v ninja >/dev/null || pip_install ninja
 echo "[tikmix] building tikmix against torch $("$PY" -c 'import torch; print(torch.__version__)')" >&2
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-  pip_install --no-build-isolation -e ".[test]"
+  pip_install --no-build-isolation -e ".[all,test]"
 "$PY" -m tikmix_ext.info >&2

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ._extras import require
+
 __all__ = ["load", "format_tables", "plot_all", "render"]
 
 DEMO_FORMAT = "tikmix.demo/1"
@@ -157,8 +159,7 @@ def _history_tables(history: Mapping[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------- plots
 def _plt() -> Any:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots", "plotting")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
+from .._extras import progress_bar, require
 from .token_file import TokenFileWriter
 
 __all__ = ["TEXT_FORMATS", "detect_format", "check_text_source", "iter_texts", "tokenize_to_token_file"]
@@ -53,7 +54,7 @@ def _jsonl(path: Path, field: str) -> Iterator[str]:
 
 
 def _parquet(path: Path, field: str, batch_rows: int = 1024) -> Iterator[str]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "data", "reading parquet sources")
 
     try:
         pf = pq.ParquetFile(path)
@@ -123,8 +124,6 @@ def tokenize_to_token_file(
     documents and shows tokens/s; on error the partial file is removed. Returns ``{"path", "num_docs", "num_tokens",
     "seconds", "tokens_per_s"}``; the header records the tokenizer's name, fingerprint, ``vocab_size`` and ``eos_id``.
     """
-    from tqdm.auto import tqdm
-
     srcs = [Path(s) for s in sources]
     if not srcs:
         raise ValueError("sources is empty: give at least one file or folder")
@@ -132,7 +131,7 @@ def tokenize_to_token_file(
             "sources": [str(s) for s in srcs], **(metadata or {})}
     t0 = time.perf_counter()
     n_docs = 0
-    bar = tqdm(desc="tokenize", unit="doc", disable=None if progress is None else not progress, dynamic_ncols=True)
+    bar = progress_bar(progress, "tokenizing", desc="tokenize", unit="doc", dynamic_ncols=True)
     try:
         with TokenFileWriter(out_path, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
                              metadata=meta) as w:

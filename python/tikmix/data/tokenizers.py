@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._extras import require
 from .text import ByteTokenizer
 
 __all__ = ["load_tokenizer", "TokenizerSpecError", "HFTokenizer", "TiktokenBPE", "BytesTokenizer",
@@ -56,7 +57,7 @@ class HFTokenizer:
     """A Hugging Face ``tokenizers`` tokenizer from a local ``tokenizer.json`` (fast, batched in Rust)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        from tokenizers import Tokenizer
+        Tokenizer = require("tokenizers", "data", "HFTokenizer").Tokenizer
 
         self.path = Path(path)
         try:
@@ -86,7 +87,7 @@ class TiktokenBPE:
     """
 
     def __init__(self, path: str | os.PathLike[str], pattern: str = GPT2_PATTERN) -> None:
-        import tiktoken
+        tiktoken = require("tiktoken", "data", "TiktokenBPE")
 
         self.path = Path(path)
         ranks: dict[bytes, int] = {}

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .._extras import progress_bar
 from .._validation import check_int
 from .corpus import DemoCorpus, build_corpus
 from .model import GPT, GPTConfig, sequence_loss
@@ -291,9 +292,8 @@ def run_demo(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=settings.steps * len(methods), unit="step", dynamic_ncols=True, desc="tikmix demo")
+        bar = progress_bar(True, "tikmix demo", total=settings.steps * len(methods), unit="step",
+                           dynamic_ncols=True, desc="tikmix demo")
     results: dict[str, Any] = {}
     try:
         for method in methods:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .. import _distributed as dist_utils
+from .._extras import progress_bar
 from .._validation import check_int
 from .capture import (PerSampleCapture, batch_signature, group_pass, is_factorable, iter_batches, parameter_owners,
                       run_loss, select_parameters, sharded_group_pass)
@@ -511,15 +512,12 @@ class GroupInfluence:
             counts[_TOKENS, j] += tokens
 
     def _progress_bar(self, iterables: Sequence[Any]) -> Any:
-        from tqdm.auto import tqdm
-
         try:
             total: Optional[int] = sum(len(it) for it in iterables)  # type: ignore[arg-type]
         except TypeError:
             total = None
-        disable = True if (self.progress is False or dist_utils.rank() > 0) else (None if self.progress is None
-                                                                                 else False)
-        return tqdm(total=total, desc="influence", unit="batch", disable=disable, leave=False)
+        progress = False if dist_utils.rank() > 0 else self.progress
+        return progress_bar(progress, "GroupInfluence", total=total, desc="influence", unit="batch", leave=False)
 
 
 def _segment_sum(rows: torch.Tensor, ids: torch.Tensor, n_groups: int, dim: int) -> torch.Tensor:

@@ -15,7 +15,10 @@ DistributedDataParallel (or sharded with FSDP2, ``train.parallel: fsdp``; :mod:`
 :class:`tikmix.MixtureSampler`, and influence sketches are all-reduced.
 """
 
-from .config import ConfigError, RunConfig, load_config, validate_config
-from .train import train
+from .._extras import require
+
+require("pydantic", "run", "tikmix run")  # the config schema; before importing it, for a clear message
+from .config import ConfigError, RunConfig, load_config, validate_config  # noqa: E402
+from .train import train  # noqa: E402
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "validate_config", "train"]

@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from tikmix._extras import require
+
 __all__ = [
     "ConfigError",
     "RunConfig",
@@ -522,8 +524,7 @@ def validate_config(raw: Any, base_dir: str | os.PathLike[str] = ".") -> RunConf
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read and validate a YAML config file (relative paths inside are relative to the file's folder)."""
-    import yaml
-
+    yaml = require("yaml", "run", "reading a tikmix run config")
     p = Path(path)
     if not p.is_file():
         raise ConfigError("<file>", f"config file not found: {p}")

@@ -11,6 +11,7 @@ import torch
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, TrainConfig
 from tikmix._distributed import barrier, init_from_env
+from tikmix._extras import progress_bar
 from .model import build_model, check_model, import_callable, vocab_size
 from .parallel import load_sharded, prune_sharded, save_sharded, wrap_model
 from .sources import open_sources, split_targets
@@ -126,9 +127,8 @@ def train(
     loader = iter(DataLoader(dataset, batch_size=sampler.local_batch_size, sampler=sampler))
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=t.steps, initial=start, unit="step", desc="tikmix run", dynamic_ncols=True)
+        bar = progress_bar(True, "tikmix run", total=t.steps, initial=start, unit="step", desc="tikmix run",
+                           dynamic_ncols=True)
 
     def save(step: int) -> None:
         if t.parallel == "fsdp":  # every rank writes its shards (DCP); the checkpoint file names the folder

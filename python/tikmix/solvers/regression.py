@@ -12,6 +12,7 @@ import numpy as np
 from scipy.stats import qmc, spearmanr
 
 from ._resample import mixture_scores_np
+from .._extras import require
 from .._validation import check_int, to_float64_array
 from ._validate import check_mixture
 from .objective import row_scale
@@ -49,7 +50,7 @@ class _LightGBM:
         self.booster: Any = None
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "_LightGBM":
-        import lightgbm as lgb
+        lgb = require("lightgbm", "regression", "solve_regression(model='lightgbm')")
 
         data = lgb.Dataset(X, label=y, params={"verbose": -1}, free_raw_data=True)
         self.booster = lgb.train(self.params, data, num_boost_round=self.rounds)
