@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", type=int, default=None, metavar="TOKENS",
                    help="training tokens per method (default 3,072,000 = 1500 steps x 32 x 64)")
     d.add_argument("--quick", action="store_true", help="a tiny budget for smoke tests (~1 min)")
-    d.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    d.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the numbers are reproducible as printed; the float sums of "
+                        "matmuls depend on the thread count, so other counts give slightly different results)")
     d.add_argument("--methods", default=None,
                    help="comma-separated subset of uniform,static,tikmix-d,tikmix-m (default all but static)")
     d.add_argument("--static-weights", type=_static_weights, default=None, metavar="NAME=W,...",
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-draw the table and plots from a report/history JSON")
     rep.add_argument("file", help="report.json of tikmix demo, or history.json of tikmix run / a Controller")
     rep.add_argument("--out", default=None, help="where the PNGs go (default: next to the file)")
+    rep.add_argument("--prefix", default="", help="prefix of the PNG file names (e.g. demo_)")
 
     t = sub.add_parser("tokenize", help="build a token file once from jsonl / parquet / text sources",
                        description="Tokenise documents (streamed) into one token file, an end-of-document token "
@@ -120,7 +123,7 @@ def _demo(args: argparse.Namespace) -> int:
     steps = settings.steps
     print(f"[tikmix demo] seed {settings.seed}, {steps} steps x {settings.tokens_per_step} tokens per method "
           f"({steps * settings.tokens_per_step:,} tokens), methods: {', '.join(settings.methods)}, "
-          f"device {settings.device}; writing to {out}", flush=True)
+          f"device {settings.device}, {_threads()} torch thread(s); writing to {out}", flush=True)
     t0 = time.perf_counter()
     report = run_demo(settings, out, progress=not args.no_progress, plots=not args.no_plots)
     print()
@@ -128,13 +131,20 @@ def _demo(args: argparse.Namespace) -> int:
     print()
     for name, c in report["comparison"].items():
         verdict = "beats" if c["beats_baseline"] else "does NOT beat"
-        print(f"{name} {verdict} uniform on the mean target loss by {c['mean_delta']:+.4f} "
-              f"({c['mean_delta_pct']:+.1f}%); influence + solving took {100 * c['influence_share']:.1f}% of the training time")
+        print(f"{name} {verdict} uniform on the mean target loss: improvement {c['mean_improvement']:+.4f} "
+              f"({c['mean_improvement_pct']:+.1f}%; uniform loss - {name} loss, > 0 = better); influence + solving "
+              f"took {100 * c['influence_share']:.1f}% of the training time")
     print(f"\nreport: {out / 'report.json'}")
     for p in report.get("plots", []):
         print(f"plot:   {p}")
     print(f"total wall time {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -160,7 +170,7 @@ def _report(args: argparse.Namespace) -> int:
     from tikmix.report import render
 
     try:
-        tables, plots = render(args.file, args.out)
+        tables, plots = render(args.file, args.out, args.prefix)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"tikmix report: error: {exc}", file=sys.stderr)
         return 2
@@ -173,17 +183,21 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tikmix`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None):
-        import torch
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        print(f"tikmix {args.command}: error: --threads must be >= 1, got {threads}", file=sys.stderr)
+        return 2
+    commands = {"demo": _demo, "run": _run, "tokenize": _tokenize, "report": _report}
+    if not threads:
+        return commands[args.command](args)
+    import torch
 
-        torch.set_num_threads(args.threads)
-    if args.command == "demo":
-        return _demo(args)
-    if args.command == "run":
-        return _run(args)
-    if args.command == "tokenize":
-        return _tokenize(args)
-    return _report(args)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return commands[args.command](args)
+    finally:
+        torch.set_num_threads(before)  # main() may run inside another program (or a test): leave it as found
 
 
 if __name__ == "__main__":  # pragma: no cover

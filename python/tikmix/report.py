@@ -25,7 +25,7 @@ import numpy as np
 
 from ._extras import require
 
-__all__ = ["load", "format_tables", "plot_all", "render"]
+__all__ = ["load", "format_tables", "plot_all", "render", "improvement"]
 
 DEMO_FORMAT = "tikmix.demo/1"
 HISTORY_FORMAT = "tikmix.history/1"
@@ -64,6 +64,21 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if not math.isfinite(value) else f"{value:.4f}"
     return str(value)
+
+
+def _seconds(value: float) -> str:
+    """A duration with the precision that means something for wall-clock times: 0.42, 7.3, 118."""
+    if not math.isfinite(value):
+        return "nan"
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def improvement(baseline_loss: float, method_loss: float) -> tuple[float, float]:
+    """The one sign convention of "vs the baseline" in tables, report.json and plots: the improvement
+    ``baseline loss − method loss`` and the same relative to the baseline, in percent. Positive = the method's
+    loss is lower = better."""
+    delta = float(baseline_loss) - float(method_loss)
+    return delta, 100.0 * delta / float(baseline_loss)
 
 
 def _stage_weights(history: Mapping[str, Any]) -> list[tuple[str, list[float]]]:
@@ -107,12 +122,12 @@ def _demo_tables(report: Mapping[str, Any]) -> str:
         for name, m in methods.items():
             if name == base_name:
                 continue
-            d = [base["final"][t] - m["final"][t] for t in targets]
-            dm = base["mean"] - m["mean"]
-            rows.append([name] + [f"{x:+.4f}" for x in d] + [f"{dm:+.4f} ({100 * dm / base['mean']:+.1f}%)"])
+            d = [improvement(base["final"][t], m["final"][t])[0] for t in targets]
+            dm, pct = improvement(base["mean"], m["mean"])
+            rows.append([name] + [f"{x:+.4f}" for x in d] + [f"{dm:+.4f} ({pct:+.1f}%)"])
         if rows:
             parts.append(_table(["method"] + targets + ["mean"], rows,
-                                f"Improvement over {base_name} (baseline loss - method loss; > 0 = better)"))
+                                f"Improvement over {base_name} ({base_name} loss − method loss; > 0 = better)"))
     for name, m in methods.items():
         hist = m.get("history")
         if not hist:
@@ -124,7 +139,8 @@ def _demo_tables(report: Mapping[str, Any]) -> str:
         t = m["timing"]
         overhead = t.get("controller_s", t["influence_s"] + t["solve_s"])
         share = overhead / t["train_s"] if t["train_s"] > 0 else float("nan")
-        rows.append([name, t["train_s"], t["influence_s"], t["solve_s"], overhead, t["eval_s"], f"{100 * share:.1f}%"])
+        rows.append([name] + [_seconds(v) for v in (t["train_s"], t["influence_s"], t["solve_s"], overhead, t["eval_s"])]
+                    + [f"{100 * share:.1f}%"])
     parts.append(_table(["method", "train s", "influence s", "solve s", "controller s", "eval s", "controller/train"],
                         rows, "Time (wall clock; controller = sampling + influence + solving at the boundaries)"))
     return "\n\n".join(parts)
@@ -158,12 +174,46 @@ def _history_tables(history: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- plots
+# One style per method, told apart by colour, line style and marker, so curves that coincide stay visible.
+_STYLES = [("-", "o", "full"), ("--", "s", "none"), (":", "^", "none"), ("-.", "D", "full"), ((0, (5, 1, 1, 1)), "v", "none")]
+
+
 def _plt() -> Any:
     matplotlib = require("matplotlib", "plots", "plotting")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _stage_ranges(history: Mapping[str, Any]) -> list[tuple[int, int | None]]:
+    """``[(first step, end step)]`` of every stage (end exclusive; None if the run's end is unknown)."""
+    starts = [0] + [int(s["applies_from_step"]) for s in history.get("stages", [])]
+    final = history.get("final") or {}
+    end = final.get("step")
+    return [(a, b) for a, b in zip(starts, starts[1:] + [int(end) if end is not None else None])]
+
+
+def _same_runs(runs: Mapping[str, Mapping[str, Any]], key: Any, atol: float) -> list[tuple[list[str], Mapping[str, Any]]]:
+    """Group runs whose ``key(history)`` agree to ``atol``: ``[(names, history)]`` in first-seen order."""
+    groups: list[tuple[list[str], Mapping[str, Any], Any]] = []
+    for name, hist in runs.items():
+        value = np.asarray(key(hist), dtype=float)
+        for names, _, ref in groups:
+            if ref.shape == value.shape and np.allclose(ref, value, rtol=0.0, atol=atol):
+                names.append(name)
+                break
+        else:
+            groups.append(([name], hist, value))
+    return [(names, hist) for names, hist, _ in groups]
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0.0, atol=1e-9))
+
+
+def _group_title(names: Sequence[str], what: str) -> str:
+    return names[0] if len(names) == 1 else f"{' = '.join(names)} (same {what})"
 
 
 def _mixture_plot(ax: Any, history: Mapping[str, Any], domains: Sequence[str], title: str) -> None:
@@ -173,16 +223,153 @@ def _mixture_plot(ax: Any, history: Mapping[str, Any], domains: Sequence[str], t
     bottom = np.zeros(len(stages))
     cmap = _plt().get_cmap("tab10")
     for j, d in enumerate(domains):
-        ax.bar(x, W[:, j], bottom=bottom, color=cmap(j % 10), label=d, width=0.7)
+        ax.bar(x, W[:, j], bottom=bottom, color=cmap(j % 10), label=d, width=0.7, edgecolor="white", lw=0.5)
+        for i in np.flatnonzero(W[:, j] >= 0.07):  # label the shares big enough to hold the text
+            ax.text(x[i], bottom[i] + W[i, j] / 2, f"{W[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white")
         bottom += W[:, j]
-    ax.set_xticks(x, [f"S{i + 1}" for i in x])
+    labels = [f"stage {i + 1}\nsteps {a}–{'end' if b is None else b}" for i, (a, b) in enumerate(_stage_ranges(history))]
+    ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("weight")
-    ax.set_title(title)
+    ax.set_ylabel("domain weight")
+    ax.set_title(title, fontsize=10)
 
 
-def plot_all(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write the PNG plots for a demo report or a controller history into ``out_dir``; returns their paths."""
+def _curve(rows: Sequence[Mapping[str, float]], targets: Sequence[str], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, loss) of one panel: a target's held-out loss, or the mean over targets for ``key="mean"``."""
+    keys = [f"target/{t}" for t in targets] if key == "mean" else [f"target/{key}"]
+    pts = [(r["step"], float(np.mean([r[k] for k in keys]))) for r in rows if all(k in r for k in keys)]
+    return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+
+def _loss_plot(plt: Any, curves: Mapping[str, Sequence[Mapping[str, float]]], targets: Sequence[str],
+               baseline: str | None, boundaries: Sequence[int]) -> Any:
+    """Held-out loss per panel (mean, then each target), zoomed on the steps after the first boundary with the
+    whole curve inset; below, with a baseline, each method's improvement over it. One legend for the figure."""
+    panels = ["mean"] + list(targets)
+    with_delta = baseline in curves and len(curves) > 1
+    nrows = 2 if with_delta else 1
+    fig, axes = plt.subplots(nrows, len(panels), figsize=(3.7 * len(panels), 3.2 * nrows + 0.7), squeeze=False)
+    names = list(curves)
+    # a curve equal to an earlier one is drawn anyway (its own style) and its legend entry says so
+    same_as: dict[str, str] = {}
+    for i, n in enumerate(names):
+        for m in names[:i]:
+            if m not in same_as and all(_same(_curve(curves[n], targets, k)[1], _curve(curves[m], targets, k)[1])
+                                        for k in panels):
+                same_as[n] = m
+                break
+    last_step = max(float(_curve(c, targets, "mean")[0].max(initial=0)) for c in curves.values())
+    zoom_from = float(boundaries[0]) if boundaries else 0.2 * last_step
+
+    def draw(ax: Any, k: int, name: str, xs: np.ndarray, ys: np.ndarray, small: bool = False) -> None:
+        ls, marker, fill = _STYLES[k % len(_STYLES)]
+        ax.plot(xs, ys, ls=ls, marker=marker, fillstyle=fill, color=f"C{k}", lw=1.0 if small else 1.6,
+                ms=0 if small else 5, label=name if name not in same_as else f"{name} (= {same_as[name]})",
+                zorder=3 + k)
+
+    for col, key in enumerate(panels):
+        ax = axes[0][col]
+        zoomed: list[float] = []
+        cut = False  # zoom (and inset the whole curve) only when points before zoom_from exist
+        for k, name in enumerate(names):
+            xs, ys = _curve(curves[name], targets, key)
+            draw(ax, k, name, xs, ys)
+            zoomed += ys[xs >= zoom_from].tolist()
+            cut = cut or bool((xs < zoom_from).any())
+        zoomed = zoomed if cut else []
+        if len(zoomed) > 1:
+            lo, hi = min(zoomed), max(zoomed)
+            pad = 0.08 * (hi - lo or abs(hi) or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.set_xlim(zoom_from - 0.03 * last_step, last_step * 1.02)
+            inset = ax.inset_axes([0.58, 0.58, 0.38, 0.36])
+            for k, name in enumerate(names):
+                draw(inset, k, name, *_curve(curves[name], targets, key), small=True)
+            inset.set_title("all steps", fontsize=7, pad=2)
+            inset.tick_params(labelsize=6)
+        ax.set_title(("mean target loss" if key == "mean" else f"target: {key}")
+                     + (f" (steps ≥ {zoom_from:.0f})" if len(zoomed) > 1 else ""), fontsize=9)
+        if with_delta:
+            ax2 = axes[1][col]
+            bx, by = _curve(curves[baseline], targets, key)  # type: ignore[index]
+            base_at = dict(zip(bx.tolist(), by.tolist()))
+            for k, name in enumerate(names):
+                if name == baseline:
+                    continue
+                xs, ys = _curve(curves[name], targets, key)
+                keep = [i for i, x in enumerate(xs.tolist()) if x in base_at]
+                draw(ax2, k, name, xs[keep], np.array([base_at[x] for x in xs[keep].tolist()]) - ys[keep])
+            ax2.axhline(0.0, color="0.3", lw=0.8)
+            ax2.set_xlabel("training step")
+            ax2.set_title(f"improvement: {baseline} loss − method loss", fontsize=9)
+        else:
+            ax.set_xlabel("training step")
+        for r in range(nrows):
+            for b_ in boundaries:
+                axes[r][col].axvline(b_, color="0.6", lw=0.9, ls=(0, (2, 2)), zorder=1)
+            axes[r][col].grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out loss (lower is better)")
+    if with_delta:
+        axes[1][0].set_ylabel("> 0: better than " + str(baseline))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if boundaries:
+        handles.append(plt.Line2D([], [], color="0.6", lw=0.9, ls=(0, (2, 2))))
+        labels.append("stage boundary (mixture re-solved)")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def _row_scaled(S: Any) -> np.ndarray:
+    """S with each target's row divided by its largest |S| (rows of zeros stay zero)."""
+    S = np.asarray(S, dtype=float)
+    scale = np.abs(S).max(axis=1, keepdims=True)
+    return np.divide(S, scale, out=np.zeros_like(S), where=scale > 0)
+
+
+def _influence_plot(plt: Any, groups: Sequence[tuple[list[str], Mapping[str, Any]]], domains: Sequence[str],
+                    targets: Sequence[str]) -> Any:
+    """S per stage (columns) for every method (rows; methods with identical S share a row)."""
+    ncols = max(len(h.get("stages", [])) for _, h in groups)
+    fig, axes = plt.subplots(len(groups), ncols, figsize=(3.2 * ncols + 1.6, (0.45 * len(targets) + 1.6) * len(groups) + 1.2),
+                             squeeze=False, layout="constrained")
+    im = None
+    for r, (names, hist) in enumerate(groups):
+        stages = hist.get("stages", [])
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(stages):
+                ax.axis("off")
+                continue
+            Sn = _row_scaled(stages[c]["S"])
+            im = ax.imshow(Sn, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+            last_row = r == len(groups) - 1
+            ax.set_xticks(range(len(domains)), domains if last_row else [""] * len(domains), rotation=60, ha="right",
+                          fontsize=8)
+            ax.set_yticks(range(len(targets)), targets if c == 0 else [""] * len(targets), fontsize=8)
+            if last_row:
+                ax.set_xlabel("domain", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{_group_title(names, 'S')}\ntarget", fontsize=8)
+            ax.set_title(f"measured at step {stages[c]['step']}", fontsize=9)
+            for i in range(Sn.shape[0]):
+                for j in range(Sn.shape[1]):
+                    ax.text(j, i, f"{Sn[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(Sn[i, j]) > 0.6 else "black")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8,
+                 label="S / max|S| of the target (> 0: the domain helps it)")
+    fig.suptitle("Group influence S of each domain on each target, per stage boundary")
+    return fig
+
+
+def plot_all(report: Mapping[str, Any], out_dir: str | Path, prefix: str = "") -> list[Path]:
+    """Write the PNG plots for a demo report or a controller history into ``out_dir``; returns their paths.
+
+    ``mixture.png``: the mixture of every stage, one panel per method (methods with identical mixtures share
+    one); ``loss_curves.png``: held-out loss per method and target, and the improvement over the baseline;
+    ``influence.png``: S per stage boundary for every method. ``prefix`` is prepended to the file names.
+    """
     plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,19 +383,22 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     else:
         runs = {str(report.get("solver", "run")): report}
 
-    # 1. mixture per stage
-    if runs:
-        fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 1.6, 3.6), squeeze=False)
-        for ax, (name, hist) in zip(axes[0], runs.items()):
-            _mixture_plot(ax, hist, domains, name)
-        axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-        fig.suptitle("Domain mixture per stage")
-        fig.tight_layout()
-        paths.append(out / "mixture.png")
-        fig.savefig(paths[-1], dpi=110)
+    def save(fig: Any, name: str) -> None:
+        paths.append(out / f"{prefix}{name}")
+        fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)
 
-    # 2. loss curves (and, for a demo report, each method's improvement over the baseline)
+    if runs:
+        # mixtures equal to 1e-6 are the same for the sampler (it rounds to 1/batch_size): one panel
+        groups = _same_runs(runs, lambda h: [w for _, w in _stage_weights(h)], atol=1e-6)
+        fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups) + 1.8, 4.0), squeeze=False)
+        for ax, (names, hist) in zip(axes[0], groups):
+            _mixture_plot(ax, hist, domains, _group_title(names, "mixtures to 1e-6"))
+        axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="domain")
+        fig.suptitle("Domain mixture per stage (each stage trains on its mixture)")
+        fig.tight_layout()
+        save(fig, "mixture.png")
+
     curves: dict[str, list[Mapping[str, float]]] = {}
     if demo:
         curves = {n: m.get("curve", []) for n, m in report["methods"].items()}
@@ -216,85 +406,21 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         curves = {str(report.get("solver", "run")): report["metrics"]}
     curves = {n: c for n, c in curves.items() if c}
     if curves:
-        panels = ["mean"] + targets
-        baseline = report.get("baseline") if demo else None
-        with_delta = baseline in curves and len(curves) > 1
-        nrows = 2 if with_delta else 1
-        fig, axes = plt.subplots(nrows, len(panels), figsize=(3.6 * len(panels), 3.1 * nrows), squeeze=False)
-        styles = ["-", "--", ":", "-."]
         boundaries = next(iter(runs.values()), {}).get("stage_boundaries", {}).get("steps", []) if runs else []
+        save(_loss_plot(plt, curves, targets, report.get("baseline") if demo else None, boundaries), "loss_curves.png")
 
-        def series(rows: Sequence[Mapping[str, float]], key: str) -> tuple[list[float], list[float]]:
-            keys = [f"target/{t}" for t in targets] if key == "mean" else [f"target/{key}"]
-            pts = [(r["step"], float(np.mean([r[k] for k in keys]))) for r in rows if all(k in r for k in keys)]
-            return [p[0] for p in pts], [p[1] for p in pts]
-
-        for col, key in enumerate(panels):
-            ax = axes[0][col]
-            for k, (name, rows) in enumerate(curves.items()):
-                xs, ys = series(rows, key)
-                ax.plot(xs, ys, styles[k % len(styles)], label=name, lw=1.6)
-            ax.set_title("mean target loss" if key == "mean" else f"target: {key}")
-            if with_delta:
-                ax2 = axes[1][col]
-                bx, by = series(curves[baseline], key)
-                base_at = dict(zip(bx, by))
-                for k, (name, rows) in enumerate(curves.items()):
-                    if name == baseline:
-                        continue
-                    xs, ys = series(rows, key)
-                    pts = [(x, base_at[x] - y) for x, y in zip(xs, ys) if x in base_at]
-                    ax2.plot([p[0] for p in pts], [p[1] for p in pts], styles[k % len(styles)], label=name, lw=1.6)
-                ax2.axhline(0.0, color="0.3", lw=0.8)
-                ax2.set_xlabel("step")
-                ax2.set_title(f"{baseline} loss - method loss", fontsize=9)
-            else:
-                ax.set_xlabel("step")
-            for ax_ in (axes[r][col] for r in range(nrows)):
-                for b_ in boundaries:
-                    ax_.axvline(b_, color="0.75", lw=0.8, ls="--")
-                ax_.grid(alpha=0.3)
-        axes[0][0].set_ylabel("held-out loss")
-        axes[0][0].legend(fontsize=8)
-        if with_delta:
-            axes[1][0].set_ylabel("improvement (> 0 = better)")
-        fig.tight_layout()
-        paths.append(out / "loss_curves.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-
-    # 3. S matrix per stage
-    if runs:
-        name, hist = next(iter(runs.items()))
-        stages = hist.get("stages", [])
-        if stages:
-            fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages) + 1.0, 0.45 * len(targets) + 2.6),
-                                     squeeze=False)
-            for ax, s in zip(axes[0], stages):
-                S = np.asarray(s["S"], dtype=float)
-                scale = np.abs(S).max(axis=1, keepdims=True)
-                Sn = np.divide(S, scale, out=np.zeros_like(S), where=scale > 0)
-                im = ax.imshow(Sn, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
-                ax.set_xticks(range(len(domains)), domains, rotation=60, ha="right", fontsize=8)
-                if ax is axes[0][0]:
-                    ax.set_yticks(range(len(targets)), targets, fontsize=8)
-                else:
-                    ax.set_yticks([])
-                ax.set_title(f"step {s['step']}", fontsize=9)
-                for i in range(Sn.shape[0]):
-                    for j in range(Sn.shape[1]):
-                        ax.text(j, i, f"{Sn[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                                color="white" if abs(Sn[i, j]) > 0.6 else "black")
-            fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="S / max|S| per target")
-            fig.suptitle(f"Group influence S per stage ({name}; rows scaled by their largest |S|)")
-            paths.append(out / "influence.png")
-            fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
-            plt.close(fig)
+    if runs and any(h.get("stages") for h in runs.values()):
+        # compared as drawn: each row scaled by its largest |S|, equal to 1e-6 = one row of panels
+        groups = _same_runs({n: h for n, h in runs.items() if h.get("stages")},
+                            lambda h: [_row_scaled(s["S"]) for s in h["stages"]], atol=1e-6)
+        save(_influence_plot(plt, groups, domains, targets), "influence.png")
     return paths
 
 
-def render(path_or_report: str | Path | Mapping[str, Any], out_dir: str | Path | None = None) -> tuple[str, list[Path]]:
-    """Load (if a path), write the plots next to the file (or into ``out_dir``) and return (tables, pngs)."""
+def render(path_or_report: str | Path | Mapping[str, Any], out_dir: str | Path | None = None,
+           prefix: str = "") -> tuple[str, list[Path]]:
+    """Load (if a path), write the plots next to the file (or into ``out_dir``, names starting with ``prefix``)
+    and return (tables, pngs)."""
     if isinstance(path_or_report, Mapping):
         report = dict(path_or_report)
         if out_dir is None:
@@ -303,4 +429,4 @@ def render(path_or_report: str | Path | Mapping[str, Any], out_dir: str | Path |
         report = load(path_or_report)
         if out_dir is None:
             out_dir = Path(path_or_report).parent
-    return format_tables(report), plot_all(report, out_dir)
+    return format_tables(report), plot_all(report, out_dir, prefix)

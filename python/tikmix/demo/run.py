@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from .._extras import progress_bar
 from .._validation import check_int
+from ..report import improvement
 from .corpus import DemoCorpus, build_corpus
 from .model import GPT, GPTConfig, sequence_loss
 
@@ -320,11 +321,12 @@ def run_demo(
     for name, r in results.items():
         if name == "uniform":
             continue
-        delta = {t: base["final"][t] - r["final"][t] for t in r["final"]}
+        mean_improvement, mean_improvement_pct = improvement(base["mean"], r["mean"])
         comparison[name] = {
-            "delta": delta,
-            "mean_delta": base["mean"] - r["mean"],
-            "mean_delta_pct": 100.0 * (base["mean"] - r["mean"]) / base["mean"],
+            # improvement = uniform loss - method loss: > 0 = better (tikmix.report.improvement)
+            "improvement": {t: improvement(base["final"][t], r["final"][t])[0] for t in r["final"]},
+            "mean_improvement": mean_improvement,
+            "mean_improvement_pct": mean_improvement_pct,
             "beats_baseline": r["mean"] < base["mean"],
             # everything the controller did at the boundaries (drawing samples, influence, solving), over training
             "influence_share": r["timing"]["controller_s"] / max(r["timing"]["train_s"], 1e-9),

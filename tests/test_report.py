@@ -1,0 +1,108 @@
+"""tikmix.report on a small synthetic demo report: sign convention, time format, stage ranges, which methods share
+a panel, and the PNGs (names, prefix)."""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from tikmix import report as rep
+
+DOMAINS, TARGETS = ["a", "b", "c"], ["t1", "t2"]
+
+
+def _history(weights, S_scale=1.0):
+    stages = [{"step": s, "applies_from_step": s, "weights": w, "S": (np.eye(2, 3) * S_scale + 0.1 * k).tolist(),
+               "timing": {"train_s": 1.0, "influence_s": 0.1, "solve_s": 0.01, "controller_s": 0.12}}
+              for k, (s, w) in enumerate(zip([10, 20], weights))]
+    return {"format": rep.HISTORY_FORMAT, "domains": DOMAINS, "targets": TARGETS, "solver": "tikmix-d",
+            "stage_boundaries": {"unit": "steps", "values": [10, 20], "steps": [10, 20]},
+            "initial_weights": [1 / 3] * 3, "stages": stages, "metrics": [], "final": {"step": 30}}
+
+
+def _curve(offset):
+    return [{"step": s, "target/t1": 3.0 - 0.05 * s + offset, "target/t2": 2.0 - 0.03 * s + offset}
+            for s in (5, 10, 15, 20, 25, 30)]
+
+
+def _report():
+    w = [[0.5, 0.3, 0.2], [0.6, 0.3, 0.1]]
+    methods = {
+        "uniform": {"final": {"t1": 1.5, "t2": 1.1}, "mean": 1.3, "curve": _curve(0.0), "history": None,
+                    "timing": {"train_s": 12.345678, "influence_s": 0.0, "solve_s": 0.0, "eval_s": 0.5}},
+        "tikmix-d": {"final": {"t1": 1.4, "t2": 1.0}, "mean": 1.2, "curve": _curve(-0.1), "history": _history(w),
+                     "timing": {"train_s": 11.0, "influence_s": 0.4321, "solve_s": 0.0123, "eval_s": 0.5}},
+        "tikmix-m": {"final": {"t1": 1.4, "t2": 1.0}, "mean": 1.2, "curve": _curve(-0.1),
+                     "history": _history([[x + 1e-9 for x in r] for r in w]),
+                     "timing": {"train_s": 11.0, "influence_s": 0.4, "solve_s": 123.456, "eval_s": 0.5}},
+        "other": {"final": {"t1": 1.6, "t2": 1.2}, "mean": 1.4, "curve": _curve(0.2),
+                  "history": _history([[0.2, 0.2, 0.6], [0.1, 0.1, 0.8]], S_scale=-1.0),
+                  "timing": {"train_s": 11.0, "influence_s": 0.4, "solve_s": 0.1, "eval_s": 0.5}},
+    }
+    return {"format": rep.DEMO_FORMAT, "domains": DOMAINS, "targets": TARGETS, "baseline": "uniform",
+            "methods": methods}
+
+
+def test_improvement_sign_convention():
+    assert rep.improvement(2.0, 1.5) == pytest.approx((0.5, 25.0))  # lower loss = positive = better
+    assert rep.improvement(2.0, 2.5) == pytest.approx((-0.5, -25.0))
+
+
+@pytest.mark.parametrize("seconds,text", [(0.004, "0.00"), (0.4321, "0.43"), (7.349, "7.3"), (99.94, "99.9"),
+                                          (118.6, "119"), (float("nan"), "nan")])
+def test_seconds_precision(seconds, text):
+    assert rep._seconds(seconds) == text
+
+
+def test_tables_use_one_sign_and_short_times():
+    text = rep.format_tables(_report())
+    assert "Improvement over uniform (uniform loss − method loss; > 0 = better)" in text
+    assert "+0.1000 (+7.7%)" in text and "-0.1000 (-7.7%)" in text
+    timing = text[text.index("Time (wall clock"):]
+    assert "12.3" in timing and "0.43" in timing and "123" in timing and "12.3456" not in timing
+
+
+def test_stage_ranges_and_groups():
+    r = _report()
+    assert rep._stage_ranges(r["methods"]["tikmix-d"]["history"]) == [(0, 10), (10, 20), (20, 30)]
+    runs = {n: m["history"] for n, m in r["methods"].items() if m["history"]}
+    groups = rep._same_runs(runs, lambda h: [w for _, w in rep._stage_weights(h)], atol=1e-6)
+    assert [names for names, _ in groups] == [["tikmix-d", "tikmix-m"], ["other"]]
+    assert [names for names, _ in rep._same_runs(runs, lambda h: [w for _, w in rep._stage_weights(h)], atol=0.0)] \
+        == [["tikmix-d"], ["tikmix-m"], ["other"]]
+
+
+def test_mixture_ticks_name_the_step_ranges():
+    plt = rep._plt()
+    fig, ax = plt.subplots()
+    rep._mixture_plot(ax, _report()["methods"]["tikmix-d"]["history"], DOMAINS, "x")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["stage 1\nsteps 0–10", "stage 2\nsteps 10–20",
+                                                            "stage 3\nsteps 20–30"]
+    plt.close(fig)
+
+
+def test_loss_plot_legend_and_zoom():
+    plt = rep._plt()
+    r = _report()
+    fig = rep._loss_plot(plt, {n: m["curve"] for n, m in r["methods"].items()}, TARGETS, "uniform", [10, 20])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["uniform", "tikmix-d", "tikmix-m (= tikmix-d)", "other", "stage boundary (mixture re-solved)"]
+    ax = fig.axes[0]
+    styles = {(line.get_linestyle(), line.get_marker()) for line in ax.get_lines()[:4]}
+    assert len(styles) == 4  # every method has its own line style and marker
+    assert ax.get_xlim()[0] > 5  # zoomed past the first boundary; the inset holds the whole curve
+    assert any(a.get_title() == "all steps" for a in ax.child_axes)
+    plt.close(fig)
+
+
+def test_plot_all_writes_the_pngs(tmp_path):
+    paths = rep.plot_all(_report(), tmp_path, prefix="demo_")
+    assert [p.name for p in paths] == ["demo_mixture.png", "demo_loss_curves.png", "demo_influence.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    hist = _history([[0.5, 0.3, 0.2], [0.6, 0.3, 0.1]])
+    (tmp_path / "h.json").write_text(json.dumps(hist))
+    text, pngs = rep.render(tmp_path / "h.json", tmp_path / "h")
+    assert "tikmix-d: domain weights per stage" in text
+    assert sorted(p.name for p in pngs) == ["influence.png", "mixture.png"]  # no metrics: no loss curves
