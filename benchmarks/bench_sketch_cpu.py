@@ -1,32 +1,39 @@
-"""CPU benchmark of tikmix.sketch against its peers, side by side in one run, printed as one table.
+"""CPU benchmark of tikmix.sketch against its peers and across its kernel paths, side by side in one run.
 
-Peers at each shape (N, d, k):
-  * torch.matmul with a pre-materialised R (float32, and bfloat16 for bf16 input) — needs d·k·4 (·2) bytes, so at
-    large d it may not fit: reported as ``n/a (needs X GiB)``;
-  * TRAK's CPU projector (PyPI ``traker``: ``trak.projectors.BasicProjector``, Rademacher, float32), if importable
-    (``pip install traker --no-deps`` is enough).
+Per shape (N, d, k), interleaved round-robin (background load hits every method alike), min over rounds:
+  * tikmix.sketch, fp32 and bf16 input, on every kernel path this CPU supports (avx512-bf16, avx512, avx2, generic;
+    each path runs in its own worker process with TIKMIX_CPU_ISA set, since the path is chosen once per process),
+    at --threads threads, and the best path also at 1 thread (thread scaling);
+  * torch.matmul with the materialised R, fp32 (MKL sgemm) and bf16 (oneDNN), at --threads and at 1 thread;
+  * TRAK's CPU projector (``trak.projectors.BasicProjector``, Rademacher, fp32; ``pip install traker --no-deps``),
+    one round (it is ~20–50× slower).
+Throughput is GFLOP-equivalent/s = 2·N·d·k / time, against the box's own peaks measured in the same run
+(an FMA-bound sgemm and a bf16 matmul, 4096³, at --threads threads and at 1 thread).
 
-Timings are wall-clock, best and median of ``--repeats`` runs (round-robin over the methods, so background load
-hits all alike), ``--threads`` torch threads. Ratios are against the float32 materialised matmul (``mm fp32``).
-Performance goals: sketch fp32 ≤ 1.0× mm fp32; sketch bf16 input ≤ 0.5× mm fp32; sketch fp32 ≥ 10× faster than TRAK.
+    python benchmarks/bench_sketch_cpu.py              # (64, 2^20, 1024) and (64, 2^18, 4096), 3 rounds
+    python benchmarks/bench_sketch_cpu.py --quick      # (64, 2^16, 1024), 2 rounds, all paths: about a minute
 
-    python benchmarks/bench_sketch_cpu.py                 # (64, 2^20, 1024) and (64, 2^22, 1024), 2 threads
-    python benchmarks/bench_sketch_cpu.py --quick         # (64, 2^18, 1024) only, TRAK once: about a minute
+The functions (``measure_peaks``, ``bench_shape``, ``PathWorker``) are importable for other harnesses.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
-import statistics
+import subprocess
+import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 import tikmix_ext
 
 GiB = float(1 << 30)
+PATHS = ("avx512bf16", "avx512", "avx2", "generic")
+REPORTED = {"avx512bf16": "avx512-bf16", "avx512": "avx512", "avx2": "avx2", "generic": "generic"}
 
 
 def mem_available() -> float:
@@ -41,10 +48,31 @@ def mem_available() -> float:
     return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def timed(fn: Callable[[], object]) -> float:
+def cpu_description() -> str:
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16") if f in flags]
+    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(isa) or 'none of interest'}"
+
+
+def timed(fn: Callable[[], object], threads: int) -> float:
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def sample_x(n: int, d: int, dtype: torch.dtype) -> torch.Tensor:
+    """The benchmark input (same values in every process)."""
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
 def materialise(d: int, k: int, seed: int, dtype: torch.dtype, rows: int = 1 << 16) -> torch.Tensor:
@@ -56,141 +84,223 @@ def materialise(d: int, k: int, seed: int, dtype: torch.dtype, rows: int = 1 << 
     return R
 
 
-def trak_projector(d: int, k: int):
-    try:
-        from trak.projectors import BasicProjector, ProjectionType
-    except Exception as exc:  # noqa: BLE001 — reported in the table
-        return None, f"not installed ({type(exc).__name__}: pip install traker --no-deps)"
-    proj = BasicProjector(d, k, 0, ProjectionType.rademacher, torch.device("cpu"), dtype=torch.float32)
-    return proj, ""
+def measure_peaks(threads: Sequence[int], rounds: int = 3, size: int = 4096) -> Dict[str, float]:
+    """GFLOP/s of an FMA-bound fp32 sgemm (MKL) and a bf16 matmul (oneDNN), size³, min time over rounds, interleaved,
+    at each thread count: keys ``sgemm t{n}`` and ``bf16 mm t{n}``."""
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+    ab, bb = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    flops = 2.0 * size**3
+    methods = {}
+    for t in threads:
+        methods[f"sgemm t{t}"] = (lambda: torch.mm(a, b), t)
+        methods[f"bf16 mm t{t}"] = (lambda: torch.mm(ab, bb), t)
+    best = {name: float("inf") for name in methods}
+    for name, (fn, t) in methods.items():  # warm-up
+        timed(fn, t)
+    for _ in range(rounds):
+        for name, (fn, t) in methods.items():
+            best[name] = min(best[name], timed(fn, t))
+    return {name: flops / s / 1e9 for name, s in best.items()}
 
 
-def bench_shape(n: int, d: int, k: int, repeats: int, trak_repeats: int, mem_fraction: float) -> List[Tuple]:
-    """Rows (method, input dtype, best s, median s, note) for one shape."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d, generator=gen)
+@dataclass
+class PathWorker:
+    """A process with TIKMIX_CPU_ISA=``path`` that times ``tikmix.sketch`` on request (one line of JSON each way)."""
+
+    path: str
+    proc: subprocess.Popen = field(init=False)
+    isa: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        env = dict(os.environ, TIKMIX_CPU_ISA=self.path)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker"], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        self.isa = self.ask({"op": "isa"})["isa"]
+
+    def ask(self, msg: dict) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"sketch worker for {self.path} died (exit code {self.proc.poll()})")
+        return json.loads(line)
+
+    def time_sketch(self, n: int, d: int, k: int, dtype: str, threads: int) -> float:
+        return self.ask({"op": "sketch", "n": n, "d": d, "k": k, "dtype": dtype, "threads": threads})["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.ask({"op": "quit"})
+            self.proc.wait(timeout=60)
+
+
+def worker_loop() -> None:
+    """The --worker side of PathWorker: keeps the current shape's inputs and times one call per request."""
+    cache: Dict[tuple, torch.Tensor] = {}
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["op"] == "quit":
+            print(json.dumps({}), flush=True)
+            return
+        if msg["op"] == "isa":
+            print(json.dumps({"isa": tikmix_ext.build_info()["cpu_isa"]}), flush=True)
+            continue
+        key = (msg["n"], msg["d"], msg["dtype"])
+        if key not in cache:
+            cache.clear()
+            gc.collect()
+            x32 = sample_x(msg["n"], msg["d"], torch.float32)
+            cache[(msg["n"], msg["d"], "fp32")] = x32
+            cache[(msg["n"], msg["d"], "bf16")] = x32.to(torch.bfloat16)
+            tikmix_ext.sketch(x32, msg["k"], 0)  # warm-up: page faults, thread pool
+        x = cache[key]
+        seconds = timed(lambda: tikmix_ext.sketch(x, msg["k"], 0), msg["threads"])
+        print(json.dumps({"seconds": seconds}), flush=True)
+
+
+@dataclass
+class Row:
+    method: str
+    threads: int
+    seconds: Optional[float]
+    rounds: int
+    note: str = ""
+
+
+def bench_shape(n: int, d: int, k: int, rounds: int, threads: int, workers: Sequence[PathWorker], trak: bool,
+                mem_fraction: float = 0.6) -> List[Row]:
+    """One shape: every method interleaved, min over rounds (slow ones — the generic path, TRAK — 1 round)."""
+    x = sample_x(n, d, torch.float32)
     xb = x.to(torch.bfloat16)
-    methods: Dict[str, Callable[[], object]] = {
-        "tikmix.sketch fp32": lambda: tikmix_ext.sketch(x, k, 0),
-        "tikmix.sketch bf16": lambda: tikmix_ext.sketch(xb, k, 0),
-    }
+    methods: Dict[tuple, tuple] = {}  # (name, threads) -> (timer returning seconds, rounds)
     notes: Dict[str, str] = {}
+    for w in workers:
+        slow = w.isa == "generic"
+        for dt in ("fp32", "bf16"):
+            methods[(f"sketch {dt} [{w.isa}]", threads)] = (
+                lambda w=w, dt=dt: w.time_sketch(n, d, k, dt, threads), 1 if slow else rounds)
+    if workers and threads != 1:
+        best = workers[0]
+        for dt in ("fp32", "bf16"):
+            methods[(f"sketch {dt} [{best.isa}]", 1)] = (lambda dt=dt: best.time_sketch(n, d, k, dt, 1), rounds)
     budget = mem_fraction * mem_available()
-    need32, need16 = d * k * 4, d * k * 2
     mats: Dict[str, torch.Tensor] = {}
-    if need32 <= budget:
+    if d * k * 6 <= budget:
         mats["fp32"] = materialise(d, k, 0, torch.float32)
-        methods["torch.matmul fp32 (stored R)"] = lambda: torch.matmul(x, mats["fp32"])
-    else:
-        notes["torch.matmul fp32 (stored R)"] = f"n/a (needs {need32 / GiB:.0f} GiB)"
-    if need16 + (need32 if "fp32" in mats else 0) <= budget:
-        mats["bf16"] = mats["fp32"].to(torch.bfloat16) if "fp32" in mats else materialise(d, k, 0, torch.bfloat16)
-        methods["torch.matmul bf16 (stored R)"] = lambda: torch.matmul(xb, mats["bf16"])
-    else:
-        notes["torch.matmul bf16 (stored R)"] = f"n/a (needs {need16 / GiB:.0f} GiB)"
-
-    # Warm up (first-touch page faults, thread pools), check agreement, then round-robin timings.
-    y = tikmix_ext.sketch(x, k, 0)
-    if "fp32" in mats:
+        mats["bf16"] = mats["fp32"].to(torch.bfloat16)
+        y = tikmix_ext.sketch(x, k, 0)
         ref = torch.matmul(x, mats["fp32"])
         err = (y - ref).abs().max().item() / ref.abs().max().item()
         assert err < 1e-4, f"sketch and stored-matrix matmul disagree: relative error {err:.2e}"
-    for fn in methods.values():
-        fn()
-    times: Dict[str, List[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            times[name].append(timed(fn))
-
-    trak_name = "TRAK BasicProjector fp32"
-    if trak_repeats > 0:
-        proj, why = trak_projector(d, k)
-        if proj is None:
-            notes[trak_name] = why
-        else:
-            times[trak_name] = [timed(lambda: proj.project(x, model_id=0)) for _ in range(trak_repeats)]
-            del proj
+        for t in sorted({threads, 1}, reverse=True):
+            methods[("matmul fp32, stored R", t)] = (lambda t=t: timed(lambda: torch.matmul(x, mats["fp32"]), t), rounds)
+            methods[("matmul bf16, stored R (oneDNN)", t)] = (
+                lambda t=t: timed(lambda: torch.matmul(xb, mats["bf16"]), t), rounds)
+            methods[("matmul fp32, stored R", t)][0]()  # warm-up
+            methods[("matmul bf16, stored R (oneDNN)", t)][0]()
     else:
-        notes[trak_name] = "skipped (--trak-repeats 0)"
-    del mats
+        notes["matmul fp32 / bf16, stored R"] = f"n/a (needs {d * k * 6 / GiB:.0f} GiB for R in fp32 + bf16)"
+
+    times: Dict[tuple, List[float]] = {key: [] for key in methods}
+    for r in range(rounds):
+        for key, (timer, want) in methods.items():
+            if r < want:
+                times[key].append(timer())
+    mats.clear()
     gc.collect()
 
-    rows = []
-    order = [
-        "tikmix.sketch fp32",
-        "tikmix.sketch bf16",
-        "torch.matmul fp32 (stored R)",
-        "torch.matmul bf16 (stored R)",
-        trak_name,
-    ]
-    for name in order:
-        if name in times:
-            t = times[name]
-            rows.append((name, min(t), statistics.median(t), len(t), ""))
+    rows = [Row(name, t, min(times[(name, t)]), len(times[(name, t)])) for (name, t) in methods]
+    rows += [Row(name, threads, None, 0, note) for name, note in notes.items()]
+    if trak:
+        try:
+            from trak.projectors import BasicProjector, ProjectionType
+        except Exception as exc:  # noqa: BLE001 — reported in the table
+            rows.append(Row("TRAK BasicProjector fp32", threads, None, 0,
+                            f"not installed ({type(exc).__name__}: pip install traker --no-deps)"))
         else:
-            rows.append((name, None, None, 0, notes.get(name, "")))
+            proj = BasicProjector(d, k, 0, ProjectionType.rademacher, torch.device("cpu"), dtype=torch.float32)
+            rows.append(Row("TRAK BasicProjector fp32", threads, timed(lambda: proj.project(x, model_id=0), threads), 1))
+            del proj
     return rows
 
 
-def fmt_s(v: Optional[float]) -> str:
-    return "—" if v is None else f"{v:8.3f}"
+def print_table(n: int, d: int, k: int, rows: List[Row], peaks: Dict[str, float], threads: int) -> None:
+    flops = 2.0 * n * d * k
+    by = {(r.method, r.threads): r.seconds for r in rows}
+    mm32, mm16 = by.get(("matmul fp32, stored R", threads)), by.get(("matmul bf16, stored R (oneDNN)", threads))
+    shape = f"({n}, 2^{d.bit_length() - 1}, {k})" if d & (d - 1) == 0 else f"({n}, {d}, {k})"
+    print(f"\n### {shape}\n")
+    print("| method | threads | time (min) | rounds | GFLOP-eq/s | % of peak | vs matmul fp32 | vs matmul bf16 | t1/t2 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r.seconds is None:
+            print(f"| {r.method} | {r.threads} | — | 0 | | | | | {r.note} |")
+            continue
+        gf = flops / r.seconds / 1e9
+        bf16_input = r.method.startswith(("sketch bf16", "matmul bf16"))
+        peak_key = ("bf16 mm" if bf16_input else "sgemm") + f" t{r.threads}"
+        pct = f"{100 * gf / peaks[peak_key]:.0f}% of {peak_key}" if peak_key in peaks else ""
+        v32 = f"{r.seconds / mm32:.2f}×" if mm32 else "—"
+        v16 = f"{r.seconds / mm16:.2f}×" if mm16 else "—"
+        scale = ""
+        if r.threads == threads and threads != 1:
+            one = by.get((r.method, 1))
+            scale = f"{one / r.seconds:.2f}" if one else ""
+        print(f"| {r.method} | {r.threads} | {r.seconds * 1e3:,.0f} ms | {r.rounds} | {gf:,.1f} | {pct} | {v32} | {v16} | "
+              f"{scale} |")
+    trak = by.get(("TRAK BasicProjector fp32", threads))
+    ours = min((s for (m, t), s in by.items() if m.startswith("sketch fp32") and t == threads and s), default=None)
+    if trak and ours:
+        print(f"\nTRAK BasicProjector / best sketch fp32: {trak / ours:.1f}×")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per method (best and median reported)")
-    p.add_argument("--trak-repeats", type=int, default=None, help="TRAK runs per shape (default: --repeats; 0 skips)")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--k", type=int, default=1024)
-    p.add_argument("--log2d", type=int, nargs="+", default=[20, 22], help="log2 of d for each shape")
-    p.add_argument("--quick", action="store_true", help="d=2^18 only, TRAK once")
-    p.add_argument("--mem-fraction", type=float, default=0.6, help="share of available memory a stored R may use")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per method (min reported)")
+    p.add_argument("--shapes", nargs="+", default=["64,20,1024", "64,18,4096"], help="N,log2(d),k per shape")
+    p.add_argument("--paths", nargs="+", default=list(PATHS), help="kernel paths to time (unsupported ones are skipped)")
+    p.add_argument("--no-trak", action="store_true")
+    p.add_argument("--quick", action="store_true", help="(64, 2^16, 1024), 2 rounds, no TRAK")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.worker:
+        worker_loop()
+        return
     if a.quick:
-        a.log2d, a.trak_repeats = [18], 1 if a.trak_repeats is None else a.trak_repeats
-    trak_repeats = a.repeats if a.trak_repeats is None else a.trak_repeats
-    torch.set_num_threads(a.threads)
+        a.shapes, a.rounds, a.no_trak = ["64,16,1024"], 2, True
 
-    info = tikmix_ext.build_info()
-    cpu, flags = "unknown CPU", set()
+    load0 = os.getloadavg()
+    print(f"# tikmix CPU sketch benchmark — {cpu_description()}; torch {torch.__version__}; "
+          f"load average {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} (1/5/15 min) at start")
+    print(f"# command: python benchmarks/bench_sketch_cpu.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    workers: List[PathWorker] = []
+    seen = set()
+    for path in a.paths:
+        w = PathWorker(path)
+        if w.isa != REPORTED[path] or w.isa in seen:  # the request is a cap: this CPU lacks the path
+            print(f"# path {path}: not supported here (capped to {w.isa}), skipped")
+            w.close()
+            continue
+        seen.add(w.isa)
+        workers.append(w)
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = info.get("cpu_isa") or ("avx512-bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "generic")
-    print(f"# tikmix CPU sketch benchmark — {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{a.threads} threads, sketch kernels: {isa}, AMX: {'yes' if 'amx_bf16' in flags else 'no'}")
-    print(f"# wall-clock seconds, best and median of {a.repeats} (TRAK: {trak_repeats}); ratio = best / best of mm fp32")
-    header = f"| {'shape (N, d, k)':<20} | {'method':<30} | {'best s':>8} | {'median s':>8} | {'vs mm fp32':>10} | note"
-    print(header)
-    print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:]))
-    for log2d in a.log2d:
-        n, d, k = a.n, 1 << log2d, a.k
-        rows = bench_shape(n, d, k, a.repeats, trak_repeats, a.mem_fraction)
-        base = next((r[1] for r in rows if r[0] == "torch.matmul fp32 (stored R)"), None)
-        base16 = next((r[1] for r in rows if r[0] == "torch.matmul bf16 (stored R)"), None)
-        ours32 = next(r[1] for r in rows if r[0] == "tikmix.sketch fp32")
-        trak = next((r[1] for r in rows if r[0].startswith("TRAK")), None)
-        for name, best, med, count, note in rows:
-            ratio = f"{best / base:9.2f}×" if (best is not None and base) else "—"
-            extra = note
-            if name == "tikmix.sketch fp32" and base:
-                extra = f"target ≤ 1.0×: {'met' if best <= base else 'NOT met'}"
-            if name == "tikmix.sketch bf16" and base:
-                extra = f"target ≤ 0.5×: {'met' if best <= 0.5 * base else 'NOT met'}"
-            if name.startswith("tikmix.sketch") and not base and base16:
-                extra = f"mm fp32 n/a; {best / base16:.2f}× mm bf16"
-            if name.startswith("TRAK") and best is not None:
-                speed = best / ours32
-                extra = f"sketch fp32 is {speed:.1f}× faster (target ≥ 10×: {'met' if speed >= 10 else 'NOT met'})"
-            print(f"| {f'({n}, 2^{log2d}, {k})':<20} | {name:<30} | {fmt_s(best):>8} | {fmt_s(med):>8} | "
-                  f"{ratio:>10} | {extra}")
+        peaks = measure_peaks(sorted({a.threads, 1}), rounds=a.rounds)
+        print("# peaks (GFLOP/s, 4096³, min of rounds): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()))
+        for spec in a.shapes:
+            n, log2d, k = (int(v) for v in spec.split(","))
+            d = 1 << log2d
+            rows = bench_shape(n, d, k, a.rounds, a.threads, workers, trak=not a.no_trak)
+            print_table(n, d, k, rows, peaks, a.threads)
+    finally:
+        for w in workers:
+            w.close()
+    load1 = os.getloadavg()
+    print(f"\n# load average at end {load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f}")
 
 
 if __name__ == "__main__":
