@@ -60,7 +60,8 @@ torch.library.register_autograd(
 def segment_mean(x: Any, ids: Any, num_groups: int) -> Any:
     """Per-group row means ``segment_sum / count`` in x's dtype → ``[num_groups, k]``; an empty group gives zeros.
 
-    Same inputs and determinism as :func:`segment_sum`.
+    Same inputs and determinism as :func:`segment_sum`. The mean divides the group sum, so a sum beyond the dtype's
+    range gives ±inf even where the mean itself would fit (as ``torch.mean`` does).
     """
     xt, back = as_tensor(x, "x")
     it, _ = as_tensor(ids, "ids")

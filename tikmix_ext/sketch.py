@@ -27,7 +27,8 @@ def sketch(x: Any, k: int, seed: int, offset: int = 0, scale: Optional[Any] = No
 
     Args:
         x: ``[N, d]`` float32, bfloat16 or float16 (any strides; a torch tensor or a DLPack array such as numpy).
-            Products and sums are float32; NaN or inf in a row of x propagates to that row of y (the op is linear).
+            Products and sums are float32; NaN or inf in a row of x propagates to that row of y (the op is linear),
+            and a sum beyond float32's range is ±inf (IEEE, as in torch.mm).
         k: sketch size, ``1 ≤ k < 2^26``. Column c of R does not depend on k (prefix property), only the
             scale ``1/√k`` does.
         seed: non-negative int selecting R.

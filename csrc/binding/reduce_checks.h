@@ -25,12 +25,15 @@ inline bool is_float_or_double(const at::Tensor& t) {
 
 inline void check_same_device(const char* op, const at::Tensor& t, const char* name, const at::Tensor& ref,
                               const char* ref_name) {
+  check_defined(op, ref, ref_name);
+  check_defined(op, t, name);
   TORCH_CHECK_VALUE(t.device() == ref.device(), "tikmix.", op, ": ", name, " is on ", t.device(), " but ", ref_name,
                     " is on ", ref.device(), "; all tensors must be on one device");
 }
 
 // A 2-D float32/float64 matrix named `name`, `shape` describing it for the message (e.g. "[N, k]").
 inline void check_float_matrix(const char* op, const at::Tensor& t, const char* name, const char* shape) {
+  check_defined(op, t, name);
   TORCH_CHECK_VALUE(t.dim() == 2, "tikmix.", op, ": ", name, " must be 2-D ", shape, ", got shape ", t.sym_sizes());
   TORCH_CHECK_TYPE(is_float_or_double(t), "tikmix.", op, ": ", name, " must be float32 or float64, got ",
                    t.scalar_type());

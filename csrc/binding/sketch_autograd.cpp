@@ -8,11 +8,15 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
+#include "sketch_checks.h"
+
 namespace tikmix::binding {
 namespace {
 
 void sketch_accumulate_autograd(at::Tensor& out, const at::Tensor& x, int64_t seed, int64_t offset,
                                 const std::optional<at::Tensor>& scale) {
+  check_defined("sketch_accumulate_", out, "out");
+  check_defined("sketch_accumulate_", x, "x");
   if (at::GradMode::is_enabled()) {
     // The message of torch's in-place ops on such a leaf (e.g. torch.Tensor.add_).
     TORCH_CHECK(!(out.is_leaf() && out.requires_grad()),

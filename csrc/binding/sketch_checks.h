@@ -20,6 +20,11 @@ namespace tikmix::binding {
 // A size condition: exact for real and meta tensors; recorded as an assertion for symbolic (traced) sizes.
 inline bool holds(const c10::SymBool& condition) { return condition.expect_true(__FILE__, __LINE__); }
 
+// The raw ops' argument parser lets None through for a Tensor argument (an undefined tensor): name it.
+inline void check_defined(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.defined(), "tikmix.", op, ": ", name, " must be a tensor, got None");
+}
+
 inline void check_k(const c10::SymInt& k, const char* name = "k") {
   TORCH_CHECK_VALUE(holds(k.sym_ge(1)) && holds(k.sym_lt(kMaxK)), "tikmix: ", name, " must be in [1, 2^26), got ", k);
 }
@@ -44,6 +49,7 @@ inline void check_projection_inputs(int64_t rows, int64_t k, int64_t seed, int64
 
 inline void check_sketch_inputs(const at::Tensor& x, const c10::SymInt& k, int64_t seed, int64_t offset,
                                 const std::optional<at::Tensor>& scale) {
+  check_defined("sketch", x, "x");
   TORCH_CHECK_VALUE(x.dim() == 2, "tikmix.sketch: x must be 2-D [N, d], got shape ", x.sym_sizes());
   const auto dt = x.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
@@ -64,6 +70,8 @@ inline void check_sketch_inputs(const at::Tensor& x, const c10::SymInt& k, int64
 // sketch_accumulate_(out[N,k], x[N,d], seed, offset, scale[d]?): all metadata checks, in one place.
 inline void check_sketch_accumulate_inputs(const at::Tensor& out, const at::Tensor& x, int64_t seed, int64_t offset,
                                            const std::optional<at::Tensor>& scale) {
+  check_defined("sketch_accumulate_", out, "out");
+  check_defined("sketch_accumulate_", x, "x");
   TORCH_CHECK_VALUE(out.dim() == 2, "tikmix.sketch_accumulate_: out must be 2-D [N, k], got shape ", out.sym_sizes());
   TORCH_CHECK_VALUE(out.device() == x.device(), "tikmix.sketch_accumulate_: out is on ", out.device(),
                     " but x is on ", x.device());
