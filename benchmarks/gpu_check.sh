@@ -71,7 +71,7 @@ import json, sys
 import tikmix_ext
 info = tikmix_ext.build_info()
 print(json.dumps({k: v for k, v in info.items() if k != "kernels"}, indent=1))
-missing = [op for op, keys in info["kernels"].items() if op != "projection" and "CUDA" not in keys]
+missing = [op for op in tikmix_ext.OPS if op != "projection" and not tikmix_ext.has_kernel(op, "cuda")]
 for op, keys in info["kernels"].items():
     print(f"{op:<22} {', '.join(keys)}")
 if not info["with_cuda"] or missing:
