@@ -241,9 +241,11 @@ def _run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
 
     args, method, seed = job
     corpus = _CORPUS
-    settings = replace(settings_for(args, seed), methods=("uniform", method) if method != "uniform" else ("uniform",))
+    base, _, decision = method.partition(":")  # e.g. tikmix-d:robust = TiKMiX-D with Decision("robust")
+    settings = replace(settings_for(args, seed), decision=decision or None,
+                       methods=("uniform", base) if base != "uniform" else ("uniform",))
     t0 = time.perf_counter()
-    result = train_method(method, settings, corpus)
+    result = train_method(base, settings, corpus)
     stages = [s["weights"] for s in (result["history"] or {}).get("stages", [])]
     return {
         "method": method,
@@ -281,7 +283,7 @@ def paired_ci(diffs: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[flo
 def report(runs: list[dict[str, Any]], load: str) -> str:
     if not runs:
         return "no finished runs yet"
-    methods = [m for m in ("uniform", "tikmix-d", "tikmix-m") if any(r["method"] == m for r in runs)]
+    methods = ["uniform"] + sorted({r["method"] for r in runs} - {"uniform"})
     targets = runs[0]["targets"]
     domains = runs[0]["domains"]
     by = {(r["method"], r["seed"]): r for r in runs}
@@ -347,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
     ap.add_argument("--steps", type=int, default=1200, help="optimizer steps per run (full mode)")
     ap.add_argument("--bytes-per-domain", type=int, default=4_000_000, help="training text per domain (full mode)")
-    ap.add_argument("--methods", nargs="+", default=["uniform", "tikmix-d", "tikmix-m"])
+    ap.add_argument("--methods", nargs="+", default=["uniform", "tikmix-d", "tikmix-m"],
+                    help="uniform, tikmix-d, tikmix-m; append :robust (or :paper) for the controller's decision")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (one run each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--out", type=Path, default=Path("mixing_quality_out"), help="where runs.jsonl goes")

@@ -39,7 +39,7 @@ def _data(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tenso
     return domains, targets
 
 
-def _setup(tmp_path=None, solver: str = "direct"):
+def _setup(tmp_path=None, solver: str = "direct", decision=None):
     torch.manual_seed(0)
     model = GPT(GPTConfig(seq_len=SEQ, n_layer=1, n_head=2, d_model=16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -51,7 +51,7 @@ def _setup(tmp_path=None, solver: str = "direct"):
         model, sampler, domains=domains, targets=targets, loss_fn=sequence_loss, stages=BOUNDARIES,
         influence={"k": 64, "n_bootstrap": 20}, samples_per_domain=16, batch_size=8, seed=5,
         total_steps=STEPS, tokens_per_step=BATCH * SEQ,
-        history_path=None if tmp_path is None else tmp_path / "history.json", solver=solver,
+        history_path=None if tmp_path is None else tmp_path / "history.json", solver=solver, decision=decision,
     )
     return model, opt, sampler, ctrl, rows
 

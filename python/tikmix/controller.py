@@ -46,6 +46,7 @@ from torch.utils.data import default_collate
 
 from . import _distributed
 from ._validation import check_int, to_float64_array
+from .decision import Decision
 
 __all__ = ["Controller", "HISTORY_FORMAT"]
 
@@ -125,6 +126,11 @@ class Controller:
         history_path: JSON file rewritten after every boundary (rank 0 only); None = keep in memory.
         seed: seeds the influence samples, the sketch and TiKMiX-M.
         total_steps: optional; a boundary at or after it is rejected (it would never be reached).
+        decision: how the measured ``S`` becomes the solver's input (:class:`tikmix.decision.Decision`):
+            None or ``"paper"`` (default: the paper's decision, ``S`` as measured), ``"robust"``
+            (uncertainty shrinkage, smoothing across boundaries, a ``max_shift`` and a ``min_r2``
+            default), or a dict of :class:`~tikmix.decision.Decision`'s options. Each record stores
+            ``"decision"`` (options, shrink factors, the ``S`` the solver saw).
 
     Attributes:
         history: the run's JSON-ready history dict (``"format"``, ``"domains"``, ``"targets"``, ``"stages"``:
@@ -153,6 +159,7 @@ class Controller:
         history_path: str | os.PathLike[str] | None = None,
         seed: int = 0,
         total_steps: int | None = None,
+        decision: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -199,6 +206,7 @@ class Controller:
         self.boundaries = self._boundary_steps(stages, stage_unit, tokens_per_step, total_steps)
         self.stage_spec = [int(s) for s in stages]
         self.total_steps = total_steps
+        self.decision = Decision.from_options(decision)
         self._influence = self._make_influence(influence)
         import tikmix.solvers  # noqa: F401  (import scipy/LightGBM now, not inside the first solve's timing)
         self._done: list[int] = []
@@ -331,7 +339,10 @@ class Controller:
         w_prior = np.asarray(self.sampler.weights_at(step), dtype=np.float64)
 
         t0 = time.perf_counter()
-        weights, report = self._solve(S, w_prior, result, stage)
+        S_used, decision_info = self.decision.effective_S(
+            S, getattr(result, "ci_low", None), getattr(result, "ci_high", None), getattr(result, "confidence", 0.95)
+        )
+        weights, report = self._solve(S_used, w_prior, result, stage)
         t_solve = time.perf_counter() - t0
 
         at_step = max(step, int(getattr(self.sampler, "next_free_step", step)))
@@ -346,6 +357,7 @@ class Controller:
             "weights_prior": w_prior.tolist(),
             "weights": [float(x) for x in weights],
             "S": S.tolist(),
+            "decision": decision_info,
             "S_ci": _confidence_interval(result),
             "rank_stability": _jsonable(getattr(result, "rank_stability", None)),
             "influence_samples": _jsonable(getattr(result, "domain_samples", None)),
@@ -368,7 +380,7 @@ class Controller:
     def _solve(self, S: np.ndarray, w_prior: np.ndarray, result: Any, stage: int) -> tuple[np.ndarray, Any]:
         from tikmix.solvers import solve_direct
 
-        opts = dict(self.solver_options)
+        opts = self.decision.solver_options(self.solver, self.solver_options)
         if self.solver == "direct":
             res = solve_direct(S, w_prior, **opts)
             return np.asarray(res.weights, dtype=np.float64), res
@@ -486,6 +498,7 @@ class Controller:
         self.sampler.load_state_dict(state_dict["sampler"])
         self._done = [int(s) for s in state_dict["done"]]
         self.history = json.loads(json.dumps(state_dict["history"]))
+        self.decision.resume(self.history.get("stages"))
         self._last_wall = None
         self._train_s = 0.0
 

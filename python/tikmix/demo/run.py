@@ -65,6 +65,7 @@ class DemoSettings:
             next boundary (its absence leaves the model over-confident, and its high-entropy data is then a
             first-order improvement for some target) and come back in one jump; the cap damps that oscillation.
         regression: options for TiKMiX-M (:func:`tikmix.solve_regression`).
+        decision: the controller's ``decision`` (:class:`tikmix.decision.Decision`; None = the paper's).
         device: torch device string.
     """
 
@@ -87,6 +88,7 @@ class DemoSettings:
     regression: dict[str, Any] = field(
         default_factory=lambda: {"n_candidates": 384, "rounds": 4, "samples_per_round": 1024}
     )
+    decision: Any = None
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -205,6 +207,7 @@ def train_method(
             seed=settings.seed,
             tokens_per_step=settings.tokens_per_step,
             total_steps=settings.steps,
+            decision=settings.decision,
         )
 
     curve: list[dict[str, float]] = []
