@@ -7,6 +7,8 @@
   single process or under ``torchrun``; ``--resume`` continues from the last checkpoint. See
   :mod:`tikmix.run.config` for the config reference.
 * ``tikmix report FILE.json`` -- re-draws the table and plots from a demo report or a run history.
+* ``tikmix compare RUN_DIR... [--baseline NAME]`` -- test losses of finished runs side by side, the difference
+  to a baseline run with a paired bootstrap interval, and one plot of all loss curves.
 * ``tikmix tokenize SOURCE... -o OUT.tokens [--tokenizer bytes|FILE]`` -- builds a token file once from jsonl,
   parquet, text files or text folders (streamed, with a progress bar and the throughput), for ``token_file:``
   sources of any number of runs.
@@ -42,7 +44,7 @@ def _static_weights(text: str) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="tikmix", description="Influence-driven dynamic data mixtures (TiKMiX).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,run,report,tokenize}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,run,report,tokenize,compare}")
 
     d = sub.add_parser("demo", help="uniform vs TiKMiX-D vs TiKMiX-M on an embedded corpus (no downloads)",
                        description="Train a small GPT on an embedded multi-domain corpus with a static uniform "
@@ -75,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="where the PNGs go (default: next to the file)")
     rep.add_argument("--prefix", default="", help="prefix of the PNG file names (e.g. demo_)")
 
+    c = sub.add_parser("compare", help="test losses of finished runs side by side, with paired bootstrap intervals",
+                       description="Compare finished `tikmix run` output folders (same targets, test sequences and "
+                                   "budget): final test loss per target and mean, the difference to a baseline run "
+                                   "with a 95%% paired bootstrap interval over test sequences, and one plot of all "
+                                   "loss curves.")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run output folders (their names label the runs)")
+    c.add_argument("--baseline", default=None, metavar="NAME",
+                   help="the run folder name to compare against (default: the first static/proportional run, "
+                        "else the first run)")
+    c.add_argument("--plot", default="tikmix_compare.png", metavar="PATH",
+                   help="where the loss-curve plot goes (default ./tikmix_compare.png; 'none' for no plot)")
     t = sub.add_parser("tokenize", help="build a token file once from jsonl / parquet / text sources",
                        description="Tokenise documents (streamed) into one token file, an end-of-document token "
                                    "after each; reuse it in any run config as a token_file source.")
@@ -88,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pattern", default="**/*.txt", help="glob of files inside text folders (default **/*.txt)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tikmix.compare import CompareError, compare, format_table, plot_curves
+
+    try:
+        runs, base, rows = compare(args.runs, args.baseline)
+    except CompareError as exc:
+        print(f"tikmix compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(runs, base, rows))
+    if args.plot != "none":
+        print(f"plot: {plot_curves(runs, args.plot)}")
+    return 0
 
 
 def _tokenize(args: argparse.Namespace) -> int:
@@ -187,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threads is not None and threads < 1:
         print(f"tikmix {args.command}: error: --threads must be >= 1, got {threads}", file=sys.stderr)
         return 2
-    commands = {"demo": _demo, "run": _run, "tokenize": _tokenize, "report": _report}
+    commands = {"demo": _demo, "run": _run, "tokenize": _tokenize, "report": _report, "compare": _compare}
     if not threads:
         return commands[args.command](args)
     import torch

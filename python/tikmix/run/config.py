@@ -44,6 +44,7 @@ __all__ = [
     "SolverConfig",
     "InfluenceConfig",
     "TokenFileSource",
+    "DevTestSource",
     "TextFolderSource",
     "JsonlSource",
     "ParquetSource",
@@ -193,14 +194,42 @@ Source = Annotated[
 Sources = Annotated[dict[Name, Source], Field(min_length=1)]
 
 
+class DevTestSource(_Section):
+    """A target given as two sources kept apart: ``dev`` measures influence, ``test`` is the reported loss.
+
+    Identical sequences in both are refused when the run opens them (rows are compared by hash).
+    """
+
+    dev: Source = Field(description="the target's dev sequences (influence measurement)")
+    test: Source = Field(description="the target's test sequences (evaluation only)")
+
+
+_SPLIT_TAG = "target="  # tags of the target union; removed from error locations like _TAG
+
+
+def _target_kind(value: Any) -> str:
+    if isinstance(value, DevTestSource) or (isinstance(value, dict) and ("dev" in value or "test" in value)):
+        return _SPLIT_TAG + "split"
+    return _SPLIT_TAG + "source"
+
+
+TargetSources = Annotated[
+    dict[Name, Annotated[Union[Annotated[Source, Tag(_SPLIT_TAG + "source")],
+                               Annotated[DevTestSource, Tag(_SPLIT_TAG + "split")]], Discriminator(_target_kind)]],
+    Field(min_length=1),
+]
+
+
 # ---------------------------------------------------------------------------------------------- sections
 class DataConfig(_Section):
     """Training domains, target tasks and the sequence length."""
 
     seq_len: PositiveInt = Field(description="tokens per training sequence")
     domains: Sources = Field(description="name -> source (one of token_file / text_folder); the mixture's domains")
-    targets: Sources = Field(
-        description="name -> source; the first half of each target's sequences measures influence, the second is evaluated"
+    targets: TargetSources = Field(
+        description="name -> {dev: source, test: source} (influence is measured on dev, the loss reported on test; "
+        "identical sequences in both are refused), or name -> source (fallback: the first half by position is dev, "
+        "the second test; a warning says so)"
     )
     initial_weights: list[Annotated[FiniteFloat, Field(ge=0)]] | None = Field(
         None,
@@ -341,14 +370,21 @@ class StagesConfig(_Section):
 
 
 class SolverConfig(_Section):
-    """The mixture solver run at each boundary."""
+    """How the mixture is chosen: re-solved at each boundary (TiKMiX-D / TiKMiX-M) or fixed (a baseline)."""
 
-    name: Literal["direct", "regression"] = Field("direct", description="direct (TiKMiX-D) or regression (TiKMiX-M)")
+    name: Literal["direct", "regression", "static", "proportional"] = Field(
+        "direct", description="direct (TiKMiX-D), regression (TiKMiX-M), static (the fixed mixture in weights: a "
+        "baseline, e.g. uniform) or proportional (fixed, proportional to the domains' sizes)")
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="solve_direct keyword arguments; for regression {direct: {...}, regression: {...}}",
     )
-
+    weights: Union[Literal["uniform"], list[Annotated[FiniteFloat, Field(ge=0)]], dict[str, Annotated[FiniteFloat, Field(ge=0)]], None] = Field(
+        None, description="static only: 'uniform', a list in domain order or a mapping name -> weight (missing = 0); "
+        "normalised")
+    decision: Union[Literal["paper", "robust"], dict[str, Any], None] = Field(
+        None, description="direct/regression: how the measured S becomes the solver's input (tikmix.decision."
+        "Decision): paper (default: as measured), robust, or a dict of its options")
 
 class InfluenceConfig(_Section):
     """Group Influence measurement (:class:`tikmix.GroupInfluence`) at each boundary."""
@@ -379,7 +415,9 @@ class RunConfig(_Section):
     data: DataConfig = Field(description="domains, targets, sequence length")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model")
     train: TrainConfig = Field(description="optimisation")
-    stages: StagesConfig = Field(description="stage boundaries")
+    stages: StagesConfig = Field(
+        default_factory=lambda: StagesConfig(boundaries=[]),
+        description="stage boundaries (required by direct/regression; none for static/proportional)")
     solver: SolverConfig = Field(default_factory=SolverConfig, description="mixture solver")
     influence: InfluenceConfig = Field(default_factory=InfluenceConfig, description="influence measurement")
     tokenizer: str = Field(
@@ -408,6 +446,53 @@ class RunConfig(_Section):
     @classmethod
     def _resolve_out(cls, v: str, info: ValidationInfo) -> str:
         return str(_resolve(_base_dir(info), v))
+
+    @model_validator(mode="after")
+    def _fixed_mixture(self) -> "RunConfig":
+        sv, names = self.solver, list(self.data.domains)
+        fixed = sv.name in ("static", "proportional")
+        if sv.name == "static":
+            w = sv.weights
+            if w is None:
+                raise ConfigError("solver.weights", "required with solver static: 'uniform', a list in domain order "
+                                                    f"or a mapping name -> weight (domains: {', '.join(names)})")
+            if w == "uniform":
+                w = [1.0] * len(names)
+            elif isinstance(w, dict):
+                extra = [k for k in w if k not in names]
+                if extra:
+                    raise ConfigError(f"solver.weights.{extra[0]}", f"not a domain (domains: {', '.join(names)})")
+                w = [float(w.get(n, 0.0)) for n in names]
+            if len(w) != len(names):
+                raise ConfigError("solver.weights", f"has {len(w)} entries but there are {len(names)} domains "
+                                                    f"({', '.join(names)})")
+            total = math.fsum(w)
+            if total <= 0:
+                raise ConfigError("solver.weights", "the weights sum to 0")
+            sv.weights = [x / total for x in w]
+        elif sv.weights is not None:
+            raise ConfigError("solver.weights", f"only for solver static (this is solver {sv.name})")
+        if fixed:
+            if self.stages.boundaries:
+                raise ConfigError("stages.boundaries", f"solver {sv.name} keeps one mixture for the whole run: "
+                                                       "leave stages out (or give boundaries: [])")
+            if self.data.initial_weights is not None:
+                raise ConfigError("data.initial_weights", f"solver {sv.name} sets the mixture; leave initial_weights "
+                                                          "out")
+            for key in ("options", "decision"):
+                if getattr(sv, key):
+                    raise ConfigError(f"solver.{key}", f"has no effect with solver {sv.name}")
+        elif not self.stages.boundaries:
+            raise ConfigError("stages.boundaries", f"solver {sv.name} re-chooses the mixture at stage boundaries; give "
+                                                   "at least one (for a fixed mixture use solver static)")
+        elif sv.decision is not None:
+            from tikmix.decision import Decision
+
+            try:
+                Decision.from_options(sv.decision)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError("solver.decision", str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _stages_fit_budget(self) -> "RunConfig":
@@ -445,7 +530,7 @@ class RunConfig(_Section):
 def _dotted(loc: tuple[Any, ...]) -> str:
     key = ""
     for part in loc:
-        if isinstance(part, str) and (part.startswith(_TAG) or part == "[key]" or part == ""):
+        if isinstance(part, str) and (part.startswith((_TAG, _SPLIT_TAG)) or part == "[key]" or part == ""):
             continue
         if isinstance(part, int):
             key += f"[{part}]"
@@ -488,7 +573,9 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     model: Any = RunConfig
     for part in loc:
-        if isinstance(part, str) and part.startswith(_TAG):
+        if isinstance(part, str) and part.startswith(_SPLIT_TAG):
+            model = DevTestSource if part.endswith("split") else model
+        elif isinstance(part, str) and part.startswith(_TAG):
             model = SOURCE_KINDS[part[len(_TAG):]]
         elif isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
             model = _section_model(model.model_fields[part].annotation)

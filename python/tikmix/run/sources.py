@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, JsonlSource, ParquetSource, RunConfig, TextFolderSource, TokenFileSource
+from .config import ConfigError, DevTestSource, JsonlSource, ParquetSource, RunConfig, TextFolderSource, TokenFileSource
 from tikmix._distributed import barrier
 
 __all__ = ["open_sources", "split_targets"]
@@ -54,24 +54,59 @@ def _open(cfg: RunConfig, section: str, name: str, src: Any, rank: int, tokenize
 
 
 def open_sources(cfg: RunConfig, section: str, rank: int = 0, tokenizer: Any = None) -> dict[str, Any]:
-    """``section`` (``"domains"`` or ``"targets"``) as name -> dataset, in config order."""
-    return {name: _open(cfg, section, name, src, rank, tokenizer) for name, src in getattr(cfg.data, section).items()}
+    """``section`` (``"domains"`` or ``"targets"``) as name -> dataset, in config order; a target given as
+    ``{dev, test}`` becomes a ``(dev dataset, test dataset)`` pair."""
+    out: dict[str, Any] = {}
+    for name, src in getattr(cfg.data, section).items():
+        if isinstance(src, DevTestSource):
+            out[name] = (_open(cfg, section, f"{name}.dev", src.dev, rank, tokenizer),
+                         _open(cfg, section, f"{name}.test", src.test, rank, tokenizer))
+        else:
+            out[name] = _open(cfg, section, name, src, rank, tokenizer)
+    return out
 
 
 def _stack(ds: Any, idx: range) -> torch.Tensor:
     return torch.stack([ds[i] for i in idx])
 
 
-def split_targets(cfg: RunConfig, targets: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Each target's first half (influence, "dev") and second half (evaluation, "test"), at most ``max_sequences``.
+def _cap(ds: Any, src: Any) -> int:
+    cap = getattr(src, "max_sequences", None)
+    return min(len(ds), cap) if cap is not None else len(ds)
 
-    A target of one sequence is used for both.
+
+def split_targets(
+    cfg: RunConfig, targets: dict[str, Any], warn: Any = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each target's dev rows (influence) and test rows (evaluation), at most ``max_sequences`` per source.
+
+    A target given as ``{dev, test}`` uses its two sources; a test row identical to a dev row raises
+    :class:`ConfigError` (rows compared by hash). A target given as one source falls back to its first half
+    by position (dev) and second half (test) -- ``warn`` (a callable taking a message) is told so; a target
+    of one sequence is used for both.
     """
     dev, test = {}, {}
     for name, ds in targets.items():
-        cap = cfg.data.targets[name].max_sequences
-        n = min(len(ds), cap) if cap is not None else len(ds)
+        src = cfg.data.targets[name]
+        if isinstance(src, DevTestSource):
+            d_ds, t_ds = ds
+            dev[name] = _stack(d_ds, range(_cap(d_ds, src.dev)))
+            test[name] = _stack(t_ds, range(_cap(t_ds, src.test)))
+            seen = {row.tobytes() for row in dev[name].numpy()}
+            shared = sum(row.tobytes() in seen for row in test[name].numpy())
+            if shared:
+                raise ConfigError(
+                    f"data.targets.{name}",
+                    f"dev and test share {shared} identical sequence(s) (of {test[name].shape[0]} test sequences); "
+                    "the reported loss would include sequences the mixture was chosen for: remove the overlap",
+                )
+            continue
+        n = _cap(ds, src)
         half = max(1, (n + 1) // 2)
         dev[name] = _stack(ds, range(0, half))
         test[name] = _stack(ds, range(half, n)) if n > half else dev[name]
+        if warn is not None:
+            warn(f"[tikmix] warning: target {name!r} has one source: its first {half} sequences (by position) measure "
+                 f"influence and the other {n - half if n > half else half} are evaluated; give data.targets.{name} "
+                 "as {dev: ..., test: ...} to keep them apart")
     return dev, test

@@ -16,7 +16,7 @@ from .model import build_model, check_model, import_callable, vocab_size
 from .parallel import load_sharded, prune_sharded, save_sharded, wrap_model
 from .sources import open_sources, split_targets
 
-__all__ = ["train", "learning_rate"]
+__all__ = ["train", "learning_rate", "evaluate", "evaluate_sequences", "write_eval", "EVAL_FORMAT"]
 
 
 def _device(cfg: RunConfig, world: int, local_rank: int) -> torch.device:
@@ -78,8 +78,8 @@ def train(
     domains = open_sources(cfg, "domains", rank, tokenizer)
     targets = open_sources(cfg, "targets", rank, tokenizer)
     names = list(domains)
-    vocab = vocab_size(cfg, [*domains.values(), *targets.values()])
-    dev_sets, test_sets = split_targets(cfg, targets)
+    vocab = vocab_size(cfg, [*domains.values(), *(d for v in targets.values() for d in (v if isinstance(v, tuple) else (v,)))])
+    dev_sets, test_sets = split_targets(cfg, targets, warn=say)
 
     seed = cfg.seed
     torch.manual_seed(seed)
@@ -88,7 +88,14 @@ def train(
     check_model(cfg, model, loss_fn, torch.stack([first[i % len(first)] for i in range(2)]).to(device))
     wrapped = wrap_model(model, t.parallel, world)  # fsdp: shards model in place (before the optimizer sees it)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.98), weight_decay=t.weight_decay)
-    weights = cfg.data.initial_weights or [1.0 / len(names)] * len(names)
+    fixed = cfg.solver.name in ("static", "proportional")
+    if cfg.solver.name == "static":
+        weights = list(cfg.solver.weights)  # type: ignore[arg-type]  (validated and normalised)
+    elif cfg.solver.name == "proportional":
+        sizes = [len(ds) for ds in domains.values()]
+        weights = [n / sum(sizes) for n in sizes]
+    else:
+        weights = cfg.data.initial_weights or [1.0 / len(names)] * len(names)
     sampler = MixtureSampler([len(ds) for ds in domains.values()], weights, batch_size=t.batch_size, seed=seed,
                              tokens_per_sample=cfg.data.seq_len)
     dataset = concat_domains(list(domains.values()))
@@ -103,10 +110,12 @@ def train(
         model, sampler,
         domains=domains, targets=dev_sets, loss_fn=loss_fn,
         stages=cfg.stages.boundaries, stage_unit=cfg.stages.unit, tokens_per_step=cfg.tokens_per_step,
-        solver=cfg.solver.name, solver_options=cfg.solver.options, influence=influence_options,
+        solver="direct" if fixed else cfg.solver.name, solver_options=cfg.solver.options, influence=influence_options,
         samples_per_domain=infl.samples_per_domain, target_samples=infl.target_samples, batch_size=infl.batch_size,
-        device=device, history_path=out / "history.json", seed=seed, total_steps=t.steps,
+        device=device, history_path=out / "history.json", seed=seed, total_steps=t.steps, decision=cfg.solver.decision,
     )
+    if fixed:  # no boundaries: the controller only records; say what the run is
+        controller.history["solver"] = fixed_label(cfg.solver.name, weights)
 
     start = 0
     state = load_checkpoint(out, device) if resume else None
@@ -191,9 +200,12 @@ def train(
     if tb is not None:
         tb.close()
     if end == t.steps:
-        final = evaluate(model, test_sets, device, loss_fn)
+        per_sequence = evaluate_sequences(model, test_sets, device, loss_fn)
+        final = {k: float(v.mean()) for k, v in per_sequence.items()}
         controller.finish(t.steps, test_losses=final)
         if rank == 0:
+            write_eval(out / "eval.json", per_sequence, test_sets, controller.history["solver"], t.steps,
+                       cfg.tokens_per_step)
             from tikmix.report import format_tables, plot_all
 
             plots = plot_all(controller.history, out)
@@ -219,9 +231,9 @@ def _log_boundary(tb: Any, rec: Mapping[str, Any], domains: list[str], targets: 
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, sets: Mapping[str, torch.Tensor], device: torch.device,
-             loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None) -> dict[str, float]:
-    """Mean per-sequence loss of each named set (eval mode, restored afterwards); default loss: the demo GPT's."""
+def evaluate_sequences(model: torch.nn.Module, sets: Mapping[str, torch.Tensor], device: torch.device,
+                       loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Per-sequence loss of each named set (float64 [rows] on the CPU; eval mode, restored afterwards)."""
     if loss_fn is None:
         from tikmix.demo.model import sequence_loss as loss_fn
 
@@ -230,6 +242,41 @@ def evaluate(model: torch.nn.Module, sets: Mapping[str, torch.Tensor], device: t
     out = {}
     for name, rows in sets.items():
         losses = [loss_fn(model, rows[a : a + 128].to(device)) for a in range(0, rows.shape[0], 128)]
-        out[name] = float(torch.cat(losses).mean())
+        out[name] = torch.cat(losses).detach().double().cpu()
     model.train(was)
     return out
+
+
+def evaluate(model: torch.nn.Module, sets: Mapping[str, torch.Tensor], device: torch.device,
+             loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None) -> dict[str, float]:
+    """Mean per-sequence loss of each named set (eval mode, restored afterwards); default loss: the demo GPT's."""
+    return {k: float(v.mean()) for k, v in evaluate_sequences(model, sets, device, loss_fn).items()}
+
+
+def fixed_label(name: str, weights: list[float]) -> str:
+    """The history's solver label of a fixed-mixture run: ``static (uniform)``, ``static`` or ``proportional``."""
+    if name == "static" and max(weights) - min(weights) <= 1e-12:
+        return "static (uniform)"
+    return name
+
+
+EVAL_FORMAT = "tikmix.eval/1"
+
+
+def write_eval(path: Any, per_sequence: Mapping[str, torch.Tensor], test_sets: Mapping[str, torch.Tensor],
+               solver: str, steps: int, tokens_per_step: int) -> None:
+    """``eval.json``: the final per-sequence test losses, with a hash of each test set (``tikmix compare``)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    doc = {
+        "format": EVAL_FORMAT,
+        "solver": solver,
+        "steps": int(steps),
+        "tokens_per_step": int(tokens_per_step),
+        "tokens": int(steps) * int(tokens_per_step),
+        "targets": {k: v.tolist() for k, v in per_sequence.items()},
+        "test_sha1": {k: hashlib.sha1(test_sets[k].cpu().numpy().tobytes()).hexdigest() for k in per_sequence},
+    }
+    Path(path).write_text(json.dumps(doc))
