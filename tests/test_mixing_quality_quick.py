@@ -1,0 +1,57 @@
+"""benchmarks/mixing_quality.py --quick: the real-text corpus builds with held-out targets, every method runs
+through the library, and the table comes out (a smoke test; the measured table is in docs/mixing-quality.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "mixing_quality.py"
+
+
+def _load(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_corpus_holds_out_target_files_and_sequences():
+    mq = _load("mixing_quality_corpus")
+    corpus, info = mq.build_corpus(32, 20_000, 32)
+    assert set(corpus.target_test) == set(mq.TARGETS) and len(corpus.domains) >= 5
+    targets = {r.tobytes() for t in mq.TARGETS for r in (*corpus.target_dev[t], *corpus.target_test[t])}
+    for name, rows in corpus.domains.items():
+        assert rows.dtype == np.uint8 and rows.shape[1] == 33
+        assert not any(r.tobytes() in targets for r in rows), name
+    for t in mq.TARGETS:  # dev and test come from different held-out files
+        dev = {r.tobytes() for r in corpus.target_dev[t]}
+        assert not any(r.tobytes() in dev for r in corpus.target_test[t])
+        assert info["held_out_files"][t] >= 2
+
+
+def test_quick_benchmark_prints_the_table(tmp_path):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--jobs", "1", "--out", str(tmp_path), "--methods", "uniform",
+         "tikmix-d", "tikmix-m:robust"],
+        capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for text in ("| uniform |", "| tikmix-d |", "| tikmix-m:robust |", "mean vs uniform", "controller time"):
+        assert text in out, out
+    runs = [json.loads(x) for x in (tmp_path / "runs_quick.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in runs} == {"uniform", "tikmix-d", "tikmix-m:robust"}
+    assert len({r["tokens"] for r in runs}) == 1  # equal tokens
+    again = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--report-only", "--out", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert again.returncode == 0 and "| tikmix-d |" in again.stdout
