@@ -182,8 +182,9 @@ def format_table(runs: Sequence[RunResult], base: RunResult, rows: Sequence[dict
 
 def plot_curves(runs: Sequence[RunResult], path: str | Path) -> Path:
     """One PNG: every run's mean target test loss over training steps."""
-    import matplotlib
+    from tikmix._extras import require
 
+    matplotlib = require("matplotlib", "plots", "the tikmix compare plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
