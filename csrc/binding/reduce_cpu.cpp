@@ -1,7 +1,7 @@
 // CPU implementations of the reduce family: checks (reduce_checks.h), then the torch-free kernels of csrc/cpu
 // (reduce_kernels.h, which also states the numerical contracts), run as at::parallel_for tasks whose split depends
 // on the shapes only, so results never depend on the thread count. The dense products use tikmix's own kernels
-// (the sketch kernels, kron_outer, rowdot) rather than BLAS: MKL's sgemm changes its summation order with the
+// (rowdot, kron_outer) rather than BLAS: MKL's sgemm changes its summation order with the
 // thread count (measured: different bits at 1, 2 and 3 threads for small-output shapes).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,7 +21,7 @@
 namespace tikmix::binding {
 namespace {
 
-constexpr int64_t kKronChunkElems = int64_t(1) << 22;  // fp32 elements of Ã or g̃ per sample chunk
+constexpr int64_t kKronChunkElems = int64_t(1) << 22;  // fp32 elements of a or g converted per sample chunk
 constexpr int64_t kSegmentMaxStrip = 2048;  // columns per segment task, at most (column split never changes bits)
 constexpr int64_t kSegmentTasks = 32;       // segment tasks wanted per call (enough for 8 threads × 4)
 constexpr int64_t kScanRows = 1024;                    // rows per non-finite scan task
@@ -143,59 +143,7 @@ void require_finite(const char* op, const at::Tensor& t, const char* name) {
   }
 }
 
-// ---- sketch_kron ----------------------------------------------------------------------------------------------
-at::Tensor sketch_kron_cpu(const at::Tensor& a, const at::Tensor& g, int64_t k_in, int64_t k_out, int64_t seed,
-                           int64_t layer) {
-  check_sketch_kron_inputs(a, g, k_in, k_out, seed, layer);
-  // No autograd formula (see tikmix_ext/kron.py): keep the ATen calls below out of autograd recording.
-  const at::AutoDispatchBelowAutograd below_autograd;
-  const int64_t n = a.size(0), t = a.size(1), in_f = a.size(2), out_f = g.size(2);
-  at::Tensor out = at::zeros({n, k_out * k_in}, a.options().dtype(at::kFloat));
-  if (n == 0 || t == 0 || in_f == 0 || out_f == 0) return out;
-  // Ã = a·R_in and g̃ = g·R_out through the sketch kernels (unit signs: alpha = 1; bf16/fp16 read directly), then
-  // Y = g̃ᵀ·Ã per sample (kron_outer, scaled once). Samples go in chunks that bound Ã and g̃; the chunking, like
-  // every plan here, depends on the shapes only.
-  const at::Tensor a2 = unit_column_stride(a.reshape({n * t, in_f}));
-  const at::Tensor g2 = unit_column_stride(g.reshape({n * t, out_f}));
-  const int64_t chunk = std::max<int64_t>(1, kKronChunkElems / (t * std::max(k_in, k_out)));
-  at::Tensor a_t = at::empty({std::min(chunk, n) * t, k_in}, out.options());
-  at::Tensor g_t = at::empty({std::min(chunk, n) * t, k_out}, out.options());
-  const float scale = cpu::kron_scale(k_in, k_out);
-  const size_t esize = a2.element_size();
-  auto unit_sketch = [&](const at::Tensor& x, int64_t row0, int64_t rows, int64_t k, uint64_t tag, at::Tensor& dst) {
-    cpu::SketchInput in;
-    in.x = static_cast<const unsigned char*>(x.data_ptr()) + size_t(row0) * size_t(row_stride(x)) * esize;
-    in.type = x.scalar_type() == at::kBFloat16 ? cpu::XType::kBF16
-                                                : (x.scalar_type() == at::kHalf ? cpu::XType::kF16 : cpu::XType::kF32);
-    in.ld = row_stride(x);
-    in.seed = kron_seed(uint64_t(seed), uint64_t(layer), tag);
-    cpu::SketchOutput o;
-    o.dst = dst.data_ptr<float>();
-    o.ld = k;
-    cpu::run_sketch(rows, x.size(1), k, in, o, /*has_scale=*/false, AtenParallelFor{});
-  };
-  float* y = out.data_ptr<float>();
-  for (int64_t n0 = 0; n0 < n; n0 += chunk) {
-    const int64_t nc = std::min(chunk, n - n0);
-    unit_sketch(a2, n0 * t, nc * t, k_in, 0, a_t);
-    unit_sketch(g2, n0 * t, nc * t, k_out, 1, g_t);
-    const float* ap = a_t.data_ptr<float>();
-    const float* gp = g_t.data_ptr<float>();
-    // Tasks: (sample, block of 8 rows of Y); every element of Y belongs to one task.
-    const int64_t pblocks = (k_out + 7) / 8;
-    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, t * 8 * k_in));
-    at::parallel_for(0, nc * pblocks, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = task / pblocks, p0 = (task % pblocks) * 8, p1 = std::min(k_out, p0 + 8);
-        cpu::kron_outer(gp + s * t * k_out, k_out, ap + s * t * k_in, k_in, t, p0, p1, k_in, scale,
-                        y + (n0 + s) * k_out * k_in);
-      }
-    });
-  }
-  return out;
-}
-
-// ---- group_influence ------------------------------------------------------------------------------------------
+// ---- dense products in a fixed order ------------------------------------------------------------------------
 // out[z, i] = Σ_c a[z, c] · b[i, c] ([rows of a, rows of b], contiguous) in rowdot's fixed order, tiles of
 // kDotTile × kDotTile in parallel.
 at::Tensor rowdot_product(const at::Tensor& a_in, const at::Tensor& b_in) {
@@ -219,6 +167,52 @@ at::Tensor rowdot_product(const at::Tensor& a_in, const at::Tensor& b_in) {
   return out;
 }
 
+// ---- sketch_kron ----------------------------------------------------------------------------------------------
+at::Tensor sketch_kron_cpu(const at::Tensor& a, const at::Tensor& g, int64_t k_in, int64_t k_out, int64_t seed,
+                           int64_t layer) {
+  check_sketch_kron_inputs(a, g, k_in, k_out, seed, layer);
+  // No autograd formula (see tikmix_ext/kron.py): keep the ATen calls below out of autograd recording.
+  const at::AutoDispatchBelowAutograd below_autograd;
+  const int64_t n = a.size(0), t = a.size(1), in_f = a.size(2), out_f = g.size(2);
+  at::Tensor out = at::zeros({n, k_out * k_in}, a.options().dtype(at::kFloat));
+  if (n == 0 || t == 0 || in_f == 0 || out_f == 0) return out;
+  // Ã = a·R_in and g̃ = g·R_out by rowdot against the transposed ±1 tiles R_inᵀ [k_in, i], R_outᵀ [k_out, o]
+  // (small: generated once), then Y = g̃ᵀ·Ã per sample (kron_outer, scaled once). Samples go in chunks that bound
+  // the fp32 copies of a and g; the chunking, like every plan here, depends on the shapes only.
+  auto unit_tile_t = [&](int64_t rows, int64_t k, uint64_t tag) {
+    at::Tensor r = at::empty({rows, k}, out.options());
+    float* p = r.data_ptr<float>();
+    const uint64_t tile_seed = kron_seed(uint64_t(seed), uint64_t(layer), tag);
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / k), [&](int64_t begin, int64_t end) {
+      cpu::fill_signs_f32(tile_seed, uint64_t(begin), end - begin, 0, k, 1.0f, p + begin * k, k);
+    });
+    return r.t().contiguous();
+  };
+  const at::Tensor r_in_t = unit_tile_t(in_f, k_in, 0), r_out_t = unit_tile_t(out_f, k_out, 1);
+  const int64_t chunk = std::max<int64_t>(1, kKronChunkElems / (t * std::max(in_f, out_f)));
+  const float scale = cpu::kron_scale(k_in, k_out);
+  float* y = out.data_ptr<float>();
+  for (int64_t n0 = 0; n0 < n; n0 += chunk) {
+    const int64_t nc = std::min(chunk, n - n0);
+    const at::Tensor a_t = rowdot_product(a.narrow(0, n0, nc).to(at::kFloat).reshape({nc * t, in_f}), r_in_t);
+    const at::Tensor g_t = rowdot_product(g.narrow(0, n0, nc).to(at::kFloat).reshape({nc * t, out_f}), r_out_t);
+    const float* ap = a_t.data_ptr<float>();
+    const float* gp = g_t.data_ptr<float>();
+    // Tasks: (sample, block of 8 rows of Y); every element of Y belongs to one task.
+    const int64_t pblocks = (k_out + 7) / 8;
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, t * 8 * k_in));
+    at::parallel_for(0, nc * pblocks, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t s = task / pblocks, p0 = (task % pblocks) * 8, p1 = std::min(k_out, p0 + 8);
+        cpu::kron_outer(gp + s * t * k_out, k_out, ap + s * t * k_in, k_in, t, p0, p1, k_in, scale,
+                        y + (n0 + s) * k_out * k_in);
+      }
+    });
+  }
+  return out;
+}
+
+// ---- group_influence ------------------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor> group_influence_cpu(const at::Tensor& train, const at::Tensor& ids,
                                                        int64_t num_groups, const at::Tensor& target,
                                                        const std::optional<at::Tensor>& precond) {

@@ -1,5 +1,5 @@
 // sketch_kron's torch-free part: the per-sample product Y = g̃ᵀ·Ã (kron_outer)
-// and the single output scale (reduce_kernels.h). Ã and g̃ come from the sketch kernels (sketch_kernels.h).
+// and the single output scale (reduce_kernels.h). Ã and g̃ come from rowdot (influence.cpp).
 #include <algorithm>
 #include <cmath>
 
@@ -7,7 +7,6 @@
 
 #include "tikmix/reduce_kernels.h"
 #include "tikmix/rng.h"
-#include "tikmix/sketch_kernels.h"
 
 namespace tikmix::cpu {
 

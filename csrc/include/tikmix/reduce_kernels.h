@@ -8,8 +8,8 @@
 //   R_out = unit-sign tile of R for seed kron_seed(seed, layer, 1), rows = output features [o, k_out] (±1)
 //   y[n, p·k_in + q] = kron_scale(k_in, k_out) · (R_outᵀ · (Σ_t g[n,t]·a[n,t]ᵀ) · R_in)[p, q]
 //                    = ((R_out/√k_out) ⊗ (R_in/√k_in))ᵀ · vec_row(W_n),  W_n = Σ_t g[n,t] a[n,t]ᵀ  ([o, i])
-//   computed in fp32 as Ã = a·R_in, g̃ = g·R_out (rows of a and g through the sketch kernels with unit signs,
-//   sketch_kernels.h; products with ±1 are exact), Y = g̃ᵀ·Ã per sample (kron_outer: a sum over tokens t ascending
+//   computed in fp32 as Ã = a·R_in, g̃ = g·R_out (rowdot of the rows of a and g against the ±1 tiles, in rowdot's
+//   order below; products with ±1 are exact), Y = g̃ᵀ·Ã per sample (kron_outer: a sum over tokens t ascending
 //   from +0.0), then ONE multiplication by kron_scale = float(1 / sqrt(double(k_in) · double(k_out))). Equal to the
 //   float64 identity to fp32 rounding; bit-exact for small-integer inputs (all partial sums exact).
 //
@@ -23,7 +23,7 @@
 //   and `out` can never be −0.0 (it starts at +0.0 and +0.0 + −0.0 = +0.0), so adding +0.0 changes nothing.
 //   Column partitioning (strips, tiles, threads, blocks) is free: columns are independent.
 //
-// ---- rowdot (group_influence's products): the summation order (thread-count independent) ----------------------
+// ---- rowdot (the products of group_influence and sketch_kron): the summation order (thread-count independent) ----------------------
 //   out[z, i] = Σ_c a[z, c] · b[i, c] in the input dtype T, IEEE only (no FMA): 16 lane sums from +0.0,
 //     acc[c mod 16] = acc[c mod 16] + a[z, c] · b[i, c]   for c = 0, 1, …, K−1 (products rounded to T first),
 //   then the lanes pairwise: acc[l] += acc[l + w] for w = 8, 4, 2, 1 (l < w); out = acc[0]. Each output element is
