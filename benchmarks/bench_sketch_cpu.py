@@ -7,13 +7,13 @@ Per shape (N, d, k), interleaved round-robin (background load hits every method 
   * torch.matmul with the materialised R, fp32 (MKL sgemm) and bf16 (oneDNN), at --threads and at 1 thread;
   * TRAK's CPU projector (``trak.projectors.BasicProjector``, Rademacher, fp32; ``pip install traker --no-deps``),
     one round (it is ~20–50× slower).
-Throughput is GFLOP-equivalent/s = 2·N·d·k / time, against the box's own peaks measured in the same run
-(an FMA-bound sgemm and a bf16 matmul, 4096³, at --threads threads and at 1 thread).
+Throughput is GFLOP-equivalent/s = 2·N·d·k / time, against the box's own peaks measured in the same rounds
+(an FMA-bound sgemm and a bf16 matmul, 4096³, at --threads threads and at 1 thread, interleaved with the rest).
 
     python benchmarks/bench_sketch_cpu.py              # (64, 2^20, 1024) and (64, 2^18, 4096), 3 rounds
     python benchmarks/bench_sketch_cpu.py --quick      # (64, 2^16, 1024), 2 rounds, all paths: about a minute
 
-The functions (``measure_peaks``, ``bench_shape``, ``PathWorker``) are importable for other harnesses.
+The functions (``bench_shape``, ``print_table``, ``measure_peaks``, ``PathWorker``) are importable for other harnesses.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import torch
 import tikmix_ext
 
 GiB = float(1 << 30)
+PEAK_SIZE = 4096  # the peak matmuls are PEAK_SIZE³
 PATHS = ("avx512bf16", "avx512", "avx2", "generic")
 REPORTED = {"avx512bf16": "avx512-bf16", "avx512": "avx512", "avx2": "avx2", "generic": "generic"}
 
@@ -205,6 +206,16 @@ def bench_shape(n: int, d: int, k: int, rounds: int, threads: int, workers: Sequ
     else:
         notes["matmul fp32 / bf16, stored R"] = f"n/a (needs {d * k * 6 / GiB:.0f} GiB for R in fp32 + bf16)"
 
+    # The box's peaks, interleaved with everything else (load changes during a run): FMA-bound sgemm, bf16 matmul.
+    pg = torch.Generator().manual_seed(1)
+    pa, pb = torch.randn(PEAK_SIZE, PEAK_SIZE, generator=pg), torch.randn(PEAK_SIZE, PEAK_SIZE, generator=pg)
+    pab, pbb = pa.to(torch.bfloat16), pb.to(torch.bfloat16)
+    for t in sorted({threads, 1}, reverse=True):
+        methods[("peak: sgemm", t)] = (lambda t=t: timed(lambda: torch.mm(pa, pb), t), rounds)
+        methods[("peak: bf16 matmul", t)] = (lambda t=t: timed(lambda: torch.mm(pab, pbb), t), rounds)
+        methods[("peak: sgemm", t)][0]()
+        methods[("peak: bf16 matmul", t)][0]()
+
     times: Dict[tuple, List[float]] = {key: [] for key in methods}
     for r in range(rounds):
         for key, (timer, want) in methods.items():
@@ -228,9 +239,13 @@ def bench_shape(n: int, d: int, k: int, rounds: int, threads: int, workers: Sequ
     return rows
 
 
-def print_table(n: int, d: int, k: int, rows: List[Row], peaks: Dict[str, float], threads: int) -> None:
-    flops = 2.0 * n * d * k
+def print_table(n: int, d: int, k: int, rows: List[Row], threads: int) -> None:
     by = {(r.method, r.threads): r.seconds for r in rows}
+    peaks = {("bf16 mm" if "bf16" in r.method else "sgemm") + f" t{r.threads}": 2.0 * PEAK_SIZE**3 / r.seconds / 1e9
+             for r in rows if r.method.startswith("peak:") and r.seconds}
+    print("\npeaks (GFLOP/s, interleaved with the rows below): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()))
+    rows = [r for r in rows if not r.method.startswith("peak:")]
+    flops = 2.0 * n * d * k
     mm32, mm16 = by.get(("matmul fp32, stored R", threads)), by.get(("matmul bf16, stored R (oneDNN)", threads))
     shape = f"({n}, 2^{d.bit_length() - 1}, {k})" if d & (d - 1) == 0 else f"({n}, {d}, {k})"
     print(f"\n### {shape}\n")
@@ -289,13 +304,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         seen.add(w.isa)
         workers.append(w)
     try:
-        peaks = measure_peaks(sorted({a.threads, 1}), rounds=a.rounds)
-        print("# peaks (GFLOP/s, 4096³, min of rounds): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()))
         for spec in a.shapes:
             n, log2d, k = (int(v) for v in spec.split(","))
             d = 1 << log2d
             rows = bench_shape(n, d, k, a.rounds, a.threads, workers, trak=not a.no_trak)
-            print_table(n, d, k, rows, peaks, a.threads)
+            print_table(n, d, k, rows, a.threads)
     finally:
         for w in workers:
             w.close()
