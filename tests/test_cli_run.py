@@ -5,18 +5,21 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from tikmix.cli import main
 from tikmix.data import write_token_file
 from tikmix.demo.corpus import build_corpus
-from tikmix.run import ConfigError, load_config, train, validate_config
+from tikmix.run import ConfigError, ConfigWarning, load_config, train, validate_config
+from tikmix.run.checkpoint import FORMAT, CheckpointError, checkpoint_dir, list_checkpoints
 
 SEQ = 16
 
@@ -120,7 +123,106 @@ def test_good_config_fills_defaults(tmp_path, data_dir):
     assert main(["run", str(tmp_path / "config.yaml"), "--check"]) == 0
 
 
-# ------------------------------------------------------------------------------------------ training
+# ------------------------------------------------------------------------------------------ hardening: bad configs
+def _bad_cases(data_dir: Path, tmp_path: Path) -> list:
+    """Configs that used to fail late (a traceback during training) or not at all; each must fail up front."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    arith = str(data_dir / "arith.tokens")
+    return [
+        (lambda c: c["influence"].update(params=["nomatch.*"]), "influence.params", "matches no parameter"),
+        (lambda c: c["influence"].update(n_bootstrap=-1), "influence.n_bootstrap", ">= 0|greater than or equal"),
+        (lambda c: c["influence"].update(damping=0), "influence.damping", "greater than 0"),
+        (lambda c: c["model"].update(dropout=1.5), "model.dropout", "less than 1"),
+        (lambda c: c["train"].update(weight_decay=-1), "train.weight_decay", "greater than or equal to 0"),
+        (lambda c: c["data"].update(vocab_size=100), "data.vocab_size", "too small"),
+        (lambda c: c.update(device="banana"), "device", "not a torch device"),
+        (lambda c: c.update(device="meta"), "device", "cpu or cuda"),
+        (lambda c: c.update(seed=-1), "seed", "greater than or equal to 0"),
+        (lambda c: c.update(seed=2**64), "seed", "less than"),
+        (lambda c: c.update(seed=True), "seed", "expected int, got a bool"),
+        (lambda c: c.update(out=str(a_file)), "out", "not a folder"),
+        (lambda c: c.update(out=str(a_file / "sub")), "out", "not a folder"),
+        (lambda c: c.update(solver={"options": {"bogus": 1}}), "solver.options.bogus", "unknown solve_direct option"),
+        (lambda c: c.update(solver={"options": {"min_weight": 0.5}}), "solver.options.min_weight", "sums to 2"),
+        (lambda c: c.update(solver={"options": {"max_shift": -1}}), "solver.options.max_shift", "max_shift must be"),
+        (lambda c: c.update(solver={"options": {"min_weight": [0.5, 0, 0, 0], "max_weight": 0.4}}),
+         "solver.options.min_weight", "exceeds max_weight"),
+        (lambda c: c.update(solver={"name": "regression", "options": {"regression": {"box": [2, 1]}}}),
+         "solver.options.regression.box", "box must satisfy"),
+        (lambda c: c.update(solver={"name": "regression", "options": {"regresion": {}}}),
+         "solver.options.regresion", "unknown regression solver option group"),
+        (lambda c: c.update(solver={"name": "regression", "options": {"regression": {"score": {"draws": 0}}}}),
+         "solver.options.regression.score.draws", "draws must be"),
+        (lambda c: c["influence"].update(k=2**26), "influence.k", "below 2\\^26"),
+        (lambda c: c["train"].update(grad_clip=-1), "train.grad_clip", "greater than 0"),
+        (lambda c: c["train"].update(min_lr_ratio=-5), "train.min_lr_ratio", "greater than or equal to 0"),
+        (lambda c: c["train"].update(lr=float("nan")), "train.lr", "finite"),
+        (lambda c: c["data"]["domains"].update({"../../../x": {"token_file": arith}}), "data.domains.../../../x",
+         "should match pattern"),
+        (lambda c: c["data"]["targets"].update({"a..b": {"token_file": arith}}), "data.targets.a..b", "must not contain"),
+        (lambda c: c["data"]["targets"].update({"/abs": {"token_file": arith}}), "data.targets./abs", "should match pattern"),
+        (lambda c: c["data"]["domains"]["arith"].update(max_sequences=0), "data.domains.arith.max_sequences",
+         "greater than or equal to 1"),
+        (lambda c: c["data"]["domains"]["prose"].update(pattern="*.nothing"), "data.domains.prose.text_folder",
+         "no files matching"),
+        (lambda c: c["data"].update(initial_weights=[1, 0, 0, -1]), r"data.initial_weights\[3\]", "greater than or equal"),
+        (lambda c: c["data"].update(initial_weights=[0, 0, 0, 0]), "data.initial_weights", "sum to 0"),
+    ]
+
+
+def test_hardening_bad_configs_fail_before_anything_is_built(tmp_path, data_dir, capsys):
+    for mutate, key, message in _bad_cases(data_dir, tmp_path):
+        out = tmp_path / "out"
+        cfg = _bad(_config(data_dir, out), mutate)
+        if "out" in cfg and cfg["out"] != str(out):
+            out = Path(cfg["out"])
+        with pytest.raises(ConfigError) as info:
+            validate_config(cfg)
+        assert re.match(f"^{key}: .*({message})", str(info.value)), (key, str(info.value))
+        assert info.value.key.replace("[", r"\[").replace("]", r"\]") == key
+        assert not (tmp_path / "out").exists()
+        path = _write(tmp_path, cfg)
+        for argv in (["run", str(path), "--check"], ["run", str(path)]):
+            assert main(argv) == 2, (key, argv)
+            err = capsys.readouterr().err
+            assert err.startswith("tikmix run: config error: ") and "Traceback" not in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_config_error(tmp_path, data_dir):
+    with pytest.raises(ConfigError, match="^device: 'cuda' is not available"):
+        validate_config(_config(data_dir, tmp_path / "out", device="cuda"))
+
+
+def test_duplicate_yaml_key_is_refused(tmp_path, data_dir):
+    text = _write(tmp_path, _config(data_dir, tmp_path / "out")).read_text()
+    assert "  steps: 24\n" in text
+    path = tmp_path / "dup.yaml"
+    path.write_text(text.replace("  steps: 24\n", "  steps: 24\n  steps: 4000\n"))
+    with pytest.raises(ConfigError, match=r"^train.steps: duplicate key \(lines \d+ and \d+\)"):
+        load_config(path)
+    assert main(["run", str(path), "--check"]) == 2
+
+
+def test_target_that_is_a_training_domain_warns(tmp_path, data_dir, capsys):
+    cfg = _config(data_dir, tmp_path / "out")
+    cfg["data"]["targets"]["arith_again"] = {"token_file": str(data_dir / "arith.tokens")}
+    with pytest.warns(ConfigWarning, match="data.targets.arith_again: reads the same data as training domain "
+                                           "data.domains.arith"):
+        validate_config(cfg)
+    assert main(["run", str(_write(tmp_path, cfg)), "--check"]) == 0
+    assert "tikmix run: warning: data.targets.arith_again" in capsys.readouterr().err
+
+
+def test_largest_seed_runs(tmp_path, data_dir):
+    cfg = validate_config(_config(data_dir, tmp_path / "out", seed=2**63 - 1,
+                                  train={"steps": 3, "batch_size": 8, "warmup": 1}, stages={"boundaries": [1]}))
+    history = train(cfg, progress=False, log=lambda *a: None)
+    assert len(history["stages"]) == 1
+
+
+# ------------------------------------------------------------------------------------------ training and resume
 def _comparable(history: dict) -> dict:
     h = json.loads(json.dumps(history))
     for s in h["stages"]:
@@ -129,25 +231,113 @@ def _comparable(history: dict) -> dict:
     return h
 
 
-def test_run_resume_after_interrupt_matches_uninterrupted(tmp_path, data_dir):
-    full = train(load_config(_write(tmp_path, _config(data_dir, tmp_path / "a"))), progress=False, log=lambda *a: None)
+def _final_weights(out: Path) -> dict:
+    (step, path), *_ = list_checkpoints(out)
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_with_dropout_is_bit_identical(tmp_path, data_dir):
+    """Dropout draws from the global RNG: the checkpoint carries the RNG states, so a resumed run is exact."""
+    quiet = dict(progress=False, log=lambda *a: None)
+    model = {"n_layer": 1, "n_head": 2, "d_model": 16, "dropout": 0.1}
+    full = train(load_config(_write(tmp_path, _config(data_dir, tmp_path / "a", model=model))), **quiet)
     assert [s["step"] for s in full["stages"]] == [8, 16]
     assert (tmp_path / "a" / "history.json").is_file() and (tmp_path / "a" / "mixture.png").is_file()
     assert sum(full["final"]["realised_total"]["tokens"]) == 24 * 8 * SEQ
 
-    cfg = load_config(_write(tmp_path, _config(data_dir, tmp_path / "b")))
-    partial = train(cfg, progress=False, stop_at=12, log=lambda *a: None)  # "killed" after step 12
+    cfg = load_config(_write(tmp_path, _config(data_dir, tmp_path / "b", model=model)))
+    partial = train(cfg, stop_at=12, **quiet)  # "killed" after step 12
     assert len(partial["stages"]) == 1 and partial["final"] is None
-    resumed = train(cfg, resume=True, progress=False, log=lambda *a: None)
+    torch.manual_seed(1234)  # whatever the process did in between must not matter
+    resumed = train(cfg, resume=True, **quiet)
     assert _comparable(resumed) == _comparable(full)
+    _assert_same_weights(_final_weights(tmp_path / "b"), _final_weights(tmp_path / "a"))
 
 
-def test_resume_refuses_a_different_config(tmp_path, data_dir):
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dir):
+    quiet = dict(progress=False, log=lambda *a: None)
+    train_cfg = {"steps": 24, "batch_size": 8, "lr": 0.01, "warmup": 2, "eval_every": 8, "checkpoint_every": 4}
+    full = train(load_config(_write(tmp_path, _config(data_dir, tmp_path / "a", train=train_cfg))), **quiet)
+    cfg = load_config(_write(tmp_path, _config(data_dir, tmp_path / "b", train=train_cfg)))
+    train(cfg, stop_at=14, **quiet)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [14, 12]  # the last two are kept
+    newest = list_checkpoints(tmp_path / "b")[0][1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    said: list[str] = []
+    resumed = train(cfg, resume=True, progress=False, log=said.append)
+    assert any("skipping checkpoint" in s and "step-000000014.pt" in s for s in said), said
+    assert any("resumed at step 12" in s for s in said), said
+    assert _comparable(resumed) == _comparable(full)
+    _assert_same_weights(_final_weights(tmp_path / "b"), _final_weights(tmp_path / "a"))
+
+    # both remaining checkpoints unusable (one empty, one garbage): a clear error, not a fresh start
+    for (_, path), content in zip(list_checkpoints(tmp_path / "b"), (b"", b"garbage")):
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="no usable checkpoint.*is empty.*not a torch.save archive"):
+        train(cfg, resume=True, **quiet)
+    assert main(["run", str(tmp_path / "config.yaml"), "--resume", "--no-progress"]) == 1
+
+
+class _Planted:
+    """Pickles to a call of Path.touch: loading it with weights_only=False would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_planted_checkpoint_is_never_executed(tmp_path, data_dir):
+    cfg = load_config(_write(tmp_path, _config(data_dir, tmp_path / "out")))
+    marker = tmp_path / "pwned"
+    folder = checkpoint_dir(tmp_path / "out")
+    folder.mkdir(parents=True)
+    torch.save({"format": FORMAT, "step": 4, "payload": _Planted(marker)}, folder / "step-000000004.pt")
+    torch.save({"format": "something/else", "step": 2}, folder / "step-000000002.pt")
+    with pytest.raises(CheckpointError) as info:
+        train(cfg, resume=True, progress=False, log=lambda *a: None)
+    assert not marker.exists()
+    assert "cannot be read safely" in str(info.value) and "not a tikmix run checkpoint" in str(info.value)
+
+
+def test_resume_refuses_a_different_config_naming_the_keys(tmp_path, data_dir):
     cfg = _config(data_dir, tmp_path / "c")
     train(load_config(_write(tmp_path, cfg)), progress=False, stop_at=4, log=lambda *a: None)
     cfg["train"]["lr"] = 0.02
-    with pytest.raises(ConfigError, match="different config"):
+    cfg["influence"]["k"] = 32
+    cfg["train"]["eval_every"] = 3  # cadence changes are allowed
+    with pytest.raises(ConfigError, match=r"^influence.k: .*changed: influence.k, train.lr\); refusing to resume"):
         train(load_config(_write(tmp_path, cfg)), resume=True, progress=False, log=lambda *a: None)
+
+
+def test_history_json_has_no_object_reprs(tmp_path, data_dir):
+    """TiKMiX-M's report holds a LightGBM Booster: history.json gets a JSON summary of it, not a repr."""
+    options = {"regression": {"n_candidates": 64, "rounds": 1, "samples_per_round": 64, "top_k": 4}}
+    cfg = _config(data_dir, tmp_path / "out", solver={"name": "regression", "options": options},
+                  train={"steps": 6, "batch_size": 8, "warmup": 1, "eval_every": 3}, stages={"boundaries": [3]})
+    history = train(load_config(_write(tmp_path, cfg)), progress=False, log=lambda *a: None)
+    text = (tmp_path / "out" / "history.json").read_text()
+    assert "object at 0x" not in text
+    loaded = json.loads(text)
+    assert json.loads(json.dumps(loaded)) == loaded == json.loads(json.dumps(history))
+
+    def strings(x):
+        if isinstance(x, dict):
+            return [s for v in x.values() for s in strings(v)]
+        if isinstance(x, list):
+            return [s for v in x for s in strings(v)]
+        return [x] if isinstance(x, str) else []
+
+    assert not [s for s in strings(loaded) if s.startswith("<") and s.endswith(">")]
+    model = loaded["stages"][0]["solver"]["regression"]["model"]
+    assert model["type"] == "lightgbm.basic.Booster" and model["num_trees"] > 0
 
 
 def test_two_process_gloo_run(tmp_path, data_dir):

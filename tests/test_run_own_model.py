@@ -123,7 +123,7 @@ def test_run_factory_model_and_per_sequence_check(files, tmp_path, monkeypatch):
                                    model={"factory": f"my_models:{name}"}))
         with pytest.raises(ConfigError, match=f"^model.factory: .*{match}"):
             train(cfg, progress=False, log=lambda *a, **k: None)
-        assert not (tmp_path / f"out_{name}" / "checkpoint.pt").exists()  # refused before training
+        assert not (tmp_path / f"out_{name}" / "checkpoints").exists()  # refused before training
 
 
 def _bad(files, tmp_path, mutate):
@@ -162,9 +162,8 @@ def test_unparsable_tokenizer_and_small_vocab(files, tmp_path):
     with pytest.raises(ConfigError, match="^tokenizer: .*not a valid tokenizer.json"):
         validate_config(_cfg(files, tmp_path / "out", tokenizer=str(bad)))
     small = dict(LLAMA, vocab_size=100)
-    cfg = validate_config(_cfg(files, tmp_path / "out", model={"hf": {"config": small}}))
     with pytest.raises(ConfigError, match=r"^model.hf.config.vocab_size: .*smaller than the data's \(300"):
-        train(cfg, progress=False, log=lambda *a, **k: None)
+        validate_config(_cfg(files, tmp_path / "out", model={"hf": {"config": small}}))  # before anything is built
 
 
 def test_run_hf_model_from_local_folder(files, tmp_path):

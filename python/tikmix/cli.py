@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="staged TiKMiX training on your own data from a YAML config")
     r.add_argument("config", help="YAML config (reference: docs/run-config.md)")
-    r.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if present")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from the newest usable checkpoint in <out>/checkpoints, if any")
     r.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     r.add_argument("--check", action="store_true", help="only validate the config and exit")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -175,13 +176,23 @@ def _threads() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tikmix.run import ConfigError, load_config, train
+    import warnings
+
+    from tikmix.run import ConfigError, ConfigWarning, load_config, train
+    from tikmix.run.checkpoint import CheckpointError
 
     try:
-        cfg = load_config(args.config)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConfigWarning)
+            cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"tikmix run: config error: {exc}", file=sys.stderr)
         return 2
+    for w in caught:
+        if issubclass(w.category, ConfigWarning):
+            print(f"tikmix run: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if args.check:
         print(f"{args.config}: OK")
         return 0
@@ -190,6 +201,9 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tikmix run: config error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointError as exc:
+        print(f"tikmix run: checkpoint error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

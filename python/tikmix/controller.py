@@ -73,7 +73,22 @@ def _jsonable(value: Any) -> Any:
         return value
     if hasattr(value, "as_dict"):
         return _jsonable(value.as_dict())
-    return repr(value)
+    return _summary(value)
+
+
+def _summary(value: Any) -> dict[str, Any]:
+    """A JSON stand-in for an object JSON cannot hold (e.g. TiKMiX-M's fitted LightGBM model): its type and,
+    for a LightGBM Booster, the size of the ensemble -- never a repr with a memory address."""
+    cls = type(value)
+    out: dict[str, Any] = {"type": f"{cls.__module__}.{cls.__qualname__}"}
+    for attr in ("num_trees", "num_feature"):
+        fn = getattr(value, attr, None)
+        if callable(fn):
+            try:
+                out[attr] = int(fn())
+            except Exception:  # a summary is best effort: the type alone still describes the object
+                pass
+    return out
 
 
 def _as_samples(data: Any, name: str) -> Any:
@@ -178,6 +193,12 @@ class Controller:
             )
         if solver not in _SOLVERS:
             raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
+        from tikmix.solvers import check_options
+
+        check_options(solver, solver_options, len(domains))  # bad options fail here, not at the first boundary
+        if solver == "regression" and "seed" in dict((solver_options or {}).get("regression", {})).get("score", {}):
+            raise ValueError("solver_options['regression']['score'] must not set seed: the controller seeds the "
+                             "resampling of each stage itself (from seed and the stage index)")
         if stage_unit not in ("steps", "tokens"):
             raise ValueError(f"stage_unit must be 'steps' or 'tokens', got {stage_unit!r}")
         check_int(samples_per_domain, "samples_per_domain", minimum=1)
@@ -401,7 +422,7 @@ class Controller:
             to_float64_array(result.unit_scores, "unit_scores"), to_float64_array(result.unit_domains, "unit_domains").astype(np.int64), len(self.domain_names),
             seed=self.seed + 7919 * (stage + 1), **score_opts,
         )
-        r_opts.setdefault("seed", self.seed + stage)
+        r_opts.setdefault("seed", (self.seed + stage) % 2**31)  # LightGBM takes 32-bit seeds
         res = solve_regression(score_fn, w_d, **r_opts)
         if int(res.status) != 0:
             # The surrogate is not trustworthy (e.g. held-out R^2 below min_r2): keep TiKMiX-D's answer.

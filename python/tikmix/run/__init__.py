@@ -3,7 +3,8 @@
 * :mod:`tikmix.run.config` -- the schema (keys, types, defaults, bounds), :func:`load_config`, :class:`ConfigError`
 * :mod:`tikmix.run.sources` -- the configured domains and targets as datasets
 * :mod:`tikmix.run.model` -- the model the run trains
-* :mod:`tikmix.run.checkpoint` -- checkpoint files
+* :mod:`tikmix.run.preflight` -- checks against the machine, the data and the library, before anything is built
+* :mod:`tikmix.run.checkpoint` -- checkpoints: safe loading, atomic writes, the last two kept, RNG states
 * :mod:`tikmix.run.parallel` -- DDP or FSDP2, and the sharded (DCP) checkpoints of FSDP2
 * :mod:`tikmix.run.train` -- the training loop, :func:`train`
 
@@ -18,7 +19,7 @@ DistributedDataParallel (or sharded with FSDP2, ``train.parallel: fsdp``; :mod:`
 from .._extras import require
 
 require("pydantic", "run", "tikmix run")  # the config schema; before importing it, for a clear message
-from .config import ConfigError, RunConfig, load_config, validate_config  # noqa: E402
+from .config import ConfigError, ConfigWarning, RunConfig, load_config, reference_markdown, validate_config  # noqa: E402
 from .train import train  # noqa: E402
 
-__all__ = ["ConfigError", "RunConfig", "load_config", "validate_config", "train"]
+__all__ = ["ConfigError", "ConfigWarning", "RunConfig", "load_config", "validate_config", "reference_markdown", "train"]

@@ -36,6 +36,7 @@ from tikmix._extras import require
 
 __all__ = [
     "ConfigError",
+    "ConfigWarning",
     "RunConfig",
     "DataConfig",
     "ModelConfig",
@@ -53,6 +54,8 @@ __all__ = [
     "NAME_PATTERN",
     "load_config",
     "validate_config",
+    "config_differences",
+    "reference_markdown",
 ]
 
 
@@ -62,6 +65,19 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+class _Invalid(ValueError):
+    """Raised inside the schema's validators: ``parts`` locate the bad entry relative to the validated object."""
+
+    def __init__(self, parts: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.parts = parts
+        self.message = message
+
+
+class ConfigWarning(UserWarning):
+    """A config that is valid but probably not what was meant (e.g. a target that is also a training domain)."""
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -92,7 +108,7 @@ def _resolve(base: Path, p: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------- sources
 class TokenFileSource(_Section):
-    """A token file written by :func:`tikmix.write_token_file` (or any headerless array of token ids)."""
+    """A token file written by `tikmix.write_token_file` (or a headerless array of token ids with `dtype`)."""
 
     token_file: str = Field(description="path of the token file (relative to the config's folder)")
     dtype: str | None = Field(None, description="element type of a headerless file (e.g. uint16); null = from the header")
@@ -103,12 +119,12 @@ class TokenFileSource(_Section):
     def _exists(cls, v: str, info: ValidationInfo) -> str:
         path = _resolve(_base_dir(info), v)
         if not path.is_file():
-            raise ConfigError("", f"file not found: {path}")
+            raise _Invalid((), f"file not found: {path}")
         return str(path)
 
 
 class TextFolderSource(_Section):
-    """A folder of text files, tokenised once with the run's ``tokenizer`` into ``<out>/data``."""
+    """A folder of text files, tokenised once with the run's `tokenizer` into `<out>/data`."""
 
     text_folder: str = Field(description="folder of text files (relative to the config's folder)")
     pattern: str = Field("**/*.txt", description="glob of the files to read inside the folder")
@@ -118,9 +134,9 @@ class TextFolderSource(_Section):
     def _has_files(self, info: ValidationInfo) -> "TextFolderSource":
         path = _resolve(_base_dir(info), self.text_folder)
         if not path.is_dir():
-            raise ConfigError("text_folder", f"folder not found: {path}")
+            raise _Invalid(("text_folder",), f"folder not found: {path}")
         if not any(p.is_file() for p in path.glob(self.pattern)):
-            raise ConfigError("text_folder", f"no files matching {self.pattern!r} in {path}")
+            raise _Invalid(("text_folder",), f"no files matching {self.pattern!r} in {path}")
         self.text_folder = str(path)
         return self
 
@@ -136,11 +152,11 @@ class _RecordsSource(_Section):
 
         path = _resolve(_base_dir(info), value)
         if not path.is_file():
-            raise ConfigError(key, f"file not found: {path}")
+            raise _Invalid((key,), f"file not found: {path}")
         try:
             check_text_source(path, fmt=key, field=self.field)
         except ValueError as exc:
-            raise ConfigError(key, str(exc)) from None
+            raise _Invalid((key,), str(exc)) from None
         return str(path)
 
 
@@ -224,7 +240,7 @@ TargetSources = Annotated[
 class DataConfig(_Section):
     """Training domains, target tasks and the sequence length."""
 
-    seq_len: PositiveInt = Field(description="tokens per training sequence")
+    seq_len: Annotated[int, Field(ge=1, le=2**20)] = Field(description="tokens per training sequence")
     domains: Sources = Field(description="name -> source (one of token_file / text_folder); the mixture's domains")
     targets: TargetSources = Field(
         description="name -> {dev: source, test: source} (influence is measured on dev, the loss reported on test; "
@@ -236,7 +252,7 @@ class DataConfig(_Section):
         description="first-stage mixture: a list in domain order or a mapping name -> weight (missing = 0); "
         "normalised; null = uniform",
     )
-    vocab_size: Annotated[int, Field(ge=2)] | None = Field(
+    vocab_size: Annotated[int, Field(ge=2, le=2**32)] | None = Field(
         None, description="null = the largest vocab_size in the token-file headers, at least 256"
     )
 
@@ -245,7 +261,7 @@ class DataConfig(_Section):
     def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name in v:
             if ".." in name:
-                raise ConfigError(name, "a name must not contain '..'")
+                raise _Invalid((name,), "a name must not contain '..'")
         return v
 
     @field_validator("initial_weights", mode="before")
@@ -256,7 +272,7 @@ class DataConfig(_Section):
         names = list(info.data["domains"])
         extra = [k for k in v if k not in names]
         if extra:
-            raise ConfigError(str(extra[0]), f"not a domain (domains: {', '.join(names)})")
+            raise _Invalid((str(extra[0]),), f"not a domain (domains: {', '.join(names)})")
         return [v.get(n, 0.0) for n in names]
 
     @model_validator(mode="after")
@@ -266,10 +282,10 @@ class DataConfig(_Section):
             return self
         names = list(self.domains)
         if len(w) != len(names):
-            raise ConfigError("initial_weights", f"has {len(w)} entries but there are {len(names)} domains ({', '.join(names)})")
+            raise _Invalid(("initial_weights",), f"has {len(w)} entries but there are {len(names)} domains ({', '.join(names)})")
         total = math.fsum(w)
         if total <= 0:
-            raise ConfigError("initial_weights", "the weights sum to 0")
+            raise _Invalid(("initial_weights",), "the weights sum to 0")
         self.initial_weights = [x / total for x in w]
         return self
 
@@ -285,17 +301,17 @@ class HFModelConfig(_Section):
     @model_validator(mode="after")
     def _one_of(self, info: ValidationInfo) -> "HFModelConfig":
         if (self.config is None) == (self.path is None):
-            raise ConfigError("", "give exactly one of config or path")
+            raise _Invalid((), "give exactly one of config or path")
         if self.config is not None:
             if not isinstance(self.config.get("model_type"), str):
-                raise ConfigError("config.model_type", "required: the architecture name (llama, gpt2, qwen2, ...)")
+                raise _Invalid(("config", "model_type"), "required: the architecture name (llama, gpt2, qwen2, ...)")
             return self
         path = _resolve(_base_dir(info), str(self.path))
         if not path.is_dir():
-            raise ConfigError("path", f"not a local folder: {path}. tikmix never downloads models; a hub model id "
+            raise _Invalid(("path",), f"not a local folder: {path}. tikmix never downloads models; a hub model id "
                                       "is refused: save the model locally (save_pretrained) and give that folder")
         if not (path / "config.json").is_file():
-            raise ConfigError("path", f"{path} has no config.json (expected a save_pretrained folder)")
+            raise _Invalid(("path",), f"{path} has no config.json (expected a save_pretrained folder)")
         self.path = str(path)
         return self
 
@@ -306,9 +322,9 @@ _DEMO_FIELDS = ("n_layer", "n_head", "d_model", "dropout")
 class ModelConfig(_Section):
     """The model: the demo GPT (default, sized by n_layer/n_head/d_model/dropout), ``hf`` or ``factory``."""
 
-    n_layer: PositiveInt = Field(2, description="demo GPT: transformer blocks")
-    n_head: PositiveInt = Field(4, description="demo GPT: attention heads")
-    d_model: PositiveInt = Field(64, description="demo GPT: width; divisible by n_head")
+    n_layer: Annotated[int, Field(ge=1, le=1024)] = Field(2, description="demo GPT: transformer blocks")
+    n_head: Annotated[int, Field(ge=1, le=1024)] = Field(4, description="demo GPT: attention heads")
+    d_model: Annotated[int, Field(ge=1, le=2**16)] = Field(64, description="demo GPT: width; divisible by n_head")
     dropout: Annotated[FiniteFloat, Field(ge=0, lt=1)] = Field(0.0, description="demo GPT: dropout probability")
     hf: HFModelConfig | None = Field(None, description="a Hugging Face causal LM: {config: {...}} or {path: folder}")
     factory: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = Field(
@@ -317,15 +333,15 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _one_model(self) -> "ModelConfig":
         if self.hf is not None and self.factory is not None:
-            raise ConfigError("factory", "give model.hf or model.factory, not both")
+            raise _Invalid(("factory",), "give model.hf or model.factory, not both")
         if self.hf is not None or self.factory is not None:
             demo = [f for f in _DEMO_FIELDS if f in self.model_fields_set]
             if demo:
-                raise ConfigError(demo[0], f"sizes the demo GPT; it has no effect with model."
+                raise _Invalid((demo[0],), f"sizes the demo GPT; it has no effect with model."
                                            f"{'hf' if self.hf is not None else 'factory'}")
             return self
         if self.d_model % self.n_head:
-            raise ConfigError("d_model", f"{self.d_model} is not divisible by model.n_head={self.n_head}")
+            raise _Invalid(("d_model",), f"{self.d_model} is not divisible by model.n_head={self.n_head}")
         return self
 
     @property
@@ -364,7 +380,7 @@ class StagesConfig(_Section):
         prev = 0
         for i, b in enumerate(self.boundaries):
             if b <= prev:
-                raise ConfigError(f"boundaries[{i}]", f"boundaries must be strictly increasing ({b} after {prev})")
+                raise _Invalid(("boundaries", i), f"boundaries must be strictly increasing ({b} after {prev})")
             prev = b
         return self
 
@@ -410,7 +426,7 @@ class RunConfig(_Section):
     """A complete, validated ``tikmix run`` config (paths resolved against the config's folder)."""
 
     out: str = Field(description="output folder: checkpoints, history.json, plots")
-    seed: Annotated[int, Field(ge=0, lt=2**64)] = Field(0, description="model init, sampler, influence samples, sketch")
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = Field(0, description="model init, sampler, influence samples, sketch")
     device: str = Field("cpu", description="cpu, cuda or cuda:N (under torchrun: cuda -> cuda:LOCAL_RANK)")
     data: DataConfig = Field(description="domains, targets, sequence length")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model")
@@ -439,7 +455,7 @@ class RunConfig(_Section):
         try:
             load_tokenizer(path)
         except TokenizerSpecError as exc:
-            raise ConfigError("", str(exc)) from None
+            raise _Invalid((), str(exc)) from None
         return str(path)
 
     @field_validator("out")
@@ -502,8 +518,8 @@ class RunConfig(_Section):
         for i, b in enumerate(st.boundaries):
             step = b if st.unit == "steps" else -(-b // tokens_per_step)
             if step >= t.steps:
-                raise ConfigError(
-                    f"stages.boundaries[{i}]",
+                raise _Invalid(
+                    ("stages", "boundaries", i),
                     f"{b} {st.unit} is at or beyond the training budget ({budget} {st.unit} = train.steps {t.steps})",
                 )
         return self
@@ -551,9 +567,8 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
     loc = tuple(err["loc"])
     kind = err["type"]
     error = (err.get("ctx") or {}).get("error")
-    if isinstance(error, ConfigError):
-        rel = tuple(int(p[1:-1]) if p.startswith("[") else p for p in error.key.replace("[", ".[").split(".") if p)
-        return _dotted(loc + rel), str(error).split(": ", 1)[1]
+    if isinstance(error, _Invalid):
+        return _dotted(loc + error.parts), error.message
     key = _dotted(loc)
     value = err.get("input")
     if kind == "missing":
@@ -592,21 +607,47 @@ def _section_model(annotation: Any) -> Any:
 
 
 def validate_config(raw: Any, base_dir: str | os.PathLike[str] = ".") -> RunConfig:
-    """Check a parsed config completely (keys, types, bounds, files, cross-field rules); fill defaults.
+    """Check a parsed config completely; fill defaults. Nothing is built, trained or written.
 
-    Relative paths are resolved against ``base_dir``. Raises :class:`ConfigError` naming the first bad key
-    (the message lists the other bad keys too).
+    The schema first (keys, types, bounds, files exist, cross-field rules; relative paths resolved against
+    ``base_dir``), then the checks against the surroundings (:mod:`tikmix.run.preflight`: output folder,
+    device, token ids vs vocab_size, influence and solver options). Raises :class:`ConfigError` naming the
+    first bad key (the message lists any other bad keys the schema found); warns with :class:`ConfigWarning`.
     """
+    from .preflight import check_all
+
     if not isinstance(raw, dict):
         raise ConfigError("<root>", f"the config must be a YAML mapping, got {type(raw).__name__}")
     try:
-        return RunConfig.model_validate(raw, context={"base_dir": Path(base_dir)})
+        cfg = RunConfig.model_validate(raw, context={"base_dir": Path(base_dir)})
     except ValidationError as exc:
         problems = [_describe(e) for e in exc.errors(include_url=False)]
-    key, message = problems[0]
-    if len(problems) > 1:
-        message += f" (and {len(problems) - 1} more: {', '.join(k for k, _ in problems[1:])})"
-    raise ConfigError(key, message)
+        key, message = problems[0]
+        if len(problems) > 1:
+            message += f" (and {len(problems) - 1} more: {', '.join(k for k, _ in problems[1:])})"
+        raise ConfigError(key, message) from None
+    check_all(cfg)
+    return cfg
+
+
+def _duplicate_keys(node: Any, path: str = "") -> None:
+    """Refuse a mapping that gives a key twice (YAML loaders silently keep the last one)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                if key in seen:
+                    raise ConfigError(dotted, f"duplicate key (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                              "give each key once")
+                seen[key] = key_node.start_mark.line + 1
+            _duplicate_keys(value_node, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, f"{path}[{i}]")
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
@@ -615,8 +656,188 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("<file>", f"config file not found: {p}")
+    text = p.read_text()
     try:
-        raw = yaml.safe_load(p.read_text())
+        _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("<file>", f"{p} is not valid YAML: {exc}") from None
     return validate_config(raw, p.parent)
+
+
+def config_differences(saved: Any, current: Any, path: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain (JSON-like) config dumps."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += config_differences(saved.get(key), current.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return [] if saved == current else [path or "<root>"]
+
+
+# ---------------------------------------------------------------------------------------------- reference
+EXAMPLE = """\
+out: runs/exp1                  # checkpoints, history.json and plots go here
+seed: 0
+device: cpu                     # or cuda, cuda:1 (under torchrun: cuda -> cuda:LOCAL_RANK)
+data:
+  seq_len: 64
+  domains:                      # name -> exactly one of token_file / text_folder
+    web:  {token_file: data/web.tokens}
+    code: {text_folder: data/code, pattern: "**/*.py"}
+  targets:                      # first half -> influence, second half -> evaluation
+    qa:   {token_file: data/qa.tokens, max_sequences: 512}
+  initial_weights: {web: 0.7, code: 0.3}
+model: {n_layer: 2, n_head: 4, d_model: 64, dropout: 0.0}
+train:
+  steps: 2000
+  batch_size: 32
+  lr: 0.003
+  checkpoint_every: 500
+stages:
+  unit: steps
+  boundaries: [500, 1000, 1500]
+solver:
+  name: direct                  # direct (TiKMiX-D) | regression (TiKMiX-M)
+  options: {max_shift: 0.5}
+influence:
+  k: 1024
+  samples_per_domain: 64
+  preconditioner: identity
+"""
+"""A complete config, shown at the top of the reference (the docs test validates it)."""
+
+
+def _number(x: Any) -> str:
+    if isinstance(x, int) and not isinstance(x, bool) and x >= 2**20 and (x & (x - 1)) == 0:
+        return f"2^{x.bit_length() - 1}"
+    return repr(x)
+
+
+def _limits(metadata: Any) -> list[str]:
+    out = []
+    for m in metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if type(m).__name__ == attr.capitalize():
+                out.append(f"{sign} {_number(getattr(m, attr))}")
+        if getattr(m, "allow_inf_nan", None) is False:
+            out.append("finite")
+        if type(m).__name__ == "MinLen":
+            out.append(f"at least {m.min_length} entry" + ("s" if m.min_length > 1 else ""))
+        if isinstance(m, FieldInfo):
+            out += _limits(m.metadata)
+        if isinstance(m, StringConstraints) and m.pattern:
+            out.append(f"matches `{m.pattern}`")
+    return out
+
+
+def _describe_type(ann: Any) -> tuple[str, list[str]]:
+    """(type name, constraints) of an annotation."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Annotated:
+        name, limits = _describe_type(args[0])
+        return name, _limits(args[1:]) + limits
+    if origin in (Union, types.UnionType):
+        parts = [a for a in args if a is not type(None)]
+        name, limits = _describe_type(parts[0]) if len(parts) == 1 else (" or ".join(_describe_type(a)[0] for a in parts), [])
+        return (name + " or null" if type(None) in args else name), limits
+    if origin is Literal:
+        return "str", ["one of " + ", ".join(f"`{a}`" for a in args)]
+    if origin is list:
+        name, limits = _describe_type(args[0])
+        return f"list of {name}", [f"each {x}" for x in limits]
+    if origin is dict:
+        return "mapping", []
+    if ann is float:
+        return "number", []
+    return getattr(ann, "__name__", str(ann)), []
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return ""
+    if value is None:
+        return "`null`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, dict) and not value:
+        return "`{}`"
+    return f"`{value}`"
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        section = _section_model(field.annotation)
+        if section is not None and section not in SOURCE_KINDS.values() and typing.get_origin(field.annotation) is not dict:
+            rows.append((f"**{key}**", "section", _default(field) or "(defaults)", "", field.description or ""))
+            rows += _rows(section, key + ".")
+            continue
+        ann = field.annotation
+        if typing.get_origin(ann) is dict and typing.get_args(ann)[1] is not Any:
+            _, name_limits = _describe_type(typing.get_args(ann)[0])
+            limits = _limits(field.metadata) + [f"names match {x[len('matches '):]}, without `..`" for x in name_limits]
+            rows.append((f"{key}.*&lt;name&gt;*", "source", _default(field), "; ".join(limits), field.description or ""))
+            continue
+        type_name, limits = _describe_type(ann)
+        limits = _limits(field.metadata) + limits
+        rows.append((key, type_name, _default(field), "; ".join(limits), field.description or ""))
+    return rows
+
+
+def _table(rows: list[tuple[str, str, str, str, str]]) -> str:
+    lines = ["| key | type | default | constraint | description |", "|---|---|---|---|---|"]
+    for key, type_name, default, limits, desc in rows:
+        cells = [key if key.startswith("**") or "&lt;" in key else f"`{key}`", type_name, default, limits, desc]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """The ``tikmix run`` config reference page (markdown), generated from this schema.
+
+    The docs page ``docs/run-config.md`` is this text; a test keeps the two equal.
+    """
+    sources = []
+    for kind, model in SOURCE_KINDS.items():
+        sources.append(f"**`{kind}`** — {(model.__doc__ or '').strip()}\n\n" + _table(_rows(model, "")))
+    return f"""<!-- Generated from the schema in tikmix/run/config.py by tikmix.run.config.reference_markdown(); edit the schema, not this page. -->
+# `tikmix run` configuration
+
+`tikmix run CONFIG.yaml` trains the demo GPT on your data with staged, influence-driven mixtures.
+The YAML config is checked completely before anything is built or trained: `tikmix run CONFIG.yaml --check`
+only checks it. A bad entry stops the run with exit status 2 and a message that starts with its dotted key,
+for example `data.domains.web.token_file: file not found: runs/data/web.tokens`. A key given twice, an
+unknown key and a value of the wrong type (`"3"` for 3) are errors too. Relative paths are relative to the
+config file's folder. `--resume` continues from the last good checkpoint in `out` and refuses a config that
+differs from the checkpoint's (naming the keys) in anything but `train.eval_every` and `train.checkpoint_every`.
+
+## Example
+
+```yaml
+{EXAMPLE}```
+
+## Keys
+
+{_table(_rows(RunConfig, ""))}
+
+Also checked before training: `model.d_model` is divisible by `model.n_head`; every stage boundary falls
+before the end of training; `data.initial_weights` has one entry per domain and a positive sum; the token
+ids of every source fit `data.vocab_size`; `device` exists on this machine; `out` is not a file;
+`influence.params` patterns each match a parameter; `solver.options` are accepted by the solver
+(`solve_direct` keyword arguments; for `regression`, `{{direct: {{...}}, regression: {{..., score: {{...}}}}}}` for
+`solve_direct`, `solve_regression` and `mixture_score_fn`), including bounds that no mixture can meet. A
+target that reads the same file as a training domain gives a warning.
+
+## Data sources
+
+Each entry of `data.domains`, and each target of `data.targets` (or its `dev` and `test`), is a mapping with
+exactly one of these keys.
+
+{(chr(10) * 2).join(sources)}
+"""
+

@@ -15,24 +15,18 @@ with a :class:`ConfigError` naming the ``model`` key.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .config import ConfigError, RunConfig
 
-__all__ = ["vocab_size", "build_model", "check_model", "rows_causal_lm_loss", "import_callable"]
+__all__ = ["build_model", "check_model", "rows_causal_lm_loss", "import_callable"]
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
-
-
-def vocab_size(cfg: RunConfig, datasets: Iterable[Any]) -> int:
-    """``data.vocab_size``, else the largest vocab size in the token-file headers (at least 256)."""
-    if cfg.data.vocab_size is not None:
-        return cfg.data.vocab_size
-    return max([getattr(ds, "vocab_size", None) or 0 for ds in datasets] + [256])
 
 
 def rows_causal_lm_loss(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
@@ -47,17 +41,25 @@ def _key(cfg: RunConfig) -> str:
 
 
 def build_model(cfg: RunConfig, vocab: int, device: torch.device) -> tuple[torch.nn.Module, LossFn]:
-    """A freshly initialised model (seeded by the caller) on ``device`` and its per-sequence loss."""
+    """A freshly initialised model (seeded by the caller) on ``device`` and its per-sequence loss.
+
+    Initialised on the CPU and moved, so a seed gives the same weights on every device. On the ``meta`` device
+    (shapes only, for the checks before training) the demo GPT and ``model.hf.config`` are built there directly.
+    """
     kind = cfg.model.kind
+    on_meta = torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
     if kind == "demo":
         from tikmix.demo.model import GPT, GPTConfig, sequence_loss
 
         m = cfg.model
-        model = GPT(GPTConfig(vocab_size=vocab, seq_len=cfg.data.seq_len, n_layer=m.n_layer, n_head=m.n_head,
-                              d_model=m.d_model, dropout=float(m.dropout)))
+        with on_meta:
+            model = GPT(GPTConfig(vocab_size=vocab, seq_len=cfg.data.seq_len, n_layer=m.n_layer, n_head=m.n_head,
+                                  d_model=m.d_model, dropout=float(m.dropout)))
         return model.to(device), sequence_loss
     if kind == "hf":
-        return _hf_model(cfg, vocab).to(device), rows_causal_lm_loss
+        with on_meta:
+            model = _hf_model(cfg, vocab)
+        return model.to(device), rows_causal_lm_loss
     return _factory_model(cfg, vocab, device)
 
 

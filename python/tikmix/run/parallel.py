@@ -9,7 +9,7 @@ import contextlib
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -82,11 +82,13 @@ def _single_process_quiet() -> Iterator[None]:
         yield
 
 
-def prune_sharded(out_dir: Path, keep: str) -> None:
-    """Remove DCP folders other than ``keep`` (call on one rank, after the checkpoint file names ``keep``)."""
+def prune_sharded(out_dir: Path, keep_steps: Iterable[int]) -> None:
+    """Remove DCP folders other than those of ``keep_steps`` (call on one rank, after the checkpoint files that
+    name the kept folders are written)."""
     root = Path(out_dir) / "checkpoint_dcp"
     if not root.is_dir():
         return
+    keep = {_dcp_dir(out_dir, step) for step in keep_steps}
     for child in root.iterdir():
-        if child.is_dir() and child != Path(out_dir) / keep:
+        if child.is_dir() and child not in keep:
             shutil.rmtree(child, ignore_errors=True)

@@ -10,7 +10,7 @@ import torch
 from .config import ConfigError, DevTestSource, JsonlSource, ParquetSource, RunConfig, TextFolderSource, TokenFileSource
 from tikmix._distributed import barrier
 
-__all__ = ["open_sources", "split_targets"]
+__all__ = ["open_sources", "split_targets", "source_vocab"]
 
 
 def _open(cfg: RunConfig, section: str, name: str, src: Any, rank: int, tokenizer: Any = None) -> Any:
@@ -51,6 +51,27 @@ def _open(cfg: RunConfig, section: str, name: str, src: Any, rank: int, tokenize
         return TokenFileDataset(path, cfg.data.seq_len, with_targets=True, dtype=dtype)
     except (ValueError, TypeError) as exc:
         raise ConfigError(key, str(exc)) from None
+
+
+def source_vocab(cfg: RunConfig, section: str, name: str, src: Any, tokenizer: Any) -> int:
+    """The vocabulary size a source needs (its largest token id + 1, or its header's vocab_size).
+
+    Opens token files (a file that does not open is a :class:`ConfigError` naming the source) and reads
+    their headers; the ids themselves are scanned only for a file without a vocab_size in its header, or one
+    whose header claims more than ``data.vocab_size``. A text source needs the run's tokenizer's vocabulary.
+    """
+    from tikmix.data import TokenFileDataset
+
+    if not isinstance(src, TokenFileSource):
+        return int(tokenizer.vocab_size)
+    try:
+        ds = TokenFileDataset(src.token_file, cfg.data.seq_len, with_targets=True, dtype=src.dtype)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ConfigError(f"data.{section}.{name}", str(exc)) from None
+    declared = cfg.data.vocab_size
+    if ds.vocab_size is not None and (declared is None or ds.vocab_size <= declared):
+        return int(ds.vocab_size)
+    return int(ds.tokens.max()) + 1
 
 
 def open_sources(cfg: RunConfig, section: str, rank: int = 0, tokenizer: Any = None) -> dict[str, Any]:

@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .config import ConfigError, RunConfig, TrainConfig
-from tikmix._distributed import barrier, init_from_env
+from tikmix._distributed import all_gather_objects, barrier, init_from_env
 from tikmix._extras import progress_bar
-from .model import build_model, check_model, import_callable, vocab_size
+
+from .checkpoint import checkpoint_dir, list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
+from .config import ConfigError, RunConfig, TrainConfig, config_differences
+from .model import build_model, check_model, import_callable
+from .preflight import check_data
 from .parallel import load_sharded, prune_sharded, save_sharded, wrap_model
 from .sources import open_sources, split_targets
 
@@ -42,7 +44,10 @@ def train(
 
     Args:
         cfg: a validated :class:`RunConfig` (:func:`tikmix.run.load_config`).
-        resume: continue from the checkpoint in ``out`` if there is one (else start fresh).
+        resume: continue from the newest usable checkpoint in ``out`` if there is one (else start fresh); the
+            model, optimizer, sampler, controller and RNG states are restored, so the run continues exactly as
+            an uninterrupted one. A checkpoint written by a different config is refused (ConfigError naming the
+            changed keys); an unreadable one is skipped for the one before it (CheckpointError if none is left).
         progress: show a tqdm bar (rank 0).
         stop_at: stop after this step, right after writing a checkpoint there -- an interruption on purpose
             (used by tests and to split long runs); ``resume=True`` continues from it.
@@ -78,7 +83,7 @@ def train(
     domains = open_sources(cfg, "domains", rank, tokenizer)
     targets = open_sources(cfg, "targets", rank, tokenizer)
     names = list(domains)
-    vocab = vocab_size(cfg, [*domains.values(), *(d for v in targets.values() for d in (v if isinstance(v, tuple) else (v,)))])
+    vocab = check_data(cfg, tokenizer)
     dev_sets, test_sets = split_targets(cfg, targets, warn=say)
 
     seed = cfg.seed
@@ -117,39 +122,48 @@ def train(
     if fixed:  # no boundaries: the controller only records; say what the run is
         controller.history["solver"] = fixed_label(cfg.solver.name, weights)
 
+    # Created before the RNG states are restored: creating it draws a random number.
+    loader = iter(DataLoader(dataset, batch_size=sampler.local_batch_size, sampler=sampler))
     start = 0
-    state = load_checkpoint(out, device) if resume else None
+    state = load_latest(out, device, log=say) if resume else None
     if state is not None:
-        if state.get("config") != cfg.comparable():
-            raise ConfigError("<resume>", f"{checkpoint_path(out)} was written by a different config; refusing to resume")
+        changed = config_differences(state.get("config"), cfg.comparable())
+        if changed:
+            raise ConfigError(changed[0], f"differs from the config of the checkpoint in {checkpoint_dir(out)} "
+                                          f"(changed: {', '.join(changed)}); refusing to resume")
         if state.get("sharded") is not None:  # a DCP checkpoint (parallel: fsdp), written at any world size
             load_sharded(out, state["sharded"], model, opt)
         else:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
         controller.load_state_dict(state["controller"])
+        rngs = state["rng"]
+        if len(rngs) != world:
+            say(f"[tikmix] the checkpoint was written by {len(rngs)} processes, now {world}: random streams "
+                "(dropout) continue from rank 0's")
+        # Last, after everything above that draws random numbers: the run continues exactly as it would have.
+        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
         start = int(state["step"])
-        say(f"[tikmix] resumed from {checkpoint_path(out)} at step {start}")
+        say(f"[tikmix] resumed at step {start} from {checkpoint_dir(out)}")
     elif resume:
-        say(f"[tikmix] --resume: no checkpoint at {checkpoint_path(out)}; starting from step 0")
+        say(f"[tikmix] --resume: no checkpoint in {checkpoint_dir(out)}; starting from step 0")
 
-    loader = iter(DataLoader(dataset, batch_size=sampler.local_batch_size, sampler=sampler))
     bar = None
     if progress and rank == 0:
         bar = progress_bar(True, "tikmix run", total=t.steps, initial=start, unit="step", desc="tikmix run",
                            dynamic_ncols=True)
 
     def save(step: int) -> None:
+        rngs = all_gather_objects(rng_state())  # one per rank: each has its own dropout stream
+        common = {"config": cfg.comparable(), "controller": controller.state_dict(step=step), "rng": rngs}
         if t.parallel == "fsdp":  # every rank writes its shards (DCP); the checkpoint file names the folder
             folder = save_sharded(out, step, model, opt)
             barrier()
             if rank == 0:
-                save_checkpoint(out, {"step": step, "sharded": folder, "controller": controller.state_dict(step=step),
-                                      "config": cfg.comparable()})
-                prune_sharded(out, folder)
+                save_checkpoint(out, step, {"sharded": folder, **common})
+                prune_sharded(out, [s for s, _ in list_checkpoints(out)])
         elif rank == 0:
-            save_checkpoint(out, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                  "controller": controller.state_dict(step=step), "config": cfg.comparable()})
+            save_checkpoint(out, step, {"model": model.state_dict(), "optimizer": opt.state_dict(), **common})
         barrier()
 
     tb = None
