@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy.optimize import linprog
@@ -239,31 +239,21 @@ class ConstraintSet:
         return at(lo), lo
 
 
-def constraint_set(
-    S: ArrayLike,
-    w_prior: Optional[ArrayLike] = None,
-    *,
-    min_weight: Optional[PerDomain] = None,
-    max_weight: Optional[PerDomain] = None,
-    max_epochs: Optional[PerDomain] = None,
-    tokens_available: Optional[PerDomain] = None,
-    stage_tokens: Optional[float] = None,
-    max_shift: Optional[float] = None,
-    pareto: bool = True,
-    tol: float = 1e-9,
-) -> ConstraintSet:
-    """The feasible set :func:`solve_direct` optimises over for these arguments (same meaning and checks).
+def constraint_set(S: ArrayLike, w_prior: Optional[ArrayLike] = None, *, pareto: bool = True, tol: float = 1e-9,
+                   **bounds: Any) -> ConstraintSet:
+    """The feasible set :func:`solve_direct` optimises over for these arguments (same meaning and checks);
+    ``bounds`` are the per-domain options of :func:`domain_bounds` (``min_weight``, ``max_weight``, the
+    repetition cap's three, ``max_shift``).
 
     Raises InfeasibleConstraintsError when the per-domain bounds alone leave no mixture.
     """
     S = check_matrix(S)
     m = S.shape[1]
     wp = np.full(m, 1.0 / m) if w_prior is None else check_mixture(w_prior, m, "w_prior")
-    bounds = domain_bounds(m, min_weight=min_weight, max_weight=max_weight, max_epochs=max_epochs,
-                           tokens_available=tokens_available, stage_tokens=stage_tokens, max_shift=max_shift)
+    domain = domain_bounds(m, **bounds)
     tol = nonneg_scalar(tol, "tol", positive=True)
-    bounds.check(tol)
-    return ConstraintSet(w_prior=wp, bounds=bounds, pareto_rows=pareto_rows(S, pareto), tol=tol)
+    domain.check(tol)
+    return ConstraintSet(w_prior=wp, bounds=domain, pareto_rows=pareto_rows(S, pareto), tol=tol)
 
 
 def clean(w: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
