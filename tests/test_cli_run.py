@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -305,6 +306,28 @@ def test_planted_checkpoint_is_never_executed(tmp_path, data_dir):
         train(cfg, resume=True, progress=False, log=lambda *a: None)
     assert not marker.exists()
     assert "cannot be read safely" in str(info.value) and "not a tikmix run checkpoint" in str(info.value)
+
+
+def test_planted_sharded_checkpoint_is_never_executed(tmp_path, data_dir):
+    """parallel: fsdp keeps model and optimizer in a DCP folder; its pickled parts are checked the same way."""
+    cfg = load_config(_write(tmp_path, _config(data_dir, tmp_path / "out", **{"train.parallel": "fsdp"})))
+    train(cfg, stop_at=4, progress=False, log=lambda *a: None)
+    (_, ckpt), = list_checkpoints(tmp_path / "out")
+    state = torch.load(ckpt, weights_only=True)
+    assert state["sharded"] == "checkpoint_dcp/step000000004"
+    train(cfg, resume=True, stop_at=5, progress=False, log=lambda *a: None)  # the genuine one loads
+
+    marker = tmp_path / "pwned"
+    metadata = tmp_path / "out" / "checkpoint_dcp" / "step000000005" / ".metadata"
+    metadata.write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(CheckpointError, match="not a plain DCP metadata file"):
+        train(cfg, resume=True, progress=False, log=lambda *a: None)
+    assert not marker.exists()
+
+    (_, ckpt), _ = list_checkpoints(tmp_path / "out")
+    torch.save({**torch.load(ckpt, weights_only=True), "sharded": "../../elsewhere"}, ckpt)
+    with pytest.raises(CheckpointError, match="not a folder of the form"):
+        train(cfg, resume=True, progress=False, log=lambda *a: None)
 
 
 def test_resume_refuses_a_different_config_naming_the_keys(tmp_path, data_dir):

@@ -6,6 +6,9 @@ at one world size resumes at another, DCP reshards on load).
 from __future__ import annotations
 
 import contextlib
+import io
+import pickle
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -61,16 +64,65 @@ def save_sharded(out_dir: Path, step: int, model: nn.Module, optimizer: torch.op
 def load_sharded(out_dir: Path, folder: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Load a DCP checkpoint into ``model``/``optimizer`` as they are sharded now (any world size)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    from .checkpoint import CheckpointError
+
+    if not isinstance(folder, str) or not re.fullmatch(r"checkpoint_dcp/step\d{9}", folder):
+        raise CheckpointError(f"the checkpoint names the sharded state {folder!r}, not a folder of the form "
+                              "checkpoint_dcp/stepNNNNNNNNN inside the run's output folder")
     path = Path(out_dir) / folder
     if not path.is_dir():
         raise FileNotFoundError(f"the checkpoint names the sharded state {path}, which does not exist")
+    _check_dcp_metadata(path)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
-    with _single_process_quiet():
-        dcp.load(state, checkpoint_id=str(path))
+    try:
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(path), planner=_weights_only_planner())
+    except CheckpointException as exc:
+        raise CheckpointError(f"the sharded state in {path} cannot be read safely: {exc}") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's ``.metadata`` allowing only the classes DCP writes there (metadata records, torch.Size,
+    dtypes, the layout helper, paths): DCP itself reads it with plain ``pickle.load``, which would run any code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch.distributed.checkpoint.metadata" or (module, name) in (
+                ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+                ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("pathlib", "PosixPath"),
+                ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath")) or (
+                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a DCP metadata file")
+
+
+def _check_dcp_metadata(path: Path) -> None:
+    from .checkpoint import CheckpointError
+
+    for meta in path.glob(".metadata*"):
+        try:
+            with open(meta, "rb") as f:
+                _MetadataUnpickler(f).load()
+        except Exception as exc:  # any failure means the file is not what DCP wrote: refuse it
+            raise CheckpointError(f"{meta} is not a plain DCP metadata file, refusing to load it: {exc}") from None
+
+
+def _weights_only_planner() -> Any:
+    """DCP's default load planner, except that non-tensor values (e.g. the optimizer's hyper-parameters) are read
+    with ``torch.load(weights_only=True)`` (DCP's own planner uses ``weights_only=False``)."""
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            torch.load(value, weights_only=True)  # raises on anything but tensors and plain values
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    return WeightsOnlyLoadPlanner()
 
 
 @contextlib.contextmanager
