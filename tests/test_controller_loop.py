@@ -164,6 +164,11 @@ def test_tokens_unit_maps_to_steps():
         ({"stage_unit": "tokens"}, "tokens_per_step"),
         ({"samples_per_domain": 0}, "samples_per_domain"),
         ({"influence": 3}, "influence"),
+        # solver options are checked at construction, not at the first boundary
+        ({"solver_options": {"bogus": 1}}, "bogus"),
+        ({"solver_options": {"max_shift": -1}}, "max_shift"),
+        ({"solver_options": {"min_weight": 0.9}}, "min_weight"),
+        ({"solver": "regression", "solver_options": {"regression": {"score": {"seed": 1}}}}, "must not set seed"),
     ],
 )
 def test_bad_arguments_raise_naming_them(kwargs, match):
