@@ -26,6 +26,9 @@ constexpr int64_t kSegmentMaxStrip = 2048;  // columns per segment task, at most
 constexpr int64_t kSegmentTasks = 32;       // segment tasks wanted per call (enough for 8 threads × 4)
 constexpr int64_t kScanRows = 1024;                    // rows per non-finite scan task
 constexpr int64_t kDotTile = 64;                       // rowdot task: 64 rows × 64 targets
+// Multiply-adds per parallel chunk, at least (≈ 0.3 ms on one core): a fork for less costs more than it saves, and
+// far more on a loaded machine, where a descheduled thread holds up the whole region.
+constexpr int64_t kMinTaskWork = int64_t(1) << 20;
 
 // The counting sort of rows by group (validates ids: range errors name the first offending entry).
 struct SegmentPlan {
@@ -152,7 +155,8 @@ at::Tensor rowdot_product(const at::Tensor& a_in, const at::Tensor& b_in) {
   at::Tensor out = at::empty({za, nb}, a.options());
   if (za == 0 || nb == 0) return out;
   const int64_t zt = (za + kDotTile - 1) / kDotTile, it = (nb + kDotTile - 1) / kDotTile;
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, kDotTile * kDotTile * K));
+  const int64_t per_task = std::min(kDotTile, za) * std::min(kDotTile, nb) * std::max<int64_t>(K, 1);
+  const int64_t grain = (kMinTaskWork + per_task - 1) / per_task;
   at::parallel_for(0, zt * it, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t z0 = (task / it) * kDotTile, i0 = (task % it) * kDotTile;
@@ -200,7 +204,7 @@ at::Tensor sketch_kron_cpu(const at::Tensor& a, const at::Tensor& g, int64_t k_i
     const float* gp = g_t.data_ptr<float>();
     // Tasks: (sample, block of 8 rows of Y); every element of Y belongs to one task.
     const int64_t pblocks = (k_out + 7) / 8;
-    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, t * 8 * k_in));
+    const int64_t grain = std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(1, t * 8 * k_in));
     at::parallel_for(0, nc * pblocks, grain, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t s = task / pblocks, p0 = (task % pblocks) * 8, p1 = std::min(k_out, p0 + 8);
