@@ -291,7 +291,8 @@ def report(runs: list[dict[str, Any]], load: str) -> str:
     lines = [f"Mixing quality on real text: {len(domains)} domains ({', '.join(domains)}), targets "
              f"{', '.join(targets)}; {runs[0]['steps']} steps = {runs[0]['tokens']:,} tokens per run; seeds "
              f"{seeds}; {load}", ""]
-    head = "| method | " + " | ".join(targets) + " | mean | mean vs uniform | 95% CI (paired) | wins | worst target |"
+    head = ("| method | seeds | " + " | ".join(targets)
+            + " | mean | mean vs uniform | 95% CI (paired) | wins | worst target |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for m in methods:
         ss = [s for s in seeds if (m, s) in by]
@@ -301,7 +302,7 @@ def report(runs: list[dict[str, Any]], load: str) -> str:
         mean = float(np.mean(list(per_t.values())))
         cells = [f"{per_t[t]:.4f}" for t in targets]
         if m == "uniform":
-            lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean:.4f} | - | - | - | - |")
+            lines.append(f"| {m} | {len(ss)} | " + " | ".join(cells) + f" | {mean:.4f} | - | - | - | - |")
             continue
         base = {t: np.mean([by[("uniform", s)]["final"][t] for s in ss]) for t in targets}
         base_mean = float(np.mean(list(base.values())))
@@ -324,9 +325,11 @@ def report(runs: list[dict[str, Any]], load: str) -> str:
         wins = sum(np.mean(list(by[(m, s)]["final"].values())) < np.mean(list(by[("uniform", s)]["final"].values()))
                    for s in ss)
         worst = max(pct, key=lambda t: pct[t])
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean:.4f} | {100 * (mean - base_mean) / base_mean:+.2f}% "
+        lines.append(f"| {m} | {len(ss)} | " + " | ".join(cells) + f" | {mean:.4f} | {100 * (mean - base_mean) / base_mean:+.2f}% "
                      f"| [{lo:+.4f}, {hi:+.4f}] | {wins}/{len(ss)} | {worst} {pct[worst]:+.2f}% |")
-    lines += ["", "Mixture chosen at each boundary (mean over seeds; the first stage is uniform):", ""]
+    lines += ["", "Per-target % and the interval compare each method with uniform on the same seeds; the interval is "
+              "the sum over targets of per-target 95% paired bootstrap intervals of (method - uniform) / targets.",
+              "", "Mixture chosen at each boundary (mean over seeds; the first stage is uniform):", ""]
     lines += ["| method | boundary | " + " | ".join(domains) + " |", "|" + "---|" * (len(domains) + 2)]
     for m in methods:
         ws = [by[(m, s)]["stage_weights"] for s in seeds if (m, s) in by and by[(m, s)]["stage_weights"]]

@@ -39,7 +39,7 @@ def _data(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tenso
     return domains, targets
 
 
-def _setup(tmp_path=None, solver: str = "direct", decision=None):
+def _setup(tmp_path=None, solver: str = "direct", decision="paper"):
     torch.manual_seed(0)
     model = GPT(GPTConfig(seq_len=SEQ, n_layer=1, n_head=2, d_model=16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -43,7 +43,7 @@ def test_shrink_matches_reference(shape, level):
     S = rng.normal(size=shape)
     half = np.abs(rng.normal(size=shape)) * 0.8
     lo, hi = S - half, S + half * rng.uniform(0.5, 1.5, size=shape)
-    got, info = Decision(shrink="ci").effective_S(S, lo, hi, level)
+    got, info = Decision("paper", shrink="ci").effective_S(S, lo, hi, level)
     np.testing.assert_allclose(got, shrink_ref(S, lo, hi, level), rtol=1e-12, atol=1e-15)
     assert np.all(np.abs(got) <= np.abs(S) + 1e-15) and np.all(np.sign(got) * np.sign(S) >= 0)
     assert np.asarray(info["S_used"]).shape == shape
@@ -53,7 +53,7 @@ def test_shrink_keeps_precise_entries_and_zeroes_noisy_ones():
     S = np.array([[1.0, 0.1, -2.0]])
     lo = np.array([[0.99, -0.5, -2.01]])
     hi = np.array([[1.01, 0.7, -1.99]])
-    got, _ = Decision(shrink="ci").effective_S(S, lo, hi)
+    got, _ = Decision("paper", shrink="ci").effective_S(S, lo, hi)
     assert got[0, 0] == pytest.approx(1.0, rel=1e-3) and got[0, 2] == pytest.approx(-2.0, rel=1e-3)
     assert got[0, 1] == 0.0
 
@@ -62,7 +62,7 @@ def test_nan_intervals_leave_entries_unchanged():
     S = np.array([[0.5, -0.2]])
     lo = np.array([[np.nan, -0.3]])
     hi = np.array([[np.nan, -0.1]])
-    got, _ = Decision(shrink="ci").effective_S(S, lo, hi)
+    got, _ = Decision("paper", shrink="ci").effective_S(S, lo, hi)
     assert got[0, 0] == 0.5 and got[0, 1] < 0
 
 
@@ -70,7 +70,7 @@ def test_nan_intervals_leave_entries_unchanged():
 def test_ema_matches_reference_and_resumes_from_history(beta):
     rng = np.random.default_rng(3)
     rows = [rng.normal(size=(2, 5)) * 10.0 ** -k for k in range(4)]
-    d = Decision(ema=beta)
+    d = Decision("paper", ema=beta)
     got, records = [], []
     for S in rows:
         out, info = d.effective_S(S)
@@ -79,14 +79,14 @@ def test_ema_matches_reference_and_resumes_from_history(beta):
     for a, b in zip(got, ema_ref(rows, beta)):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     # a fresh Decision resumed from the first three records continues exactly
-    again = Decision(ema=beta)
+    again = Decision("paper", ema=beta)
     again.resume(records[:3])
     np.testing.assert_allclose(again.effective_S(rows[3])[0], got[3], rtol=1e-12)
 
 
 def test_paper_is_the_identity_and_adds_no_solver_options():
     S = np.array([[0.3, -0.1, 0.0]])
-    d = Decision()
+    d = Decision("paper")
     got, info = d.effective_S(S)
     assert np.array_equal(got, S)
     assert info["options"] == {"objective": "paper", "shrink": None, "ema": None, "max_shift": None, "min_r2": None}
@@ -121,9 +121,11 @@ def test_bad_options_are_refused_naming_them(kwargs, exc, match):
 
 
 def test_from_options_and_bad_inputs():
-    assert Decision.from_options(None).objective == "paper"
+    assert Decision.from_options(None).objective == "robust" and Decision().options() == {"objective": "robust",
+                                                                                            **ROBUST_DEFAULTS}
+    assert Decision.from_options("paper").objective == "paper"
     assert Decision.from_options("robust").ema == ROBUST_DEFAULTS["ema"]
-    assert Decision.from_options({"ema": 0.2}).ema == 0.2
+    assert Decision.from_options({"objective": "paper", "ema": 0.2}).ema == 0.2
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['beta'\]"):
         Decision.from_options({"beta": 1})
     with pytest.raises(TypeError, match="decision must be"):
@@ -134,6 +136,9 @@ def test_from_options_and_bad_inputs():
         Decision(shrink="ci").effective_S(np.ones((1, 2)), np.zeros((2, 2)), np.ones((2, 2)))
     with pytest.raises(ValueError, match="finite"):
         Decision().effective_S(np.array([[np.nan, 1.0]]))
+    # the default (robust) without intervals skips the shrinkage and says so; the smoothing still applies
+    got, info = Decision().effective_S(np.array([[0.5, -0.25]]))
+    assert info["shrink"].startswith("skipped: no bootstrap intervals") and np.allclose(got, [[0.5, -0.25]])
 
 
 # ---------------------------------------------------------------------------------------- in the controller

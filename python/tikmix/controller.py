@@ -142,10 +142,11 @@ class Controller:
         seed: seeds the influence samples, the sketch and TiKMiX-M.
         total_steps: optional; a boundary at or after it is rejected (it would never be reached).
         decision: how the measured ``S`` becomes the solver's input (:class:`tikmix.decision.Decision`):
-            None or ``"paper"`` (default: the paper's decision, ``S`` as measured), ``"robust"``
-            (uncertainty shrinkage, smoothing across boundaries, a ``max_shift`` and a ``min_r2``
-            default), or a dict of :class:`~tikmix.decision.Decision`'s options. Each record stores
-            ``"decision"`` (options, shrink factors, the ``S`` the solver saw).
+            None or ``"robust"`` (default: uncertainty shrinkage, smoothing across boundaries, a ``max_shift``
+            and a ``min_r2`` default; it beat the paper's decision on the mixing-quality benchmark),
+            ``"paper"`` (the paper's decision, ``S`` as measured), or a dict of
+            :class:`~tikmix.decision.Decision`'s options. Each record stores ``"decision"`` (options, shrink
+            factors, the ``S`` the solver saw).
 
     Attributes:
         history: the run's JSON-ready history dict (``"format"``, ``"domains"``, ``"targets"``, ``"stages"``:

@@ -6,13 +6,16 @@ bootstrap intervals and rank stability of :class:`tikmix.influence.InfluenceResu
 paper's decision can chase noise. :class:`Decision` holds the documented alternatives; the
 :class:`tikmix.Controller` applies it at every boundary.
 
-``objective="paper"`` (the default) is the paper's decision exactly: ``S`` unchanged, no added solver
-constraints. ``objective="robust"`` turns on, unless given explicitly:
+``objective="paper"`` is the paper's decision exactly: ``S`` unchanged, no added solver constraints.
+``objective="robust"`` (the default, chosen by the mixing-quality benchmark: see the docs page "Mixing
+quality") turns on, unless given explicitly:
 
 * ``shrink="ci"``: each entry is shrunk toward 0 by its own uncertainty, positive-part James-Stein style,
   ``S_ij * max(0, 1 - (se_ij / S_ij)^2)`` with ``se_ij`` the bootstrap interval's half-width over the
   normal quantile of its level: an entry whose interval is wide compared with its size says little and
-  moves the mixture little. Needs ``n_bootstrap > 0`` in the influence options (else ValueError).
+  moves the mixture little. Needs ``n_bootstrap > 0`` in the influence options: asked for explicitly
+  (``shrink="ci"``) it raises ValueError without intervals; as part of ``"robust"`` it is skipped then, and
+  the boundary's record says so (``"shrink": "skipped: ..."``).
 * ``ema=0.5``: ``S`` is smoothed across boundaries. Each target's row is divided by its largest absolute
   entry (gradient norms shrink over training, so raw rows are not comparable), averaged with weight ``ema``
   on the previous boundary's smoothed row, and scaled back.
@@ -21,7 +24,7 @@ constraints. ``objective="robust"`` turns on, unless given explicitly:
 * ``min_r2=0.1``: TiKMiX-M's surrogate must reach this held-out R^2 (:func:`tikmix.solve_regression`'s
   ``min_r2``), else the controller keeps TiKMiX-D's mixture, unless the solver options set it.
 
-Every option can also be set on its own with ``objective="paper"`` (e.g. ``Decision(ema=0.3)``).
+Every option can also be set on its own with ``objective="paper"`` (e.g. ``Decision("paper", ema=0.3)``).
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ class Decision:
     """How a boundary's influence estimate becomes the ``S`` the solver optimises (see the module docstring).
 
     Args:
-        objective: ``"paper"`` (default: nothing changes unless an option below is given) or ``"robust"``
-            (the options below default to :data:`ROBUST_DEFAULTS`).
+        objective: ``"robust"`` (default: the options below default to :data:`ROBUST_DEFAULTS`) or
+            ``"paper"`` (nothing changes unless an option below is given).
         shrink: None or ``"ci"`` (shrink each entry by its bootstrap standard error).
         ema: None or a float in [0, 1): weight of the previous boundary's (row-normalised) ``S``.
         max_shift: None or a float in (0, 2]: default L1 step limit added to TiKMiX-D's options.
@@ -54,7 +57,7 @@ class Decision:
 
     def __init__(
         self,
-        objective: str = "paper",
+        objective: str = "robust",
         *,
         shrink: str | None | object = ...,
         ema: float | None | object = ...,
@@ -66,6 +69,7 @@ class Decision:
         base = ROBUST_DEFAULTS if objective == "robust" else dict.fromkeys(ROBUST_DEFAULTS)
         pick = lambda value, key: base[key] if value is ... else value  # noqa: E731
         self.objective = objective
+        self._shrink_explicit = shrink is not ...
         self.shrink = pick(shrink, "shrink")
         self.ema = pick(ema, "ema")
         self.max_shift = pick(max_shift, "max_shift")
@@ -90,7 +94,8 @@ class Decision:
 
     @classmethod
     def from_options(cls, value: Any) -> Decision:
-        """A Decision from None (paper), an objective name, a dict of the constructor's arguments, or itself."""
+        """A Decision from None (the default, robust), an objective name, a dict of the constructor's arguments, or
+        itself."""
         if value is None:
             return cls()
         if isinstance(value, Decision):
@@ -123,12 +128,14 @@ class Decision:
             raise ValueError(f"S must be a finite [targets, domains] matrix, got shape {S.shape}")
         info: dict[str, Any] = {"options": self.options()}
         out = S
-        if self.shrink == "ci":
-            if ci_low is None or ci_high is None:
+        if self.shrink == "ci" and (ci_low is None or ci_high is None):
+            if self._shrink_explicit:
                 raise ValueError(
                     "decision shrink='ci' needs bootstrap intervals of S: set influence n_bootstrap > 0 "
                     "(or shrink=None)"
                 )
+            info["shrink"] = "skipped: no bootstrap intervals of S (influence n_bootstrap = 0)"
+        elif self.shrink == "ci":
             lo, hi = np.asarray(ci_low, dtype=np.float64), np.asarray(ci_high, dtype=np.float64)
             if lo.shape != S.shape or hi.shape != S.shape:
                 raise ValueError(f"ci_low/ci_high must have S's shape {S.shape}, got {lo.shape} and {hi.shape}")

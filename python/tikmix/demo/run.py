@@ -65,7 +65,7 @@ class DemoSettings:
             next boundary (its absence leaves the model over-confident, and its high-entropy data is then a
             first-order improvement for some target) and come back in one jump; the cap damps that oscillation.
         regression: options for TiKMiX-M (:func:`tikmix.solve_regression`).
-        decision: the controller's ``decision`` (:class:`tikmix.decision.Decision`; None = the paper's).
+        decision: the controller's ``decision`` (:class:`tikmix.decision.Decision`; None = its default, robust).
         device: torch device string.
     """
 

@@ -400,7 +400,8 @@ class SolverConfig(_Section):
         "normalised")
     decision: Union[Literal["paper", "robust"], dict[str, Any], None] = Field(
         None, description="direct/regression: how the measured S becomes the solver's input (tikmix.decision."
-        "Decision): paper (default: as measured), robust, or a dict of its options")
+        "Decision): robust (default: CI shrinkage, smoothing, max_shift, min_r2), paper (S as measured), or a dict of "
+        "its options")
 
 class InfluenceConfig(_Section):
     """Group Influence measurement (:class:`tikmix.GroupInfluence`) at each boundary."""
