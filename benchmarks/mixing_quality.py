@@ -78,7 +78,10 @@ def _py_files(root: Path | None, *, tests: bool = False) -> list[Path]:
 
 
 def _site_packages() -> list[Path]:
+    # In a virtual environment that sees the system's packages, numpy and torch live outside its own purelib:
+    # take their folders too, or the corpus would depend on how the environment was made.
     paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    paths |= {str(d.parent) for d in (_package_dir("numpy"), _package_dir("torch")) if d is not None}
     return [Path(p) for p in sorted(paths) if Path(p).is_dir()]
 
 
