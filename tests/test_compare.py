@@ -130,8 +130,10 @@ def test_compare_cli_prints_the_table_and_draws_the_plot(runs, tmp_path, capsys)
     loaded, base, rows = compare([runs["tikmix-d"], runs["uniform"]], baseline="tikmix-d")
     assert base.name == "tikmix-d"
     row = next(r for r in rows if r["run"] == "uniform")
-    assert row["diff"] == pytest.approx(load_run(runs["uniform"]).mean - load_run(runs["tikmix-d"]).mean, rel=1e-9)
-    assert row["ci"][0] <= row["diff"] <= row["ci"][1]
+    # improvement = baseline (tikmix-d) loss - run (uniform) loss, > 0 = better than the baseline
+    assert row["improvement"] == pytest.approx(load_run(runs["tikmix-d"]).mean - load_run(runs["uniform"]).mean,
+                                               rel=1e-9)
+    assert row["ci"][0] <= row["improvement"] <= row["ci"][1]
 
 
 def test_compare_refuses_incomparable_runs_naming_the_difference(runs, data_dir, tmp_path, capsys):

@@ -7,8 +7,8 @@
   single process or under ``torchrun``; ``--resume`` continues from the last checkpoint. See
   :mod:`tikmix.run.config` for the config reference.
 * ``tikmix report FILE.json`` -- re-draws the table and plots from a demo report or a run history.
-* ``tikmix compare RUN_DIR... [--baseline NAME]`` -- test losses of finished runs side by side, the difference
-  to a baseline run with a paired bootstrap interval, and one plot of all loss curves.
+* ``tikmix compare RUN_DIR... [--baseline NAME]`` -- test losses of finished runs side by side, the improvement
+  over a baseline run (> 0 = better) with a paired bootstrap interval, and one plot of all loss curves.
 * ``tikmix tokenize SOURCE... -o OUT.tokens [--tokenizer bytes|FILE]`` -- builds a token file once from jsonl,
   parquet, text files or text folders (streamed, with a progress bar and the throughput), for ``token_file:``
   sources of any number of runs.

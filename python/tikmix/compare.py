@@ -5,8 +5,9 @@ Each run folder holds ``history.json`` (the controller history: solver, mixtures
 compared when they are comparable: the same targets evaluated on the same test sequences, and the same
 budget (steps and tokens per step); otherwise :class:`CompareError` names what differs.
 
-For every run the table gives each target's final test loss, their mean, the difference of the mean to the
-baseline run and a 95% paired bootstrap interval of that difference: test sequences are resampled with
+For every run the table gives each target's final test loss, their mean, the improvement over the baseline
+run (baseline loss minus run loss, > 0 = better: the sign of :func:`tikmix.report.improvement`) and a 95% paired
+bootstrap interval of that improvement: test sequences are resampled with
 replacement within each target, the same resample for both runs, so the interval reflects which sequences
 happened to be in the test set. One plot draws every run's mean target loss over training.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .report import improvement
 
 __all__ = ["CompareError", "RunResult", "load_run", "compare", "paired_bootstrap", "format_table", "plot_curves"]
 
@@ -148,16 +151,16 @@ def compare(paths: Sequence[str | Path], baseline: str | None = None) -> tuple[l
         row: dict[str, Any] = {"run": r.name, "solver": r.solver, "final": r.final, "mean": r.mean,
                                "baseline": r is base}
         if r is not base:
-            diff, lo, hi = paired_bootstrap(r, base)
-            row.update(diff=diff, diff_pct=100 * diff / base.mean, ci=(lo, hi),
-                       target_pct={t: 100 * (r.final[t] - base.final[t]) / base.final[t] for t in r.final})
+            diff, lo, hi = paired_bootstrap(r, base)  # run - baseline; reported as improvement = -diff
+            row.update(improvement=-diff, improvement_pct=-100 * diff / base.mean, ci=(-hi, -lo),
+                       target_improvement_pct={t: improvement(base.final[t], r.final[t])[1] for t in r.final})
         rows.append(row)
     return runs, base, rows
 
 
 def format_table(runs: Sequence[RunResult], base: RunResult, rows: Sequence[dict[str, Any]]) -> str:
     targets = list(base.targets)
-    head = ["run", "solver", *targets, "mean", f"mean - {base.name}", "95% CI (paired bootstrap)"]
+    head = ["run", "solver", *targets, "mean", f"improvement over {base.name}", "95% CI (paired bootstrap)"]
     lines = [f"budget: {base.steps} steps x {base.tokens_per_step} tokens; test sequences: "
              + ", ".join(f"{t} {base.targets[t].size}" for t in targets) + f"; baseline: {base.name}",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -166,16 +169,17 @@ def format_table(runs: Sequence[RunResult], base: RunResult, rows: Sequence[dict
         for t in targets:
             cell = f"{row['final'][t]:.4f}"
             if not row["baseline"]:
-                cell += f" ({row['target_pct'][t]:+.2f}%)"
+                cell += f" ({row['target_improvement_pct'][t]:+.2f}%)"
             cells.append(cell)
         cells.append(f"{row['mean']:.4f}")
         if row["baseline"]:
             cells += ["(baseline)", ""]
         else:
             lo, hi = row["ci"]
-            cells += [f"{row['diff']:+.4f} ({row['diff_pct']:+.2f}%)", f"[{lo:+.4f}, {hi:+.4f}]"]
+            cells += [f"{row['improvement']:+.4f} ({row['improvement_pct']:+.2f}%)", f"[{lo:+.4f}, {hi:+.4f}]"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("negative = lower test loss than the baseline; an interval that excludes 0 is a difference the "
+    lines.append("improvement = baseline loss - run loss, > 0 = lower test loss than the baseline (per-target % "
+                 "likewise); an interval that excludes 0 is a difference the "
                  "test set resolves")
     return "\n".join(lines)
 
