@@ -6,9 +6,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["advance", "STATE_FILE", "save_state", "load_state"]
+__all__ = ["check_controller", "advance", "STATE_FILE", "save_state", "load_state"]
 
 STATE_FILE = "tikmix_controller.json"
+
+
+def check_controller(controller: Any) -> Any:
+    """``controller`` if it has what the framework callbacks use, else a TypeError naming what is missing."""
+    for attr in ("boundaries", "stages_done", "step", "state_dict", "load_state_dict", "sampler", "model"):
+        if not hasattr(controller, attr):
+            raise TypeError(f"controller must be a tikmix.Controller; it has no {attr!r}")
+    return controller
 
 
 def advance(controller: Any, step: int) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tikmix.integrations.hf needs transformers >= 4.45: pip install 'tikmix[hf]'") from exc
 
 from ..losses import causal_lm_loss
-from ._common import STATE_FILE, advance, load_state, save_state
+from ._common import STATE_FILE, advance, check_controller, load_state, save_state
 
 __all__ = ["MixtureTrainer", "TikmixCallback", "causal_lm_loss", "unshard_dataloader"]
 
@@ -62,10 +62,7 @@ class TikmixCallback(TrainerCallback):
     """
 
     def __init__(self, controller: Any) -> None:
-        for attr in ("boundaries", "stages_done", "step", "state_dict", "load_state_dict", "sampler", "model"):
-            if not hasattr(controller, attr):
-                raise TypeError(f"controller must be a tikmix.Controller; it has no {attr!r}")
-        self.controller = controller
+        self.controller = check_controller(controller)
         self.records: list[dict[str, Any]] = []
         self.resume_from: str | None = None
 

@@ -31,7 +31,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tikmix.integrations.lightning needs lightning >= 2.2: pip install 'tikmix[lightning]'") from exc
 
-from ._common import advance
+from ._common import advance, check_controller
 
 __all__ = ["TikmixCallback"]
 
@@ -47,10 +47,7 @@ class TikmixCallback(Callback):
     """
 
     def __init__(self, controller: Any) -> None:
-        for attr in ("boundaries", "stages_done", "step", "state_dict", "load_state_dict", "sampler", "model"):
-            if not hasattr(controller, attr):
-                raise TypeError(f"controller must be a tikmix.Controller; it has no {attr!r}")
-        self.controller = controller
+        self.controller = check_controller(controller)
         self.records: list[dict[str, Any]] = []
         self._trainer: Any = None
 
