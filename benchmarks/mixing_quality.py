@@ -284,6 +284,8 @@ def paired_ci(diffs: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[flo
 
 
 def report(runs: list[dict[str, Any]], load: str) -> str:
+    from tikmix.report import improvement
+
     if not runs:
         return "no finished runs yet"
     methods = ["uniform"] + sorted({r["method"] for r in runs} - {"uniform"})
@@ -309,16 +311,17 @@ def report(runs: list[dict[str, Any]], load: str) -> str:
             continue
         base = {t: np.mean([by[("uniform", s)]["final"][t] for s in ss]) for t in targets}
         base_mean = float(np.mean(list(base.values())))
-        pct = {t: 100 * (per_t[t] - base[t]) / base[t] for t in targets}
+        # improvement over uniform (uniform loss - method loss, > 0 = better): tikmix.report.improvement's sign
+        pct = {t: improvement(base[t], per_t[t])[1] for t in targets}
         cells = [f"{per_t[t]:.4f} ({pct[t]:+.2f}%)" for t in targets]
-        # mean over targets of the per-sequence difference; sequences paired within each target
+        # mean over targets of the per-sequence improvement; sequences paired within each target
         diffs = []
         for s in ss:
             row = []
             for t in targets:
                 a = np.asarray(by[(m, s)]["final_per_sequence"][t])
                 b = np.asarray(by[("uniform", s)]["final_per_sequence"][t])
-                row.append((a - b) / len(targets))
+                row.append((b - a) / len(targets))
             diffs.append(row)
         lo = hi = 0.0
         for ti in range(len(targets)):
@@ -327,11 +330,12 @@ def report(runs: list[dict[str, Any]], load: str) -> str:
             lo, hi = lo + l, hi + h  # a conservative interval for the mean over targets (sum of per-target)
         wins = sum(np.mean(list(by[(m, s)]["final"].values())) < np.mean(list(by[("uniform", s)]["final"].values()))
                    for s in ss)
-        worst = max(pct, key=lambda t: pct[t])
-        lines.append(f"| {m} | {len(ss)} | " + " | ".join(cells) + f" | {mean:.4f} | {100 * (mean - base_mean) / base_mean:+.2f}% "
+        worst = min(pct, key=lambda t: pct[t])
+        lines.append(f"| {m} | {len(ss)} | " + " | ".join(cells) + f" | {mean:.4f} | {improvement(base_mean, mean)[1]:+.2f}% "
                      f"| [{lo:+.4f}, {hi:+.4f}] | {wins}/{len(ss)} | {worst} {pct[worst]:+.2f}% |")
-    lines += ["", "Per-target % and the interval compare each method with uniform on the same seeds; the interval is "
-              "the sum over targets of per-target 95% paired bootstrap intervals of (method - uniform) / targets.",
+    lines += ["", "Improvement over uniform = uniform loss - method loss, > 0 = better (per target in %, and the mean). "
+              "Per-target % and the interval compare each method with uniform on the same seeds; the interval is "
+              "the sum over targets of per-target 95% paired bootstrap intervals of (uniform - method) / targets.",
               "", "Mixture chosen at each boundary (mean over seeds; the first stage is uniform):", ""]
     lines += ["| method | boundary | " + " | ".join(domains) + " |", "|" + "---|" * (len(domains) + 2)]
     for m in methods:

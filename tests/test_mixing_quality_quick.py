@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "mixing_quality.py"
@@ -55,3 +56,24 @@ def test_quick_benchmark_prints_the_table(tmp_path):
     again = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--report-only", "--out", str(tmp_path)],
                            capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert again.returncode == 0 and "| tikmix-d |" in again.stdout
+
+
+def test_report_signs_the_improvement_over_uniform():
+    mq = _load("mixing_quality_report")
+    """The table uses tikmix's one sign: improvement = uniform loss - method loss, > 0 = better."""
+    def run(method, seed, losses):
+        return {"method": method, "seed": seed, "targets": ["a", "b"], "domains": ["x", "y"], "steps": 10,
+                "tokens": 640, "final": {"a": float(np.mean(losses[0])), "b": float(np.mean(losses[1]))},
+                "final_per_sequence": {"a": list(losses[0]), "b": list(losses[1])}, "stage_weights": [],
+                "timing": {"controller_s": 1.0, "train_s": 10.0}, "wall_s": 11.0}
+
+    base = [np.full(8, 2.0), np.full(8, 1.0)]
+    better = [np.full(8, 1.8), np.full(8, 1.0)]  # target a 10% lower loss, target b unchanged
+    table = mq.report([run("uniform", 0, base), run("tikmix-d", 0, better)], "load test")
+    row = next(line for line in table.splitlines() if line.startswith("| tikmix-d |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "1.8000 (+10.00%)" and cells[3] == "1.0000 (+0.00%)"
+    assert cells[5] == "+6.67%"  # mean 1.4 vs 1.5
+    lo, hi = (float(x) for x in cells[6].strip("[]").split(","))
+    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)  # constant improvement 0.2 / 2 targets
+    assert cells[8] == "b +0.00%"  # the worst target is the least improved one
