@@ -1,6 +1,8 @@
 """Shared helpers of the framework-integration tests: a tiny Llama built from a config and three token domains."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -21,6 +23,25 @@ class TokenRows(Dataset):
     def __getitem__(self, i: int) -> dict:
         ids = self.rows[i]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def check_two_stage_history(history: dict, sampler) -> list:
+    """Check a controller history of a 9-step run with boundaries at steps 3 and 6, and return its stage records.
+
+    Each stage has a finite, non-zero influence matrix S; the mixture changes at both boundaries; and the sampler's
+    schedule carries each new mixture from the step its record says.
+    """
+    hist = history["stages"]
+    assert [r["step"] for r in hist] == [3, 6]
+    for r in hist:
+        S = np.asarray(r["S"])
+        assert np.all(np.isfinite(S)) and np.abs(S).max() > 0
+    weights = [tuple(history["initial_weights"])] + [tuple(r["weights"]) for r in hist]
+    assert weights[0] != weights[1] and weights[1] != weights[2]
+    for r in hist:
+        # the sampler realises the weights on its grid of 1 / lcm(batch_size, 10080)
+        assert sampler.weights_at(r["applies_from_step"]) == pytest.approx(r["weights"], abs=1.0 / 10080)
+    return hist
 
 
 def domains() -> dict:

@@ -18,9 +18,10 @@ import yaml
 
 from tikmix.cli import main
 from tikmix.data import write_token_file
-from tikmix.demo.corpus import build_corpus
 from tikmix.run import ConfigError, ConfigWarning, load_config, train, validate_config
 from tikmix.run.checkpoint import FORMAT, CheckpointError, checkpoint_dir, list_checkpoints
+
+from demo_testing import lookup_dev_and_test, write_demo_domains
 
 SEQ = 16
 
@@ -29,12 +30,8 @@ SEQ = 16
 def data_dir(tmp_path_factory) -> Path:
     """Token files for three demo domains and one target, and a text folder for a fourth domain."""
     root = tmp_path_factory.mktemp("data")
-    corpus = build_corpus(0, seq_len=SEQ, train_sequences=96, dev_sequences=8, test_sequences=8)
-    for name in ("arith", "facts", "noise"):
-        write_token_file(root / f"{name}.tokens", corpus.domains[name].reshape(-1), vocab_size=256)
-    write_token_file(root / "lookup.tokens", np.concatenate([corpus.target_dev["lookup"].reshape(-1),
-                                                             corpus.target_test["lookup"].reshape(-1)]),
-                     vocab_size=256)
+    corpus = write_demo_domains(root, seq_len=SEQ, train_sequences=96)
+    write_token_file(root / "lookup.tokens", lookup_dev_and_test(corpus), vocab_size=256)
     folders = corpus.write_text_folders(root / "text")
     assert (folders["prose"] / "part0.txt").stat().st_size == 96 * (SEQ + 1)
     return root

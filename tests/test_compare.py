@@ -12,8 +12,9 @@ import pytest
 from tikmix.cli import main
 from tikmix.compare import CompareError, RunResult, compare, load_run, paired_bootstrap
 from tikmix.data import write_token_file
-from tikmix.demo.corpus import build_corpus
 from tikmix.run import ConfigError, train, validate_config
+
+from demo_testing import lookup_dev_and_test, write_demo_domains
 
 SEQ = 16
 
@@ -21,13 +22,10 @@ SEQ = 16
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cmpdata")
-    corpus = build_corpus(0, seq_len=SEQ, train_sequences=64, dev_sequences=8, test_sequences=8)
-    for name in ("arith", "facts", "noise"):
-        write_token_file(root / f"{name}.tokens", corpus.domains[name].reshape(-1), vocab_size=256)
+    corpus = write_demo_domains(root, seq_len=SEQ, train_sequences=64)
     write_token_file(root / "dev.tokens", corpus.target_dev["lookup"].reshape(-1), vocab_size=256)
     write_token_file(root / "test.tokens", corpus.target_test["lookup"].reshape(-1), vocab_size=256)
-    write_token_file(root / "both.tokens", np.concatenate([corpus.target_dev["lookup"].reshape(-1),
-                                                           corpus.target_test["lookup"].reshape(-1)]), vocab_size=256)
+    write_token_file(root / "both.tokens", lookup_dev_and_test(corpus), vocab_size=256)
     # a test source whose 5th row (rows are tokens [i*SEQ, (i+1)*SEQ + 1)) is the dev source's 3rd row
     dev, test = corpus.target_dev["lookup"].reshape(-1), corpus.target_test["lookup"].reshape(-1)
     leak = np.concatenate([test[: 4 * SEQ], dev[2 * SEQ : 3 * SEQ + 1]])

@@ -248,6 +248,12 @@ def invoke(call: Call, via: str) -> Any:
     return getattr(tikmix_ext, call.op)(*args.values())
 
 
+def _draw_valid_call(op: str, data: Any) -> Call:
+    """A valid call of ``op`` drawn by hypothesis, its tensors from a generator seeded by the draw."""
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    return VALID[op](data, gen)
+
+
 def _numpy_ok(call: Call) -> bool:
     return all(not isinstance(v, torch.Tensor) or v.dtype != torch.bfloat16 for v in call.args.values())
 
@@ -256,8 +262,7 @@ def _numpy_ok(call: Call) -> bool:
 @FUZZ
 @given(data=st.data())
 def test_valid_inputs_match_the_reference(op, data):
-    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
-    call = VALID[op](data, gen)
+    call = _draw_valid_call(op, data)
     via = data.draw(st.sampled_from(VIAS if _numpy_ok(call) else VIAS[:2]))
     call.check(invoke(call, via), call.args)
 
@@ -321,8 +326,7 @@ def _judge(call: Call, run: Callable[[], Any], as_int: Optional[str] = None) -> 
 @FUZZ
 @given(data=st.data())
 def test_one_bad_argument_is_refused_or_answered_right(op, data):
-    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
-    call = VALID[op](data, gen)
+    call = _draw_valid_call(op, data)
     names = [k for k in call.args if not k.startswith("_") and call.args[k] is not None]
     name = data.draw(st.sampled_from(names))
     label, bad = data.draw(st.sampled_from(_bad_pool(call.args[name])))

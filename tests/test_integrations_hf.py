@@ -1,6 +1,7 @@
 """Hugging Face integration: the causal-LM loss, hook rules for HF blocks, MixtureTrainer + TikmixCallback."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -17,7 +18,7 @@ import tikmix  # noqa: E402
 from tikmix.influence import hook_rules  # noqa: E402
 from tikmix.losses import causal_lm_loss  # noqa: E402
 
-from integration_testing import VOCAB, dict_collate, domains, state_of, targets, tiny_llama  # noqa: E402
+from integration_testing import VOCAB, check_two_stage_history, dict_collate, domains, state_of, targets, tiny_llama  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -206,6 +207,17 @@ class _Net(nn.Module):
         return self.out(self.norm(self.emb(input_ids)))
 
 
+@contextlib.contextmanager
+def _user_hook_rule(cls, kind, **rule):
+    """Register a user hook rule for ``cls`` for the duration of the block, then remove it (and the class cache)."""
+    hook_rules.register_hook_rule(cls, kind, **rule)
+    try:
+        yield
+    finally:
+        hook_rules._user_rules.pop(cls)
+        hook_rules._class_cache.clear()
+
+
 def test_register_hook_rule_and_fallback_report():
     torch.manual_seed(0)
     model = _Net().double().eval()
@@ -218,22 +230,14 @@ def test_register_hook_rule_and_fallback_report():
         hook_rules.register_hook_rule(_ScaledNorm, "norm")
     with pytest.raises(ValueError, match="kind"):
         hook_rules.register_hook_rule(_ScaledNorm, "conv")
-    hook_rules.register_hook_rule(_ScaledNorm, "norm", normalize=lambda m, x: x / (1 + x.abs()))
-    try:
+    with _user_hook_rule(_ScaledNorm, "norm", normalize=lambda m, x: x / (1 + x.abs())):
         after = tikmix.GroupInfluence(model, causal_lm_loss, **kw).compute(doms, tgts)
-    finally:
-        hook_rules._user_rules.pop(_ScaledNorm)
-        hook_rules._class_cache.clear()
     assert after.layout["parameter_paths"]["norm.weight"] == "exact <- hook rule '_ScaledNorm'"
     torch.testing.assert_close(after.S, before.S, rtol=1e-9, atol=1e-12)
     # a wrong rule is caught by the verification pass and moved to torch.func
-    hook_rules.register_hook_rule(_ScaledNorm, "norm", name="wrong", normalize=lambda m, x: x)
-    try:
+    with _user_hook_rule(_ScaledNorm, "norm", name="wrong", normalize=lambda m, x: x):
         with pytest.warns(RuntimeWarning, match="norm.weight"):
             wrong = tikmix.GroupInfluence(model, causal_lm_loss, **kw).compute(doms, tgts)
-    finally:
-        hook_rules._user_rules.pop(_ScaledNorm)
-        hook_rules._class_cache.clear()
     assert wrong.layout["parameter_paths"]["norm.weight"] == "exact <- torch.func"
     torch.testing.assert_close(wrong.S, before.S, rtol=1e-9, atol=1e-12)
 
@@ -287,17 +291,7 @@ def test_trainer_three_stages_and_exact_resume(tmp_path):
     full, ctl, sampler = _trainer(tmp_path / "full")
     seen_full = _seen_batches(full)
     full.train()
-    hist = ctl.history["stages"]
-    assert [r["step"] for r in hist] == [3, 6]
-    for r in hist:
-        S = np.asarray(r["S"])
-        assert np.all(np.isfinite(S)) and np.abs(S).max() > 0
-    weights = [tuple(ctl.history["initial_weights"])] + [tuple(r["weights"]) for r in hist]
-    assert weights[0] != weights[1] and weights[1] != weights[2]  # the mixture changes at both boundaries
-    # the sampler's schedule carries the new weights from the step each record says
-    for r in hist:
-        # the sampler realises the weights on its grid of 1 / lcm(batch_size, 10080)
-        assert sampler.weights_at(r["applies_from_step"]) == pytest.approx(r["weights"], abs=1.0 / 10080)
+    hist = check_two_stage_history(ctl.history, sampler)
     assert len(seen_full) == 9 * 2  # max_steps x gradient accumulation micro-batches
     # every optimizer step trains on exactly one sampler step (the block of batch_size samples)
     train = tikmix.concat_domains(list(domains().values()))

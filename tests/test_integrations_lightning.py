@@ -14,7 +14,7 @@ import tikmix  # noqa: E402
 from tikmix.integrations.lightning import TikmixCallback  # noqa: E402
 from tikmix.losses import causal_lm_loss  # noqa: E402
 
-from integration_testing import dict_collate, domains, state_of, targets, tiny_llama  # noqa: E402
+from integration_testing import check_two_stage_history, dict_collate, domains, state_of, targets, tiny_llama  # noqa: E402
 
 
 class LlamaModule(L.LightningModule):
@@ -52,16 +52,7 @@ def _setup(max_steps, tmp_path, seed=0, callbacks=()):
 def test_lightning_three_stages_and_exact_resume(tmp_path):
     trainer, module, loader, ctl, sampler, train = _setup(9, tmp_path / "full")
     trainer.fit(module, loader)
-    hist = ctl.history["stages"]
-    assert [r["step"] for r in hist] == [3, 6]
-    for r in hist:
-        S = np.asarray(r["S"])
-        assert np.all(np.isfinite(S)) and np.abs(S).max() > 0
-    weights = [tuple(ctl.history["initial_weights"])] + [tuple(r["weights"]) for r in hist]
-    assert weights[0] != weights[1] and weights[1] != weights[2]
-    for r in hist:
-        # the sampler realises the weights on its grid of 1 / lcm(batch_size, 10080)
-        assert sampler.weights_at(r["applies_from_step"]) == pytest.approx(r["weights"], abs=1.0 / 10080)
+    hist = check_two_stage_history(ctl.history, sampler)
     expected = sampler.global_indices(0, 9)
     ref = torch.stack([train[int(i)]["input_ids"] for i in expected])
     assert torch.equal(torch.cat(module.seen), ref)  # one sampler step per optimizer step, in order

@@ -6,7 +6,7 @@ Import with ``from test_ops_common import ...`` (pytest puts tests/ on sys.path)
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import pytest
 import torch
@@ -29,6 +29,14 @@ def require_kernel(op: str, device: str) -> None:
     """Skip when this build has no ``device`` kernel for ``tikmix::op`` (a CPU-only build must still pass)."""
     if not tikmix_ext.has_kernel(op, device):
         pytest.skip(f"tikmix::{op} has no {device} kernel in this build")
+
+
+def opcheck_samples(op: str, device: str, sample_inputs: Callable[[str], Iterable[Sequence[Any]]]) -> None:
+    """Run :func:`run_opcheck` on ``tikmix::op`` for every argument tuple ``sample_inputs(device)`` gives (skip when
+    the build has no ``device`` kernel)."""
+    require_kernel(op, device)
+    for args in sample_inputs(device):
+        run_opcheck(getattr(torch.ops.tikmix, op).default, args)
 
 
 def run_opcheck(op: Any, args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None) -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_ops_common import DEVICES, assert_bits_equal, assert_close, compiled, require_kernel, run_opcheck, with_threads
+from test_ops_common import DEVICES, assert_bits_equal, assert_close, compiled, opcheck_samples, require_kernel, with_threads
 
 import tikmix_ext
 from tikmix_ext.reference import kron_seed_ref, projection_ref, sketch_kron_ref
@@ -145,9 +145,7 @@ class TestSketchKron:
     @pytest.mark.parametrize("device", DEVICES)
     def test_opcheck(self, device):
         # Inputs never require grad here: the registered backward raises by design (test_no_autograd_formula).
-        require_kernel("sketch_kron", device)
-        for args in sample_inputs(device):
-            run_opcheck(torch.ops.tikmix.sketch_kron.default, args)
+        opcheck_samples("sketch_kron", device, sample_inputs)
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_compile_fullgraph(self, device):

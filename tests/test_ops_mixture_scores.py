@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_ops_common import DEVICES, assert_bits_equal, assert_close, compiled, require_kernel, run_opcheck, with_threads
+from test_ops_common import DEVICES, assert_bits_equal, assert_close, compiled, opcheck_samples, require_kernel, with_threads
 
 import tikmix_ext
 from tikmix_ext.reference import mixture_counts_ref, mixture_scores_ref, resample_word_ref
@@ -119,9 +119,7 @@ class TestMixtureScores:
     @pytest.mark.parametrize("device", DEVICES)
     def test_opcheck(self, device):
         # Inputs never require grad: no gradient formula (the scores are labels for a surrogate model).
-        require_kernel("mixture_scores", device)
-        for args in sample_inputs(device):
-            run_opcheck(torch.ops.tikmix.mixture_scores.default, args)
+        opcheck_samples("mixture_scores", device, sample_inputs)
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_compile_fullgraph(self, device):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tikmix.solvers import MixtureResult, mixture_score_fn, solve_direct, solve_regression
+from tikmix_ext.reference import mix64_ref
 
 FAST = {"num_boost_round": 150}
 
@@ -193,19 +194,10 @@ _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
-def _mix_ref(z):
-    z &= _MASK
-    z ^= z >> 30
-    z = (z * 0xBF58476D1CE4E5B9) & _MASK
-    z ^= z >> 27
-    z = (z * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
-
-
 def mixture_scores_scalar_ref(per_sample, ids, candidates, draws, seed):
     """The contract of csrc/include/tikmix/rng.h + reduce_kernels.h, restated with Python ints and loops.
     per_sample: [N, n], ids: [N], candidates: [C, G] -> [C, n] float64."""
-    key = _mix_ref((seed & _MASK) + _GOLDEN)
+    key = mix64_ref((seed & _MASK) + _GOLDEN)
     G = candidates.shape[1]
     rows = [[z for z in range(len(ids)) if ids[z] == j] for j in range(G)]
     out = np.zeros((candidates.shape[0], per_sample.shape[1]))
@@ -222,8 +214,8 @@ def mixture_scores_scalar_ref(per_sample, ids, candidates, draws, seed):
         acc = [0.0] * per_sample.shape[1]
         for j in range(G):
             for t in range(counts[j]):
-                inner = _mix_ref(key ^ _mix_ref((c * _GOLDEN + j) & _MASK))
-                u = _mix_ref(inner + ((t * _GOLDEN) & _MASK))
+                inner = mix64_ref(key ^ mix64_ref((c * _GOLDEN + j) & _MASK))
+                u = mix64_ref(inner + ((t * _GOLDEN) & _MASK))
                 r = rows[j][u % len(rows[j])]
                 for i in range(per_sample.shape[1]):
                     acc[i] += float(per_sample[r, i])

@@ -77,16 +77,4 @@ def build_info() -> Dict[str, Any]:
     return info
 
 
-__all__ = [
-    "build_info",
-    "has_kernel",
-    "sketch",
-    "sketch_accumulate_",
-    "projection",
-    "sketch_kron",
-    "segment_sum",
-    "segment_mean",
-    "group_influence",
-    "mixture_scores",
-    "OPS",
-]
+__all__ = ["build_info", "has_kernel", *OPS, "OPS"]

@@ -24,6 +24,15 @@ from ._interop import as_optional_tensor, as_tensor, check_devices, int_arg
 __all__ = ["segment_sum", "segment_mean", "group_influence", "mixture_scores"]
 
 
+def _segment_op(op: str, x: Any, ids: Any, num_groups: int) -> Any:
+    """Checks and converts the arguments shared by segment_sum and segment_mean, then runs ``tikmix::<op>``."""
+    xt, back = as_tensor(x, "x")
+    it, _ = as_tensor(ids, "ids")
+    check_devices(op, x=xt, ids=it)
+    num_groups = int_arg(num_groups, "num_groups", op)
+    return back(getattr(torch.ops.tikmix, op).default(xt, it, num_groups))
+
+
 # ---- segment_sum ------------------------------------------------------------------------------------------------
 def segment_sum(x: Any, ids: Any, num_groups: int) -> Any:
     """Deterministic row sums per group: ``out[j] = Σ_{z: ids[z]=j} x[z]`` → ``[num_groups, k]`` in x's dtype.
@@ -33,11 +42,7 @@ def segment_sum(x: Any, ids: Any, num_groups: int) -> Any:
     reduce_kernels.h). Empty groups give zeros. Sums follow IEEE arithmetic in x's dtype, like ``torch.sum``: NaN/inf
     in x propagate, and a sum beyond the dtype's range is ±inf.
     """
-    xt, back = as_tensor(x, "x")
-    it, _ = as_tensor(ids, "ids")
-    check_devices("segment_sum", x=xt, ids=it)
-    num_groups = int_arg(num_groups, "num_groups", "segment_sum")
-    return back(torch.ops.tikmix.segment_sum.default(xt, it, num_groups))
+    return _segment_op("segment_sum", x, ids, num_groups)
 
 
 def _segment_sum_backward(ctx, grad):
@@ -63,11 +68,7 @@ def segment_mean(x: Any, ids: Any, num_groups: int) -> Any:
     Same inputs and determinism as :func:`segment_sum`. The mean divides the group sum, so a sum beyond the dtype's
     range gives ±inf even where the mean itself would fit (as ``torch.mean`` does).
     """
-    xt, back = as_tensor(x, "x")
-    it, _ = as_tensor(ids, "ids")
-    check_devices("segment_mean", x=xt, ids=it)
-    num_groups = int_arg(num_groups, "num_groups", "segment_mean")
-    return back(torch.ops.tikmix.segment_mean.default(xt, it, num_groups))
+    return _segment_op("segment_mean", x, ids, num_groups)
 
 
 def _segment_mean_backward(ctx, grad):
