@@ -79,6 +79,14 @@ def release() -> None:
     torch.cuda.empty_cache()
 
 
+def _record_failure(row: Row, failures: List[str], label: str, exc: Exception) -> None:
+    """Mark ``row`` FAILED, list the failure and print its traceback (call inside the ``except`` block); the
+    remaining measurements still run."""
+    row.note = f"FAILED: {exc}"
+    failures.append(f"{label}: {exc}")
+    traceback.print_exc()
+
+
 def random_x(n: int, d: int, dtype: torch.dtype) -> torch.Tensor:
     """Fresh random input (never zeros: they can run faster than real data), generated in place on the GPU."""
     x = torch.empty(n, d, dtype=dtype, device="cuda")
@@ -127,9 +135,7 @@ def bench_sketch(rows: List[Row], failures: List[str], quick: bool) -> None:
         try:
             _sketch_one(row)
         except Exception as exc:  # noqa: BLE001 - a benchmark stage must not stop the others
-            row.note = f"FAILED: {exc}"
-            failures.append(f"sketch {name}: {exc}")
-            traceback.print_exc()
+            _record_failure(row, failures, f"sketch {name}", exc)
         release()
 
 
@@ -163,9 +169,7 @@ def bench_dense(rows: List[Row], failures: List[str], quick: bool) -> None:
         try:
             _dense_one(row, stored)
         except Exception as exc:  # noqa: BLE001
-            row.note = f"FAILED: {exc}"
-            failures.append(f"dense {what}: {exc}")
-            traceback.print_exc()
+            _record_failure(row, failures, f"dense {what}", exc)
         release()
 
 
@@ -190,9 +194,7 @@ def bench_trak(rows: List[Row], failures: List[str], quick: bool) -> None:
         row.tflops = tflops(n, d, k, row.ms)
         del x, proj
     except Exception as exc:  # noqa: BLE001
-        row.note = f"FAILED: {exc}"
-        failures.append(f"trak: {exc}")
-        traceback.print_exc()
+        _record_failure(row, failures, "trak", exc)
     release()
 
 
@@ -211,9 +213,7 @@ def bench_other_ops(rows: List[Row], failures: List[str], quick: bool) -> None:
             row.extra["GB/s"] = bytes_moved / (row.ms * 1e-3) / 1e9 if bytes_moved else None
             row.note = (note + f"; {row.extra['GB/s']:.0f} GB/s" if bytes_moved else note).strip("; ")
         except Exception as exc:  # noqa: BLE001
-            row.note = f"FAILED: {exc}"
-            failures.append(f"{name}: {exc}")
-            traceback.print_exc()
+            _record_failure(row, failures, name, exc)
         release()
 
     x = torch.randn(n_rows, k, device="cuda")
