@@ -58,4 +58,5 @@ targets = {"qa": [torch.randint(0, 64, (4, 17), generator=g)]}
 result = GroupInfluence(model, sequence_loss, k=512, progress=False).compute(domains, targets)
 if rank == 0:
     print("S =", result.S.tolist())  # the same on every rank
+dist.barrier()  # no rank closes its connections while another still reads from them
 dist.destroy_process_group()
