@@ -134,6 +134,7 @@ def worker(args) -> None:
            "params": n_params, "S": S.tolist()}
     Path(args.out).with_suffix(f".rank{rank}.json").write_text(json.dumps(out))
     if distributed:
+        dist.barrier()  # no rank tears its connections down while a peer still reads from them
         dist.destroy_process_group()
 
 

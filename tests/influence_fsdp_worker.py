@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dist_testing import end_worker  # noqa: E402
 from influence_testing import TinyLM, lm_loss, make_data  # noqa: E402
 
 D = 5  # d=5: ln.weight has 5 rows (uneven on 2 ranks, an empty shard on 4), fc1.weight 10 rows (uneven on 4)
@@ -202,10 +203,8 @@ def main() -> None:
     backend = os.environ.get("TIKMIX_TEST_BACKEND", "gloo")
     dist.init_process_group(backend)
     torch.set_num_threads(1)
-    try:
-        run_rank(sys.argv[1])
-    finally:
-        dist.destroy_process_group()
+    run_rank(sys.argv[1])
+    end_worker()
 
 
 if __name__ == "__main__":

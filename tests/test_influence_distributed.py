@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dist_testing import end_worker
 from influence_testing import TinyLM, lm_loss, make_data, one_thread  # noqa: F401
 from tikmix.influence import GroupInfluence
 
@@ -42,17 +42,15 @@ def _compute(doms, tgts):
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        doms, tgts = _data()
-        doms = {k: _shard(v, rank, world) for k, v in doms.items()}
-        tgts = {k: _shard(v, rank, world) for k, v in tgts.items()}
-        results = _compute(doms, tgts)
-        torch.save([{"S": r.S, "samples": r.domain_samples, "tokens": r.domain_tokens, "batches": r.domain_batches,
-                     "targets": r.target_samples, "low": r.ci_low, "high": r.ci_high, "scores": r.unit_scores,
-                     "damping": r.gauss_newton_damping} for r in results],
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    doms, tgts = _data()
+    doms = {k: _shard(v, rank, world) for k, v in doms.items()}
+    tgts = {k: _shard(v, rank, world) for k, v in tgts.items()}
+    results = _compute(doms, tgts)
+    torch.save([{"S": r.S, "samples": r.domain_samples, "tokens": r.domain_tokens, "batches": r.domain_batches,
+                 "targets": r.target_samples, "low": r.ci_low, "high": r.ci_high, "scores": r.unit_scores,
+                 "damping": r.gauss_newton_damping} for r in results],
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    end_worker()
 
 
 def _free_port() -> int:

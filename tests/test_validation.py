@@ -69,3 +69,25 @@ def test_distributed_helpers_without_process_group():
     assert _distributed.all_gather_objects({"a": 1}) == [{"a": 1}]
     _distributed.check_same_on_all_ranks(("x",), "names")
     assert _distributed.init_from_env("cpu") == (0, 1, 0)
+
+
+def test_process_group_from_env_leaves_the_process_as_it_found_it(tmp_path, monkeypatch):
+    if _distributed.is_initialized():
+        pytest.skip("a process group is initialised in this process")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with _distributed.process_group_from_env("cpu") as info:  # a single process: nothing to join
+        assert info == (0, 1, 0) and not _distributed.is_initialized()
+    with pytest.raises(RuntimeError, match="inside"):
+        with _distributed.process_group_from_env("cpu"):
+            raise RuntimeError("inside")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:  # a group the caller made is used and kept, also when the block raises
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        with _distributed.process_group_from_env("cpu") as info:
+            assert info == (0, 1, 0)
+        with pytest.raises(ValueError):
+            with _distributed.process_group_from_env("cpu"):
+                raise ValueError
+        assert _distributed.is_initialized()
+    finally:
+        torch.distributed.destroy_process_group()

@@ -5,8 +5,9 @@ answers as a single process (rank 0 of 1) and the collectives are no-ops.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, List, Sequence
+from typing import Any, Iterator, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,7 @@ __all__ = [
     "world_size",
     "barrier",
     "init_from_env",
+    "process_group_from_env",
     "all_reduce_sum_",
     "all_gather_objects",
     "check_same_on_all_ranks",
@@ -62,6 +64,27 @@ def init_from_env(device: str) -> tuple[int, int, int]:
     if is_initialized():
         return rank(), world_size(), int(os.environ.get("LOCAL_RANK", "0"))
     return 0, 1, 0
+
+
+@contextlib.contextmanager
+def process_group_from_env(device: str) -> Iterator[tuple[int, int, int]]:
+    """:func:`init_from_env` for the length of a ``with`` block, leaving the process as it found it.
+
+    Yields ``(rank, world_size, local_rank)``. A group this block initialised is destroyed when it ends: after a
+    barrier when the block completes (no rank tears its connections down while a peer still reads from them), at
+    once when it raises (the peers may never reach a barrier). A group that existed before is left alone.
+    """
+    created = not is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    info = init_from_env(device)
+    try:
+        yield info
+    except BaseException:
+        if created:
+            dist.destroy_process_group()
+        raise
+    if created:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _comm_device(t: torch.Tensor) -> torch.device:

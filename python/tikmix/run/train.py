@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tikmix._distributed import all_gather_objects, barrier, init_from_env
+from tikmix._distributed import all_gather_objects, barrier, process_group_from_env
 from tikmix._extras import progress_bar
 
 from .checkpoint import checkpoint_dir, list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
@@ -59,7 +59,18 @@ def train(
     With ``log: tensorboard`` in the config, rank 0 writes TensorBoard scalars under ``<out>/tensorboard``:
     ``loss/train`` every step, ``loss/target/<name>`` at every evaluation, ``weights/<domain>`` from step 0 and at
     every boundary, and ``S/<target>/<domain>`` at every boundary.
+
+    Under a launcher such as ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group the environment
+    describes, unless one is initialised already, and leaves a group it joined when it returns or raises.
     """
+    with process_group_from_env(cfg.device) as (rank, world, local_rank):
+        return _train(cfg, rank, world, local_rank, resume=resume, progress=progress, stop_at=stop_at, log=log,
+                      on_boundary=on_boundary)
+
+
+def _train(cfg: RunConfig, rank: int, world: int, local_rank: int, *, resume: bool, progress: bool,
+           stop_at: int | None, log: Callable[..., Any],
+           on_boundary: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from tikmix.controller import Controller
@@ -67,7 +78,6 @@ def train(
     from tikmix.data.tokenizers import load_tokenizer
 
     t = cfg.train
-    rank, world, local_rank = init_from_env(cfg.device)
     device = _device(cfg, world, local_rank)
     say = log if rank == 0 else (lambda *a, **k: None)
     if t.batch_size % world:
