@@ -217,7 +217,7 @@ def settings_for(args: argparse.Namespace, seed: int) -> Any:
                             methods=("uniform", "tikmix-d", "tikmix-m"))
     return DemoSettings(seed=seed, steps=args.steps, batch_size=32, model=GPTConfig(seq_len=64),
                         stages=(0.25, 0.5, 0.75), eval_every=max(1, args.steps // 10), samples_per_domain=64,
-                        sketch_k=2048, direct={},
+                        target_samples=args.target_samples or None, sketch_k=2048, direct={},
                         regression={"n_candidates": 384, "rounds": 4, "samples_per_round": 1024},
                         methods=("uniform", "tikmix-d", "tikmix-m"))
 
@@ -239,13 +239,30 @@ def _init_worker(corpus: Any, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def decision_options(spec: str) -> Any:
+    """The controller's ``decision`` from a method suffix: ``""`` (its default), ``"robust"``, ``"paper"``, or an
+    objective with options, e.g. ``"robust,shrink=none,ema=0.7"`` (``none`` = None, numbers as floats)."""
+    if not spec:
+        return None
+    objective, *pairs = spec.split(",")
+    if not pairs:
+        return objective
+    out: dict[str, Any] = {"objective": objective}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"decision option {pair!r}: expected key=value")
+        out[key] = None if value.lower() == "none" else (value if key == "shrink" else float(value))
+    return out
+
+
 def _run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     from tikmix.demo.run import train_method
 
     args, method, seed = job
     corpus = _CORPUS
     base, _, decision = method.partition(":")  # e.g. tikmix-d:robust = TiKMiX-D with Decision("robust")
-    settings = replace(settings_for(args, seed), decision=decision or None,
+    settings = replace(settings_for(args, seed), decision=decision_options(decision),
                        methods=("uniform", base) if base != "uniform" else ("uniform",))
     t0 = time.perf_counter()
     result = train_method(base, settings, corpus)
@@ -358,9 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny corpus and budget, one seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
     ap.add_argument("--steps", type=int, default=1200, help="optimizer steps per run (full mode)")
+    ap.add_argument("--target-samples", type=int, default=0,
+                    help="dev rows per target that measure influence at a boundary (full mode; of 512; 0 = all)")
     ap.add_argument("--bytes-per-domain", type=int, default=4_000_000, help="training text per domain (full mode)")
     ap.add_argument("--methods", nargs="+", default=["uniform", "tikmix-d", "tikmix-m"],
-                    help="uniform, tikmix-d, tikmix-m; append :robust (or :paper) for the controller's decision")
+                    help="uniform, tikmix-d, tikmix-m; append :robust or :paper for the controller's decision, "
+                         "optionally with options (tikmix-d:robust,shrink=none,ema=0.7)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (one run each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--out", type=Path, default=Path("mixing_quality_out"), help="where runs.jsonl goes")

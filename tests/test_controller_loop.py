@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
+from tikmix.decision import Decision
 from tikmix.solvers import solve_direct
 from tikmix.demo.model import GPT, GPTConfig, sequence_loss
 
@@ -198,6 +199,19 @@ def test_load_state_dict_rejects_other_configuration():
         ctrl.load_state_dict({"format": "other"})
 
 
+def test_load_state_dict_refuses_a_changed_decision_and_accepts_older_states():
+    _, _, _, paper, _ = _setup(decision="paper")
+    state = json.loads(json.dumps(paper.state_dict()))
+    _, _, _, robust, _ = _setup(decision="robust")
+    with pytest.raises(ValueError, match=r"decision \(saved \{'objective': 'paper'"):
+        robust.load_state_dict(state)
+    _, _, _, smoother, _ = _setup(decision={"objective": "paper", "ema": 0.3})
+    with pytest.raises(ValueError, match="decision"):
+        smoother.load_state_dict(state)
+    del state["config"]["decision"]  # saved before the decision was part of the config
+    robust.load_state_dict(state)
+
+
 def test_regression_solver_meets_pareto_and_records_both_solvers():
     model, opt, sampler, ctrl, rows = _setup(solver="regression")
     ctrl.solver_options = {"regression": {"n_candidates": 64, "rounds": 2, "top_k": 8, "samples_per_round": 256}}
@@ -285,3 +299,47 @@ def test_pull_back_lands_on_the_solvers_feasible_set(seed, opts):
         if t < 1.0:
             beyond = np.clip(w_d + min(1.0, t + 1e-6) * (w_m - w_d), 0, None)
             assert not _meets_constraints_ref(S, w_prior, beyond / beyond.sum(), opts, 1e-9)
+
+
+SHRINK = {"objective": "paper", "shrink": "ci"}
+
+
+@pytest.mark.parametrize("samples, batch, mode, boot, decision, units", [
+    (64, 64, "group", 20, SHRINK, 8),     # one micro-batch would leave the bootstrap nothing to resample: 8 of 8
+    (16, 8, "group", 20, SHRINK, 8),      # 16 samples in batches of 2
+    (5, 8, "group", 20, SHRINK, 5),       # fewer samples than 8: one per micro-batch
+    (64, 4, "group", 20, SHRINK, 16),     # batch_size already gives more than 8 units
+    (64, 64, "group", 0, "paper", 1),     # no intervals asked for: batch_size as given
+    (64, 64, "group", 20, "robust", 1),   # the robust default does not shrink group-mode estimates
+    (64, 64, "per_sample", 20, SHRINK, 1),  # per-sample units are samples
+])
+def test_group_mode_draws_enough_bootstrap_units_when_shrinking(samples, batch, mode, boot, decision, units):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(seq_len=SEQ, n_layer=1, n_head=2, d_model=16))
+    domains, targets = _data()
+    sampler = MixtureSampler([len(v) for v in domains.values()], [1 / 3] * 3, batch_size=BATCH, seed=3)
+    ctrl = Controller(model, sampler, domains=domains, targets=targets, loss_fn=sequence_loss, stages=BOUNDARIES,
+                      influence={"k": 64, "n_bootstrap": boot, "mode": mode}, samples_per_domain=samples,
+                      batch_size=batch, seed=5, decision=decision)
+    dom, tgt = ctrl._influence_inputs(0)
+    for batches in dom.values():
+        assert len(batches) == units and sum(len(b) for b in batches) == samples
+    assert [len(b) for b in tgt["t"]] == [min(batch, 16 - a) for a in range(0, 16, batch)]  # targets: batch_size
+    if units > 1 and mode == "group":  # the boundary's intervals exist for every domain, so shrinkage is applied
+        res = ctrl._influence.compute(dom, tgt)
+        assert torch.isfinite(res.ci_low).all() and torch.isfinite(res.ci_high).all()
+        _, info = ctrl.decision.effective_S(res.S.double().numpy(), res.ci_low.numpy(), res.ci_high.numpy(),
+                                            unit=res.unit)
+        assert "shrink_factor" in info and "shrink" not in info
+
+
+def test_robust_default_shrinks_per_sample_estimates_only():
+    S = np.array([[0.5, -0.2]])
+    lo, hi = np.array([[-0.5, -0.3]]), np.array([[1.5, -0.1]])
+    robust = Decision()
+    got, info = robust.effective_S(S, lo, hi, unit="micro-batch")
+    assert np.array_equal(got, S) and info["shrink"].startswith("skipped: the robust default shrinks per-sample")
+    got, info = Decision().effective_S(S, lo, hi, unit="sample")
+    assert got[0, 0] == 0.0 and "shrink_factor" in info  # the interval is wide next to 0.5: shrunk to 0
+    got, _ = Decision("robust", shrink="ci").effective_S(S, lo, hi, unit="micro-batch")
+    assert got[0, 0] == 0.0  # asked for explicitly: group-mode estimates are shrunk too

@@ -77,3 +77,18 @@ def test_report_signs_the_improvement_over_uniform():
     lo, hi = (float(x) for x in cells[6].strip("[]").split(","))
     assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)  # constant improvement 0.2 / 2 targets
     assert cells[8] == "b +0.00%"  # the worst target is the least improved one
+
+
+def test_method_suffix_gives_the_controllers_decision():
+    from tikmix.decision import Decision
+
+    mq = _load("mixing_quality_spec")
+    assert mq.decision_options("") is None and mq.decision_options("paper") == "paper"
+    spec = mq.decision_options("robust,shrink=none,ema=0.7")
+    assert spec == {"objective": "robust", "shrink": None, "ema": 0.7}
+    assert Decision.from_options(spec).options()["max_shift"] == 0.3  # the rest keep robust's defaults
+    assert mq.decision_options("robust,shrink=ci") == {"objective": "robust", "shrink": "ci"}
+    with pytest.raises(ValueError, match="expected key=value"):
+        mq.decision_options("robust,ema")
+    with pytest.raises(ValueError, match="could not convert"):
+        mq.decision_options("robust,ema=high")

@@ -52,6 +52,9 @@ __all__ = ["Controller", "HISTORY_FORMAT"]
 
 HISTORY_FORMAT = "tikmix.history/1"
 _STATE_FORMAT = "tikmix.controller/1"
+#: Group mode's bootstrap resamples micro-batches: when the decision shrinks group-mode estimates, a domain's draw is
+#: split into at least this many of them (when it has that many samples), so that its interval has units to resample.
+MIN_BOOTSTRAP_UNITS = 8
 _SOLVERS = ("direct", "regression")
 
 
@@ -134,7 +137,10 @@ class Controller:
             ``{"k": 1024}``; TiKMiX-M forces ``mode="per_sample"``).
         samples_per_domain: rows drawn from each domain at every boundary.
         target_samples: at most this many examples per target (the first ones); None = all.
-        batch_size: micro-batch size used while measuring influence.
+        batch_size: micro-batch size used while measuring influence. When the decision shrinks group-mode
+            estimates (an explicit ``shrink="ci"``), a domain's draw is split into at least
+            :data:`MIN_BOOTSTRAP_UNITS` (8) micro-batches when it has that many samples: group mode's bootstrap
+            resamples micro-batches.
         collate: turns a list of dataset items into a batch for ``loss_fn`` (default
             :func:`torch.utils.data.default_collate`).
         device: where batches go (default: the device of the model's first parameter).
@@ -142,8 +148,9 @@ class Controller:
         seed: seeds the influence samples, the sketch and TiKMiX-M.
         total_steps: optional; a boundary at or after it is rejected (it would never be reached).
         decision: how the measured ``S`` becomes the solver's input (:class:`tikmix.decision.Decision`):
-            None or ``"robust"`` (default: uncertainty shrinkage, smoothing across boundaries, a ``max_shift``
-            and a ``min_r2`` default; it beat the paper's decision on the mixing-quality benchmark),
+            None or ``"robust"`` (default: per-sample estimates shrunk by their uncertainty, smoothing across
+            boundaries, a ``max_shift`` and a ``min_r2`` default; it beat the paper's decision on the
+            mixing-quality benchmark),
             ``"paper"`` (the paper's decision, ``S`` as measured), or a dict of
             :class:`~tikmix.decision.Decision`'s options. Each record stores ``"decision"`` (options, shrink
             factors, the ``S`` the solver saw).
@@ -305,10 +312,11 @@ class Controller:
     def _stage_rng(self, stage: int, salt: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, 0x7153, stage, salt])
 
-    def _batches(self, data: Any, idx: np.ndarray) -> list[Any]:
+    def _batches(self, data: Any, idx: np.ndarray, size: int | None = None) -> list[Any]:
+        size = self.batch_size if size is None else size
         out = []
-        for a in range(0, len(idx), self.batch_size):
-            items = [data[int(i)] for i in idx[a : a + self.batch_size]]
+        for a in range(0, len(idx), size):
+            items = [data[int(i)] for i in idx[a : a + size]]
             batch = self.collate(items)
             out.append(_to_device(batch, self.device))
         return out
@@ -322,7 +330,8 @@ class Controller:
             rng = self._stage_rng(stage, j)
             take = min(self.samples_per_domain, n)
             idx = rng.choice(n, size=take, replace=False) if take < n else rng.permutation(n)
-            domain_batches[name] = self._batches(data, idx[rank::world])
+            local = idx[rank::world]
+            domain_batches[name] = self._batches(data, local, self._domain_batch_size(len(local)))
         target_batches: dict[str, list[Any]] = {}
         for name in self.target_names:
             data = self._targets[name]
@@ -330,6 +339,15 @@ class Controller:
             idx = np.arange(n)
             target_batches[name] = self._batches(data, idx[rank::world])
         return domain_batches, target_batches
+
+    def _domain_batch_size(self, n: int) -> int:
+        """Micro-batch size for a domain's ``n`` local samples: ``batch_size``, made smaller in group mode when the
+        decision shrinks by the intervals, so that the draw forms at least :data:`MIN_BOOTSTRAP_UNITS` micro-batches."""
+        infl = self._influence
+        if (getattr(infl, "mode", None) != "group" or not getattr(infl, "n_bootstrap", 0)
+                or not self.decision.shrinks("micro-batch")):
+            return self.batch_size
+        return max(1, min(self.batch_size, math.ceil(n / MIN_BOOTSTRAP_UNITS)))
 
     # ------------------------------------------------------------------ the hook
     def step(self, step: int) -> dict[str, Any] | None:
@@ -362,7 +380,8 @@ class Controller:
 
         t0 = time.perf_counter()
         S_used, decision_info = self.decision.effective_S(
-            S, getattr(result, "ci_low", None), getattr(result, "ci_high", None), getattr(result, "confidence", 0.95)
+            S, getattr(result, "ci_low", None), getattr(result, "ci_high", None), getattr(result, "confidence", 0.95),
+            unit=getattr(result, "unit", "sample"),
         )
         weights, report = self._solve(S_used, w_prior, result, stage)
         t_solve = time.perf_counter() - t0
@@ -488,6 +507,7 @@ class Controller:
             "solver": self.solver,
             "stage_steps": self.boundaries,
             "seed": self.seed,
+            "decision": self.decision.options(),
         }
 
     def state_dict(self, step: int | None = None) -> dict[str, Any]:
@@ -506,12 +526,14 @@ class Controller:
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (and the sampler's state inside it); the config must match."""
+        """Restore a :meth:`state_dict` (and the sampler's state inside it); the config must match: domains,
+        targets, solver, boundaries, seed and the decision's options (a ValueError names each that differs)."""
         if not isinstance(state_dict, Mapping) or state_dict.get("format") != _STATE_FORMAT:
             raise ValueError(f"state_dict is not a tikmix controller state (format {_STATE_FORMAT!r})")
         config = state_dict.get("config", {})
         mine = self._config()
-        diff = [k for k in mine if config.get(k) != mine[k]]
+        # "decision" joined the config later: a state saved without it is not refused for lacking it
+        diff = [k for k in mine if config.get(k) != mine[k] and (k in config or k != "decision")]
         if diff:
             raise ValueError(
                 "state_dict comes from a different controller configuration: "

@@ -56,6 +56,7 @@ class DemoSettings:
         eval_every: steps between evaluations of the target test losses.
         train_sequences: rows generated per domain.
         samples_per_domain: rows per domain drawn at each boundary to measure influence.
+        target_samples: at most this many rows of each target's dev set measure influence (None = all of them).
         sketch_k: sketch dimension of the gradient projection.
         methods: which methods to run, in order (``uniform`` is the baseline and always runs first).
         static_weights: domain -> weight for the ``static`` method (required iff it is in ``methods``).
@@ -81,6 +82,7 @@ class DemoSettings:
     eval_every: int = 100
     train_sequences: int = 4096
     samples_per_domain: int = 64
+    target_samples: int | None = None
     sketch_k: int = 2048
     methods: tuple[str, ...] = ("uniform", "tikmix-d", "tikmix-m")
     static_weights: dict[str, float] | None = None
@@ -96,6 +98,8 @@ class DemoSettings:
         for name in ("steps", "batch_size", "warmup", "eval_every", "train_sequences", "samples_per_domain",
                      "sketch_k"):
             check_int(getattr(self, name), name, minimum=0 if name == "warmup" else 1)
+        if self.target_samples is not None:
+            check_int(self.target_samples, "target_samples", minimum=1)
         if not self.stages or any(not 0 < f < 1 for f in self.stages) or list(self.stages) != sorted(set(self.stages)):
             raise ValueError(f"stages must be increasing fractions in (0, 1), got {self.stages!r}")
         bounds = self.stage_steps()
@@ -201,6 +205,7 @@ def train_method(
             # verify=False: skip per-sample mode's self-check pass (it is tested in the influence suite)
             influence={"k": settings.sketch_k, "verify": False},
             samples_per_domain=settings.samples_per_domain,
+            target_samples=settings.target_samples,
             batch_size=64,
             device=device,
             history_path=(out_dir / f"history_{method}.json") if out_dir is not None else None,

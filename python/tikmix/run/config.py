@@ -400,7 +400,7 @@ class SolverConfig(_Section):
         "normalised")
     decision: Union[Literal["paper", "robust"], dict[str, Any], None] = Field(
         None, description="direct/regression: how the measured S becomes the solver's input (tikmix.decision."
-        "Decision): robust (default: CI shrinkage, smoothing, max_shift, min_r2), paper (S as measured), or a dict of "
+        "Decision): robust (default: CI shrinkage of per-sample S, smoothing, max_shift, min_r2), paper (S as measured), or a dict of "
         "its options")
 
 class InfluenceConfig(_Section):
