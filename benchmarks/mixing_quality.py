@@ -239,21 +239,30 @@ def _init_worker(corpus: Any, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def decision_options(spec: str) -> Any:
-    """The controller's ``decision`` from a method suffix: ``""`` (its default), ``"robust"``, ``"paper"``, or an
-    objective with options, e.g. ``"robust,shrink=none,ema=0.7"`` (``none`` = None, numbers as floats)."""
+#: Method-suffix options that go to TiKMiX-D's solver (:func:`tikmix.solve_direct`) rather than to the decision.
+SOLVER_KEYS = ("alpha", "beta", "gamma")
+
+
+def method_options(spec: str) -> tuple[Any, dict[str, float]]:
+    """The controller's ``decision`` and TiKMiX-D solver options from a method suffix: ``""`` (the defaults),
+    ``"robust"``, ``"paper"``, or an objective with options, e.g. ``"robust,shrink=none,ema=0.7"`` or
+    ``"robust,alpha=4"`` (``none`` = None, numbers as floats; ``alpha``, ``beta``, ``gamma`` go to the solver)."""
     if not spec:
-        return None
+        return None, {}
     objective, *pairs = spec.split(",")
     if not pairs:
-        return objective
-    out: dict[str, Any] = {"objective": objective}
+        return objective, {}
+    decision: dict[str, Any] = {"objective": objective}
+    solver: dict[str, float] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"decision option {pair!r}: expected key=value")
-        out[key] = None if value.lower() == "none" else (value if key == "shrink" else float(value))
-    return out
+            raise ValueError(f"method option {pair!r}: expected key=value")
+        if key in SOLVER_KEYS:
+            solver[key] = float(value)
+        else:
+            decision[key] = None if value.lower() == "none" else (value if key == "shrink" else float(value))
+    return decision, solver
 
 
 def _run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
@@ -261,8 +270,10 @@ def _run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
 
     args, method, seed = job
     corpus = _CORPUS
-    base, _, decision = method.partition(":")  # e.g. tikmix-d:robust = TiKMiX-D with Decision("robust")
-    settings = replace(settings_for(args, seed), decision=decision_options(decision),
+    base, _, suffix = method.partition(":")  # e.g. tikmix-d:robust = TiKMiX-D with Decision("robust")
+    decision, solver = method_options(suffix)
+    settings = settings_for(args, seed)
+    settings = replace(settings, decision=decision, direct={**settings.direct, **solver},
                        methods=("uniform", base) if base != "uniform" else ("uniform",))
     t0 = time.perf_counter()
     result = train_method(base, settings, corpus)
@@ -380,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bytes-per-domain", type=int, default=4_000_000, help="training text per domain (full mode)")
     ap.add_argument("--methods", nargs="+", default=["uniform", "tikmix-d", "tikmix-m"],
                     help="uniform, tikmix-d, tikmix-m; append :robust or :paper for the controller's decision, "
-                         "optionally with options (tikmix-d:robust,shrink=none,ema=0.7)")
+                         "optionally with options (tikmix-d:robust,shrink=none,ema=0.7; alpha, beta, gamma go to "
+                         "TiKMiX-D's solver)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (one run each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--out", type=Path, default=Path("mixing_quality_out"), help="where runs.jsonl goes")

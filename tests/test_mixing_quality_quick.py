@@ -79,16 +79,16 @@ def test_report_signs_the_improvement_over_uniform():
     assert cells[8] == "b +0.00%"  # the worst target is the least improved one
 
 
-def test_method_suffix_gives_the_controllers_decision():
+def test_method_suffix_gives_the_controllers_decision_and_solver_options():
     from tikmix.decision import Decision
 
     mq = _load("mixing_quality_spec")
-    assert mq.decision_options("") is None and mq.decision_options("paper") == "paper"
-    spec = mq.decision_options("robust,shrink=none,ema=0.7")
-    assert spec == {"objective": "robust", "shrink": None, "ema": 0.7}
-    assert Decision.from_options(spec).options()["max_shift"] == 0.3  # the rest keep robust's defaults
-    assert mq.decision_options("robust,shrink=ci") == {"objective": "robust", "shrink": "ci"}
+    assert mq.method_options("") == (None, {}) and mq.method_options("paper") == ("paper", {})
+    decision, solver = mq.method_options("robust,shrink=none,ema=0.7,alpha=4")
+    assert decision == {"objective": "robust", "shrink": None, "ema": 0.7} and solver == {"alpha": 4.0}
+    assert Decision.from_options(decision).options()["max_shift"] == 0.3  # the rest keep robust's defaults
+    assert mq.method_options("robust,shrink=ci") == ({"objective": "robust", "shrink": "ci"}, {})
     with pytest.raises(ValueError, match="expected key=value"):
-        mq.decision_options("robust,ema")
+        mq.method_options("robust,ema")
     with pytest.raises(ValueError, match="could not convert"):
-        mq.decision_options("robust,ema=high")
+        mq.method_options("robust,gamma=high")
