@@ -140,31 +140,13 @@ void table_indices_generic(uint64_t key, uint64_t row0, uint64_t blk0, int64_t n
   }
 }
 
-inline float load_x(const void* row, XType type, int64_t j) {
-  switch (type) {
-    case XType::kBF16: return bf16_to_float(static_cast<const uint16_t*>(row)[j]);
-    case XType::kF16: return half_to_float(static_cast<const uint16_t*>(row)[j]);
-    default: return static_cast<const float*>(row)[j];
-  }
-}
 
 void table_block_generic(const void* x, XType type, int64_t ld, const float* scale, int64_t m, int64_t kc,
                          int64_t lanes, const uint8_t* I, int64_t ldi, int64_t ncols, float* C, float* work) {
   const int64_t L = lanes;
   float* xt = work;
   float* T = work + kTableRows * L;
-  const size_t esize = type == XType::kF32 ? 4 : 2;
-  for (int64_t s = 0; s < L; ++s) {
-    const void* row = static_cast<const unsigned char*>(x) + size_t(s) * size_t(ld) * esize;
-    for (int64_t j = 0; j < kTableRows; ++j) {
-      float v = 0.0f;
-      if (s < m && j < kc) {
-        v = load_x(row, type, j);
-        if (scale) v *= scale[j];
-      }
-      xt[j * L + s] = v;
-    }
-  }
+  transpose_table_x(x, type, ld, scale, m, kc, L, xt);
   for (int g = 0; g < kGroups; ++g) {
     float* Tg = T + g * 64 * L;
     const float* xg = xt + kGroupRows * g * L;
@@ -263,6 +245,30 @@ void pack_bf16_pairs(const uint16_t* x, int64_t ld, int64_t m, int64_t kc, uint3
 }
 
 }  // namespace
+
+float load_x(const void* row, XType type, int64_t j) {
+  switch (type) {
+    case XType::kBF16: return bf16_to_float(static_cast<const uint16_t*>(row)[j]);
+    case XType::kF16: return half_to_float(static_cast<const uint16_t*>(row)[j]);
+    default: return static_cast<const float*>(row)[j];
+  }
+}
+
+void transpose_table_x(const void* x, XType type, int64_t ld, const float* scale, int64_t m, int64_t kc,
+                       int64_t lanes, float* xt) {
+  const size_t esize = type == XType::kF32 ? 4 : 2;
+  for (int64_t s = 0; s < lanes; ++s) {
+    const void* row = static_cast<const unsigned char*>(x) + size_t(s) * size_t(ld) * esize;
+    for (int64_t j = 0; j < kTableRows; ++j) {
+      float v = 0.0f;
+      if (s < m && j < kc) {
+        v = load_x(row, type, j);
+        if (scale) v *= scale[j];
+      }
+      xt[j * lanes + s] = v;
+    }
+  }
+}
 
 const IsaKernels& generic_kernels() {
   static const IsaKernels t = make_generic();

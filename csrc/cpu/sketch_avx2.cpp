@@ -12,7 +12,6 @@
 // table lookups it feeds.
 #include <immintrin.h>
 
-#include <cstring>
 #include <memory>
 
 #include "sketch_isa.h"
@@ -64,19 +63,6 @@ TIKMIX_AVX2 void tile_f32_avx2(uint64_t key, uint64_t row0, int64_t rows, uint64
 
 // ---- packing ---------------------------------------------------------------------------------------------------
 
-TIKMIX_AVX2 TIKMIX_INLINE float load_one(const void* row, XType type, int64_t j) {
-  switch (type) {
-    case XType::kBF16: {
-      const uint32_t bits = uint32_t(static_cast<const uint16_t*>(row)[j]) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
-    }
-    case XType::kF16: return _cvtsh_ss(static_cast<const uint16_t*>(row)[j]);
-    default: return static_cast<const float*>(row)[j];
-  }
-}
-
 // Eight values x[j .. j+8) of one row as fp32 (full vectors only).
 TIKMIX_AVX2 TIKMIX_INLINE __m256 load8(const void* row, XType type, int64_t j) {
   if (type == XType::kF32) return _mm256_loadu_ps(static_cast<const float*>(row) + j);
@@ -97,7 +83,7 @@ TIKMIX_AVX2 void pack_f32_avx2(const void* x, XType type, int64_t ld, const floa
       if (scale) v = _mm256_mul_ps(v, _mm256_loadu_ps(scale + j));
       _mm256_storeu_ps(dst + j, v);
     }
-    for (; j < kc; ++j) dst[j] = scale ? load_one(row, type, j) * scale[j] : load_one(row, type, j);
+    for (; j < kc; ++j) dst[j] = scale ? load_x(row, type, j) * scale[j] : load_x(row, type, j);
   }
 }
 
@@ -202,19 +188,8 @@ TIKMIX_AVX2 TIKMIX_INLINE void table_block_nv(const void* x, XType type, int64_t
   constexpr int L = 8 * NV;
   float* xt = work;                  // [48][L]: xt[j · L + s] = x[s, j] · scale[j], 0 beyond m or kc
   float* T = work + kTableRows * L;  // [8][64][L]
-  const size_t esize = type == XType::kF32 ? 4 : 2;
   // 1. x transposed (48 × L values per block: small next to the lookups below).
-  for (int s = 0; s < L; ++s) {
-    const void* row = static_cast<const unsigned char*>(x) + size_t(s) * size_t(ld) * esize;
-    for (int j = 0; j < kTableRows; ++j) {
-      float v = 0.0f;
-      if (s < m && j < kc) {
-        v = load_one(row, type, j);
-        if (scale) v *= scale[j];
-      }
-      xt[j * L + s] = v;
-    }
-  }
+  transpose_table_x(x, type, ld, scale, m, kc, L, xt);
   // 2. Tables: level j adds row j to the 2^j sums over rows < j (+x: index unchanged, −x: index + 2^j).
   const __m256i signbit = _mm256_set1_epi32(int(0x80000000u));
   for (int g = 0; g < kGroups; ++g) {

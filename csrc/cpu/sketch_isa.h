@@ -51,6 +51,13 @@ constexpr int kGroups = 8;
 constexpr int kTableRows = kGroupRows * kGroups;  // 48 rows of R per table block
 constexpr int64_t table_work_floats(int64_t lanes) { return (kTableRows + kGroups * 64) * lanes; }
 
+// x[j] of one row (fp32, bf16 or fp16) as fp32: exact.
+float load_x(const void* row, XType type, int64_t j);
+// The table path's first step, shared by the portable and AVX2 kernels: xt[j · lanes + s] = x[s, j] · scale[j]
+// (scale may be null) for s < m, j < kc, and 0 elsewhere in [kTableRows][lanes].
+void transpose_table_x(const void* x, XType type, int64_t ld, const float* scale, int64_t m, int64_t kc,
+                       int64_t lanes, float* xt);
+
 const IsaKernels& generic_kernels();
 // Fill in the AVX-512 (sketch_avx512.cpp) or AVX2 + FMA (sketch_avx2.cpp) entries when the CPU supports them;
 // return false otherwise (the table is then unchanged).

@@ -16,7 +16,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -142,44 +142,42 @@ class TextFolderSource(_Section):
 
 
 class _RecordsSource(_Section):
-    """Common part of the record-file sources: the text field, checked on the first record up front."""
+    """Common part of the record-file sources: the file (field ``_kind``), checked, and the text field, checked on
+    the first record up front."""
+
+    _kind: ClassVar[str]  # the key naming the file: also the format check_text_source reads it as
 
     field: str = Field("text", description="the record field (jsonl) or column (parquet) holding the text")
     max_sequences: PositiveInt | None = Field(None, description="use at most this many sequences (targets: split in halves)")
 
-    def _check(self, key: str, value: str, info: ValidationInfo) -> str:
+    @model_validator(mode="after")
+    def _readable(self, info: ValidationInfo) -> "_RecordsSource":
         from tikmix.data.text_sources import check_text_source
 
-        path = _resolve(_base_dir(info), value)
+        key = self._kind
+        path = _resolve(_base_dir(info), getattr(self, key))
         if not path.is_file():
             raise _Invalid((key,), f"file not found: {path}")
         try:
             check_text_source(path, fmt=key, field=self.field)
         except ValueError as exc:
             raise _Invalid((key,), str(exc)) from None
-        return str(path)
+        setattr(self, key, str(path))
+        return self
 
 
 class JsonlSource(_RecordsSource):
     """A JSON-lines file, one document per line in ``field``; streamed and tokenised once into ``<out>/data``."""
 
+    _kind: ClassVar[str] = "jsonl"
     jsonl: str = Field(description="path of the .jsonl file (relative to the config's folder)")
-
-    @model_validator(mode="after")
-    def _readable(self, info: ValidationInfo) -> "JsonlSource":
-        self.jsonl = self._check("jsonl", self.jsonl, info)
-        return self
 
 
 class ParquetSource(_RecordsSource):
     """A parquet file with a string column ``field``; streamed by record batch and tokenised once into ``<out>/data``."""
 
+    _kind: ClassVar[str] = "parquet"
     parquet: str = Field(description="path of the .parquet file (relative to the config's folder)")
-
-    @model_validator(mode="after")
-    def _readable(self, info: ValidationInfo) -> "ParquetSource":
-        self.parquet = self._check("parquet", self.parquet, info)
-        return self
 
 
 # One entry per source kind: the key that selects it -> its model. A new kind is one model and one line here.
