@@ -1,0 +1,21 @@
+"""The on-disk formats tikmix writes, with their versions: one place for every ``"format"`` tag.
+
+A file's ``"format"`` names its schema and version (``"tikmix.<kind>/<version>"``); readers refuse a tag they do
+not know instead of guessing. The version goes up when a field changes meaning or disappears.
+"""
+from __future__ import annotations
+
+__all__ = ["VERSION", "HISTORY", "CONTROLLER_STATE", "MIXTURE_STATE", "EVAL", "DEMO"]
+
+#: The tikmix package version.
+VERSION = "0.1.0"
+#: ``history.json``: a run's stage records (weights, S, decision, timings), metrics and final summary.
+HISTORY = "tikmix.history/1"
+#: :meth:`tikmix.Controller.state_dict`: handled boundaries, the history and the sampler's state.
+CONTROLLER_STATE = "tikmix.controller/1"
+#: :meth:`tikmix.MixtureSampler.state_dict`: the mixture schedule and the stream position.
+MIXTURE_STATE = "tikmix.mixture/2"
+#: ``eval.json``: a finished run's per-sequence test losses and a hash of each test set.
+EVAL = "tikmix.eval/1"
+#: ``report.json`` of ``tikmix demo``: several runs on the same budget and their comparison.
+DEMO = "tikmix.demo/1"
