@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tikmix.data import write_token_file
 from tikmix.run import ConfigError, RunConfig, validate_config
 
-TOP_LEVEL = set(RunConfig.model_fields) | {"<root>"}
+TOP_LEVEL = set(RunConfig.model_fields) | {"config"}
 
 
 def _valid(root: Path) -> dict:

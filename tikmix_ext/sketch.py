@@ -18,8 +18,8 @@ from ._load import _C  # loading it registers torch.ops.tikmix
 
 __all__ = ["sketch", "sketch_accumulate_", "projection", "MAX_ROWS", "MAX_K"]
 
-MAX_ROWS = 1 << 44  #: rows of R addressable by the RNG contract: ``offset + d`` must not exceed this
-MAX_K = 1 << 26  #: ``k`` must be below this
+MAX_ROWS: int = _C.rng_max_rows  #: rows of R addressable by the RNG contract: ``offset + d`` must not exceed this
+MAX_K: int = _C.rng_max_k  #: ``k`` must be below this (both from csrc/include/tikmix/rng.h, through the native module)
 
 
 def sketch(x: Any, k: int, seed: int, offset: int = 0, scale: Optional[Any] = None) -> Any:

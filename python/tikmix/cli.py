@@ -1,11 +1,12 @@
-"""The ``tikmix`` command line: ``tikmix demo``, ``tikmix run CONFIG.yaml``, ``tikmix report FILE.json``.
+"""The ``tikmix`` command line: ``demo``, ``run``, ``report``, ``compare`` and ``tokenize``.
 
 * ``tikmix demo`` -- no downloads: trains a small GPT on an embedded multi-domain corpus with a static
   uniform mixture, staged TiKMiX-D and staged TiKMiX-M on the same token budget, prints the results table
   and writes ``report.json``, per-method histories and PNG plots into ``--out``.
-* ``tikmix run CONFIG.yaml`` -- the same loop on your data (token files or text folders per domain),
-  single process or under ``torchrun``; ``--resume`` continues from the last checkpoint. See
-  :mod:`tikmix.run.config` for the config reference.
+* ``tikmix run CONFIG.yaml`` -- staged training on your data (token files, text folders, jsonl or parquet per
+  domain) with the built-in GPT, a Hugging Face causal LM or your own model, single process or under ``torchrun``;
+  ``--check`` only checks the config and the data, ``--resume`` continues from the last checkpoint. The config
+  reference is ``docs/run-config.md`` (:mod:`tikmix.run.schema`).
 * ``tikmix report FILE.json`` -- re-draws the table and plots from a demo report or a run history.
 * ``tikmix compare RUN_DIR... [--baseline NAME]`` -- test losses of finished runs side by side, the improvement
   over a baseline run (> 0 = better) with a paired bootstrap interval, and one plot of all loss curves.
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true",
                    help="continue from the newest usable checkpoint in <out>/checkpoints, if any")
     r.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    r.add_argument("--check", action="store_true", help="only validate the config and exit")
+    r.add_argument("--check", action="store_true",
+                   help="only check the config and its data (nothing is written or trained) and exit")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     rep = sub.add_parser("report", help="re-draw the table and plots from a report/history JSON")
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="test losses of finished runs side by side, with paired bootstrap intervals",
                        description="Compare finished `tikmix run` output folders (same targets, test sequences and "
                                    "budget): final test loss per target and mean, the difference to a baseline run "
-                                   "with a 95%% paired bootstrap interval over test sequences, and one plot of all "
+                                   "with a 95% paired bootstrap interval over test sequences, and one plot of all "
                                    "loss curves.")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run output folders (their names label the runs)")
     c.add_argument("--baseline", default=None, metavar="NAME",
@@ -178,13 +180,15 @@ def _threads() -> int:
 def _run(args: argparse.Namespace) -> int:
     import warnings
 
-    from tikmix.run import ConfigError, ConfigWarning, load_config, train
+    from tikmix.run import ConfigError, ConfigWarning, check_config, load_config, train
     from tikmix.run.checkpoint import CheckpointError
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConfigWarning)
             cfg = load_config(args.config)
+            if args.check:
+                check_config(cfg)
     except ConfigError as exc:
         print(f"tikmix run: config error: {exc}", file=sys.stderr)
         return 2

@@ -5,8 +5,11 @@
   exactly on any world size.
 * :class:`MixtureIterableDataset` -- the same stream over per-domain iterables, DataLoader-worker aware.
 * :class:`TokenFileDataset` / :class:`TokenFileWriter` -- memmapped flat token files in fixed-length chunks.
-* :class:`ByteTokenizer`, :func:`build_token_file_from_texts`, :func:`build_domain_token_files` -- text
-  folders to token files.
+* :func:`load_tokenizer` -- a tokenizer from a local file (or ``"bytes"``: :class:`ByteTokenizer`), all with one
+  protocol (``name``, ``fingerprint``, ``vocab_size``, ``eos_id``, ``encode_batch``).
+* :func:`tokenize_to_token_file` -- the one text -> tokens path: jsonl, parquet, text files and folders, streamed
+  into a token file; :func:`build_token_file_from_texts` and :func:`build_domain_token_files` are its byte-level
+  shortcuts for folders of text files.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from ._stream import Stage
 from .iterable import MixtureIterableDataset
 from .sampler import DomainConcatDataset, MixtureSampler, concat_domains, locate_index
 from .text import ByteTokenizer, build_domain_token_files, build_token_file_from_texts
+from .text_sources import iter_texts, tokenize_to_token_file
+from .tokenizers import TokenizerSpecError, load_tokenizer
 from .token_file import TokenFileDataset, TokenFileWriter, read_token_file_header, write_token_file
 
 __all__ = [
@@ -29,6 +34,10 @@ __all__ = [
     "TokenFileWriter",
     "write_token_file",
     "read_token_file_header",
+    "load_tokenizer",
+    "TokenizerSpecError",
+    "tokenize_to_token_file",
+    "iter_texts",
     "ByteTokenizer",
     "build_token_file_from_texts",
     "build_domain_token_files",

@@ -1,4 +1,5 @@
-"""A byte-level tokenizer and builders from folders of text files to token files, for small runs.
+"""The byte-level tokenizer, and builders from folders of text files to token files through the one text -> tokens
+path (:func:`tikmix.data.tokenize_to_token_file`).
 
 Token ids are the file's raw bytes (0-255) plus an optional end-of-document id 256, so any file (any
 encoding) round-trips exactly and no vocabulary has to be trained or downloaded.
@@ -7,14 +8,14 @@ encoding) round-trips exactly and no vocabulary has to be trained or downloaded.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .token_file import TokenFileWriter
+from .text_sources import list_text_files, tokenize_to_token_file
 
 __all__ = ["ByteTokenizer", "build_token_file_from_texts", "build_domain_token_files"]
 
@@ -22,10 +23,13 @@ __all__ = ["ByteTokenizer", "build_token_file_from_texts", "build_domain_token_f
 class ByteTokenizer:
     """Bytes 0-255 are tokens 0-255; ``eos_id`` = 256 ends a document (when ``add_eos``).
 
-    ``vocab_size`` is 257 (ids up to 256 may appear in files written with an EOS) or 256 without EOS.
+    ``vocab_size`` is 257 (ids up to 256 may appear in files written with an EOS) or 256 without EOS. It follows the
+    tokenizer protocol of :func:`tikmix.data.load_tokenizer` (``name``, ``fingerprint``, ``vocab_size``, ``eos_id``,
+    ``encode_batch``); ``load_tokenizer("bytes")`` is ``ByteTokenizer(add_eos=True)``.
     """
 
     EOS_ID = 256
+    name = "bytes"
 
     def __init__(self, add_eos: bool = True) -> None:
         if not isinstance(add_eos, bool):
@@ -39,6 +43,15 @@ class ByteTokenizer:
     @property
     def vocab_size(self) -> int:
         return 257 if self.add_eos else 256
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the token files built with it (``<out>/data`` caches of ``tikmix run``)."""
+        return "bytes" if self.add_eos else "bytes-noeos"
+
+    def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
+        """Token ids of each text (:meth:`encode`)."""
+        return [self.encode(t) for t in texts]
 
     def encode(self, text: str | bytes | bytearray | memoryview, *, add_eos: bool | None = None) -> np.ndarray:
         """Token ids (int64) of ``text``: its UTF-8 bytes (bytes are taken as they are), then EOS if asked."""
@@ -70,15 +83,6 @@ class ByteTokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
 
-def _text_files(folder: Path, pattern: str) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder {str(folder)!r} is not a directory")
-    files = sorted((p for p in folder.glob(pattern) if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
-    if not files:
-        raise ValueError(f"no files match pattern={pattern!r} under {str(folder)!r}")
-    return files
-
-
 def build_token_file_from_texts(
     folder: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -90,18 +94,15 @@ def build_token_file_from_texts(
     """Tokenise every file under ``folder`` matching ``pattern`` with :class:`ByteTokenizer` into one token
     file at ``out_path`` (files in sorted relative-path order, each followed by EOS when ``add_eos``).
 
-    Returns ``{"path", "num_files", "num_tokens"}``. The header records ``vocab_size`` (257 or 256),
-    ``eos_id`` and metadata ``{"tokenizer": "bytes", "num_files": ..., **metadata}``.
+    :func:`tikmix.data.tokenize_to_token_file` with the byte tokenizer. Returns ``{"path", "num_files",
+    "num_tokens"}``. The header records ``vocab_size`` (257 or 256), ``eos_id`` and metadata ``{"tokenizer": "bytes",
+    "num_files": ..., **metadata}``.
     """
-    src = Path(folder)
-    files = _text_files(src, pattern)
-    tok = ByteTokenizer(add_eos=add_eos)
-    meta = {"tokenizer": "bytes", "num_files": len(files), **(metadata or {})}
-    with TokenFileWriter(out_path, vocab_size=tok.vocab_size, eos_id=tok.eos_id, metadata=meta) as w:
-        for f in files:
-            w.write(tok.encode(f.read_bytes()))
-        n = w.num_tokens
-    return {"path": Path(out_path), "num_files": len(files), "num_tokens": n}
+    files = list_text_files(folder, pattern)
+    info = tokenize_to_token_file([folder], out_path, ByteTokenizer(add_eos=add_eos), fmt="text_folder",
+                                  pattern=pattern, progress=False,
+                                  metadata={"num_files": len(files), **(metadata or {})})
+    return {"path": Path(out_path), "num_files": len(files), "num_tokens": info["num_tokens"]}
 
 
 def build_domain_token_files(

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from .._extras import progress_bar, require
 from .token_file import TokenFileWriter
 
-__all__ = ["TEXT_FORMATS", "detect_format", "check_text_source", "iter_texts", "tokenize_to_token_file"]
+__all__ = ["TEXT_FORMATS", "detect_format", "check_text_source", "iter_texts", "list_text_files", "tokenize_to_token_file"]
 
 TEXT_FORMATS = ("jsonl", "parquet", "text_folder", "text")
 
@@ -72,11 +72,21 @@ def _parquet(path: Path, field: str, batch_rows: int = 1024) -> Iterator[str]:
             yield text
 
 
-def _folder(path: Path, pattern: str) -> Iterator[bytes]:
+def list_text_files(folder: str | os.PathLike[str], pattern: str = "**/*.txt") -> list[Path]:
+    """The files of a text folder matching ``pattern``, in the order they are read (sorted by relative path).
+
+    FileNotFoundError when ``folder`` is not a folder, ValueError when nothing matches."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not a folder")
     files = sorted((p for p in path.glob(pattern) if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
     if not files:
         raise ValueError(f"{path}: no files match {pattern!r}")
-    for f in files:
+    return files
+
+
+def _folder(path: Path, pattern: str) -> Iterator[bytes]:
+    for f in list_text_files(path, pattern):
         yield f.read_bytes()
 
 
@@ -98,9 +108,10 @@ def iter_texts(path: str | os.PathLike[str], *, fmt: str | None = None, field: s
     return iter([p.read_bytes()])
 
 
-def check_text_source(path: str | os.PathLike[str], *, fmt: str | None = None, field: str = "text") -> None:
-    """Cheap up-front check: the file opens and its first record has ``field`` (ValueError otherwise)."""
-    it = iter_texts(path, fmt=fmt, field=field)
+def check_text_source(path: str | os.PathLike[str], *, fmt: str | None = None, field: str = "text",
+                      pattern: str = "**/*.txt") -> None:
+    """Cheap up-front check: the source opens and its first record has ``field`` (ValueError otherwise)."""
+    it = iter_texts(path, fmt=fmt, field=field, pattern=pattern)
     next(it, None)
 
 
@@ -119,7 +130,8 @@ def tokenize_to_token_file(
 ) -> dict[str, Any]:
     """Tokenise documents from ``sources`` (files/folders, in order) into one token file, EOS after each document.
 
-    ``tokenizer``: from :func:`tikmix.data.tokenizers.load_tokenizer`. Documents are encoded ``chunk_docs`` at a time
+    ``tokenizer``: from :func:`tikmix.data.load_tokenizer` (or any object with ``name``, ``fingerprint``,
+    ``vocab_size``, ``eos_id`` and ``encode_batch``). Documents are encoded ``chunk_docs`` at a time
     (batched encoders run in parallel) and written as they come, so memory stays bounded. A tqdm bar counts
     documents and shows tokens/s; on error the partial file is removed. Returns ``{"path", "num_docs", "num_tokens",
     "seconds", "tokens_per_s"}``; the header records the tokenizer's name, fingerprint, ``vocab_size`` and ``eos_id``.

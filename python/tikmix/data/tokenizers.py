@@ -2,13 +2,15 @@
 
 :func:`load_tokenizer` is the one entry point; every tokenizer it returns has ``name``, ``vocab_size``, ``eos_id``
 (None when it has none), ``fingerprint`` (changes when the file changes: token files built with it are cached under
-it) and ``encode_batch(texts) -> list[np.ndarray]`` (int64 ids, EOS appended when the tokenizer has one). Nothing is
+it) and ``encode_batch(texts) -> list[np.ndarray]`` (int64 ids, EOS appended when the tokenizer has one): the one
+tokenizer protocol of :func:`tikmix.data.tokenize_to_token_file` and ``tikmix run``. Nothing is
 downloaded: a spec that is not ``"bytes"`` must be an existing local file.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,8 +20,7 @@ import numpy as np
 from .._extras import require
 from .text import ByteTokenizer
 
-__all__ = ["load_tokenizer", "TokenizerSpecError", "HFTokenizer", "TiktokenBPE", "BytesTokenizer",
-           "GPT2_PATTERN"]
+__all__ = ["load_tokenizer", "TokenizerSpecError", "HFTokenizer", "TiktokenBPE", "ByteTokenizer", "GPT2_PATTERN"]
 
 # The pre-tokenisation regex of GPT-2 / r50k (tiktoken's default for a bare BPE rank file).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -38,19 +39,16 @@ def _fingerprint(path: Path, kind: str) -> str:
     return f"{kind}-{h.hexdigest()[:12]}"
 
 
-class BytesTokenizer:
-    """The byte-level tokenizer (:class:`tikmix.ByteTokenizer`) behind the common interface."""
-
-    name = "bytes"
-    fingerprint = "bytes"
-
-    def __init__(self) -> None:
-        self._tok = ByteTokenizer(add_eos=True)
-        self.vocab_size = self._tok.vocab_size
-        self.eos_id = self._tok.eos_id
-
-    def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
-        return [self._tok.encode(t) for t in texts]
+def _why_not_a_tokenizer(path: Path, exc: Exception) -> str:
+    """Why ``tokenizers`` refused ``path``: not JSON, JSON that is not a tokenizer, or a tokenizer it cannot read."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"{path} is not a tokenizer.json: not valid JSON ({err})"
+    if not isinstance(doc, dict) or "model" not in doc:
+        keys = f" (it has {', '.join(map(str, list(doc)[:8]))})" if isinstance(doc, dict) and doc else ""
+        return f"{path} is not a tokenizer.json (no `model` section){keys}"
+    return f"{path} is not a valid tokenizer.json: {exc}"
 
 
 class HFTokenizer:
@@ -63,7 +61,7 @@ class HFTokenizer:
         try:
             self._tok = Tokenizer.from_file(str(self.path))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
-            raise TokenizerSpecError(f"{self.path} is not a valid tokenizer.json: {exc}") from None
+            raise TokenizerSpecError(_why_not_a_tokenizer(self.path, exc)) from None
         self.name = f"tokenizer.json:{self.path.name}"
         self.fingerprint = _fingerprint(self.path, "hf")
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
@@ -124,7 +122,7 @@ def load_tokenizer(spec: Any = "bytes") -> Any:
     """A tokenizer from ``spec``: ``"bytes"``, or the path of a local ``tokenizer.json`` (Hugging Face
     ``tokenizers``) or of a tiktoken BPE rank file (any other file). Raises :class:`TokenizerSpecError`."""
     if spec is None or spec == "bytes":
-        return BytesTokenizer()
+        return ByteTokenizer(add_eos=True)
     if not isinstance(spec, (str, os.PathLike)):
         raise TokenizerSpecError(f"tokenizer must be 'bytes' or a local file path, got {type(spec).__name__}")
     path = Path(os.path.expanduser(str(spec)))

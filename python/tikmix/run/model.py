@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig
+from .schema import ConfigError, RunConfig
 
 __all__ = ["build_model", "check_model", "rows_causal_lm_loss", "import_callable"]
 

@@ -1,25 +1,74 @@
 """Checks of a schema-valid ``tikmix run`` config against its surroundings, before anything is built or trained.
 
-The schema (:mod:`.config`) checks the config on its own; these check it against the machine (device, output
-folder), the data (token files open, the vocabulary covers every token id) and the library (the influence
-options and solver options are accepted by :class:`tikmix.GroupInfluence` and the solvers themselves, on a
-model built on the ``meta`` device: no memory, no training). Each raises :class:`ConfigError` naming the key.
+The schema (:mod:`tikmix.run.schema`) checks the config on its own. These check it against the machine (device,
+output folder, the files named exist), the libraries (transformers knows every ``model.hf.config`` key, the solvers
+and :class:`tikmix.GroupInfluence` accept their options, the latter on a model built on the ``meta`` device: no
+memory, no training) and the data (the vocabulary covers every token id). Each raises :class:`ConfigError` on the
+key the check was made for: keys come from where the checked value sits in the config, never from an exception's
+text. When a library refuses a group of options together, the options are re-checked one at a time to find the one
+it refuses (:func:`blame`).
+
+:func:`check_surroundings` is everything that needs no data read (:func:`tikmix.run.load_config` runs it);
+:func:`check_config` adds the data checks without writing anything (``tikmix run --check``);
+:func:`tikmix.run.prepare` runs the data checks on the sources it opens for the run.
 """
 
 from __future__ import annotations
 
-import re
+import difflib
+import inspect
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import ConfigError, ConfigWarning, RunConfig
+from tikmix.defaults import INFLUENCE
 
-__all__ = ["check_all", "check_out", "check_device", "check_data", "check_influence", "check_solver"]
+from .schema import (
+    ConfigError,
+    ConfigWarning,
+    HFModelConfig,
+    RunConfig,
+    TextFolderSource,
+    TokenFileSource,
+    source_path,
+)
+from .sources import config_sources, needed_vocab, open_token_file, text_source_args
+
+__all__ = ["check_surroundings", "check_config", "check_out", "check_device", "check_files", "check_hf_config",
+           "check_solver", "warn_overlap", "load_run_tokenizer", "check_vocab", "check_influence", "check_data",
+           "blame", "did_you_mean"]
 
 
+def did_you_mean(word: str, known: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the closest known word, or ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def blame(keys: Sequence[str], fails: Callable[[list[str]], Exception | None]) -> tuple[str, Exception] | None:
+    """The key to report when a group of options fails together, and the error to report with it.
+
+    ``fails(subset)`` checks the options of ``subset`` alone and returns the error (None when accepted). The first
+    key refused on its own is reported; when each passes alone, the shortest failing prefix of ``keys`` is cut from
+    the front to the fewest keys that still fail together, and the first of those (the earliest given) is reported.
+    """
+    for key in keys:
+        err = fails([key])
+        if err is not None:
+            return key, err
+    for end in range(2, len(keys) + 1):
+        if fails(list(keys[:end])) is not None:
+            start = max(i for i in range(end) if fails(list(keys[i:end])) is not None)
+            err = fails(list(keys[start:end]))
+            assert err is not None
+            return keys[start], err
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- no data read
 def check_out(cfg: RunConfig) -> None:
     """``out`` is a folder or can become one."""
     out = cfg.out_dir
@@ -48,39 +97,182 @@ def check_device(cfg: RunConfig) -> None:
         raise ConfigError("device", f"{cfg.device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
 
 
-def check_data(cfg: RunConfig, tokenizer: Any = None) -> int:
-    """Every token file opens, and the model's vocabulary covers every token id; returns that vocabulary size.
+def check_files(cfg: RunConfig) -> None:
+    """Every file and folder the config names exists (nothing is opened): sources, the tokenizer, ``model.hf.path``."""
+    for entry in config_sources(cfg):
+        src = entry.src
+        if isinstance(src, TokenFileSource):
+            if not Path(src.token_file).is_file():
+                raise ConfigError(f"{entry.key}.token_file", f"file not found: {src.token_file}")
+        elif isinstance(src, TextFolderSource):
+            folder = Path(src.text_folder)
+            if not folder.is_dir():
+                raise ConfigError(f"{entry.key}.text_folder", f"folder not found: {folder}")
+            if not any(p.is_file() for p in folder.glob(src.pattern)):
+                raise ConfigError(f"{entry.key}.text_folder", f"no files matching {src.pattern!r} in {folder}")
+        else:
+            path, fmt, _, _ = text_source_args(src)
+            if not Path(path).is_file():
+                raise ConfigError(f"{entry.key}.{fmt}", f"file not found: {path}")
+    if cfg.tokenizer != "bytes" and not Path(cfg.tokenizer).is_file():
+        raise ConfigError("tokenizer", f"file not found: {cfg.tokenizer} (tikmix loads tokenizers from local files "
+                                       "only, never from a hub)")
+    hf = cfg.model.hf
+    if hf is not None and hf.path is not None:
+        path = Path(hf.path)
+        if not path.is_dir():
+            raise ConfigError("model.hf.path", f"not a local folder: {path}. tikmix never downloads models; a hub "
+                                               "model id is refused: save the model locally (save_pretrained) and "
+                                               "give that folder")
+        if not (path / "config.json").is_file():
+            raise ConfigError("model.hf.path", f"{path} has no config.json (expected a save_pretrained folder)")
 
-    ``tokenizer``: the run's (:func:`tikmix.data.tokenizers.load_tokenizer` of ``tokenizer``), loaded if not given.
+
+def _hf_config_keys(config_class: type) -> set[str]:
+    """Every key a transformers config class understands: ``__init__`` parameters along its MRO, the attributes of
+    a default instance and the aliases of its ``attribute_map``."""
+    keys: set[str] = set()
+    for klass in config_class.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            keys |= {n for n, p in inspect.signature(init).parameters.items()
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+        keys |= set(getattr(klass, "attribute_map", {}) or {})
+    try:
+        keys |= set(config_class().to_dict())
+    except Exception:  # a config class that cannot be built with defaults still has its __init__ parameters
+        pass
+    return keys
+
+
+def check_hf_config(hf: HFModelConfig | None) -> None:
+    """Every key of ``model.hf.config`` is one the architecture's config class knows (with a did-you-mean)."""
+    if hf is None or hf.config is None:
+        return
+    try:
+        from transformers import AutoConfig
+    except ImportError:
+        raise ConfigError("model.hf", "needs transformers: pip install 'tikmix[hf]'") from None
+    model_type = hf.config["model_type"]
+    try:
+        config_class = type(AutoConfig.for_model(model_type))
+    except ValueError as exc:
+        raise ConfigError("model.hf.config.model_type", f"transformers does not know {model_type!r}: {exc}") from None
+    known = _hf_config_keys(config_class) | {"model_type"}
+    for key in hf.config:
+        if key not in known:
+            raise ConfigError(f"model.hf.config.{key}", f"unknown key {key} for {config_class.__name__}"
+                              + did_you_mean(key, sorted(known)))
+
+
+def _leaves(options: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Paths of the options in a nested mapping; a mapping of options is a group (its own path is not a leaf)."""
+    out = []
+    for key, value in options.items():
+        path = (*prefix, str(key))
+        out += _leaves(value, path) if isinstance(value, dict) and value else [path]
+    return out
+
+
+def _subset(options: dict[str, Any], paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in paths:
+        src, dst = options, out
+        for part in path[:-1]:
+            src = src[part]
+            dst = dst.setdefault(part, {})
+        dst[path[-1]] = src[path[-1]]
+    return out
+
+
+def check_solver(cfg: RunConfig) -> None:
+    """The solver accepts ``solver.options`` (:func:`tikmix.solvers.check_options`, the solvers' own checks).
+
+    A refused set of options is re-checked option by option (:func:`blame`) to name the refused one's key.
     """
-    from tikmix.data.tokenizers import load_tokenizer
+    from tikmix.solvers import check_options
 
-    from .sources import source_vocab
+    options = cfg.solver.options
+    if cfg.solver.name not in ("direct", "regression"):  # a fixed mixture: nothing is solved
+        return
+    n = len(cfg.data.domains)
 
-    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+    def fails(paths: list[str]) -> Exception | None:
+        try:
+            check_options(cfg.solver.name, _subset(options, [tuple(p.split(".")) for p in paths]), n)
+        except (ValueError, TypeError) as exc:
+            return exc
+        return None
+
+    error = fails([".".join(p) for p in _leaves(options)])
+    if error is not None:
+        found = blame([".".join(p) for p in _leaves(options)], fails)
+        key, error = found if found is not None else ("", error)
+        raise ConfigError("solver.options" + (f".{key}" if key else ""), str(error))
+    score = options.get("regression", {}).get("score", {}) if cfg.solver.name == "regression" else {}
+    if isinstance(score, dict) and "seed" in score:
+        raise ConfigError("solver.options.regression.score.seed", "the run seeds the resampling of each stage itself "
+                                                                  "(from seed and the stage index); remove it")
+
+
+def warn_overlap(cfg: RunConfig) -> None:
+    """Warn when a target reads the same data as a training domain (its loss then measures memorisation)."""
+    entries = config_sources(cfg)
+    domains = {Path(source_path(e.src)).resolve(): e.key for e in entries if e.section == "domains"}
+    for e in entries:
+        where = Path(source_path(e.src)).resolve()
+        if e.section == "targets" and where in domains:
+            warnings.warn(f"{e.key}: reads the same data as training domain {domains[where]}", ConfigWarning,
+                          stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def load_run_tokenizer(cfg: RunConfig) -> Any:
+    """The run's tokenizer (:func:`tikmix.data.load_tokenizer` of ``tokenizer``); a ConfigError on ``tokenizer``."""
+    from tikmix.data.tokenizers import TokenizerSpecError, load_tokenizer
+
+    try:
+        return load_tokenizer(cfg.tokenizer)
+    except TokenizerSpecError as exc:
+        raise ConfigError("tokenizer", str(exc)) from None
+
+
+def check_vocab(cfg: RunConfig, needs: dict[str, int]) -> int:
+    """The vocabulary size of the run from what each source needs (dotted key -> size): ``data.vocab_size``, which
+    must cover them all, or the largest need and at least 256."""
     needed, where = 0, ""
-    for key, src in _sources(cfg):
-        section, name = key.split(".", 1)
-        v = source_vocab(cfg, section, name, src, tok)
+    for key, v in needs.items():
         if v > needed:
-            needed, where = v, f"data.{key}"
+            needed, where = v, key
     if cfg.data.vocab_size is not None and cfg.data.vocab_size < needed:
         raise ConfigError("data.vocab_size", f"{cfg.data.vocab_size} is too small: {where} holds token ids up to "
                                              f"{needed - 1} (needs vocab_size >= {needed})")
     return cfg.data.vocab_size if cfg.data.vocab_size is not None else max(needed, 256)
 
 
+#: GroupInfluence argument -> the config key it comes from.
+INFLUENCE_KEYS = {"k": "influence.k", "preconditioner": "influence.preconditioner",
+                  "n_bootstrap": "influence.n_bootstrap", "damping": "influence.damping",
+                  "params": "influence.params", "seed": "seed"}
+
+
 def check_influence(cfg: RunConfig, vocab: int) -> None:
     """:class:`tikmix.GroupInfluence` accepts the influence options (and the seed) for this model.
 
-    The model is built on the ``meta`` device (no memory, no weights) where that is possible: the demo GPT and
+    The model is built on the ``meta`` device (no memory, no weights) where that is possible: the built-in GPT and
     ``model.hf.config``. A model loaded from a folder or made by a factory is checked when the run builds it,
     still before the first training step.
     """
+    from tikmix_ext.sketch import MAX_K
+
     from tikmix.influence import GroupInfluence
 
     from .model import build_model
 
+    infl = cfg.influence
+    if infl.k is not None and infl.k >= MAX_K:
+        raise ConfigError("influence.k", f"must be below 2^{MAX_K.bit_length() - 1} = {MAX_K} "
+                                         f"(the sketch kernels' limit), got {infl.k}")
     if cfg.model.kind == "factory" or (cfg.model.kind == "hf" and cfg.model.hf is not None and cfg.model.hf.path):
         return
     try:
@@ -89,101 +281,77 @@ def check_influence(cfg: RunConfig, vocab: int) -> None:
         raise
     except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
         raise ConfigError("model", f"cannot build the model with vocab_size {vocab}: {exc}") from None
-    infl = cfg.influence
-    options = {"k": infl.k, "preconditioner": infl.preconditioner, "n_bootstrap": infl.n_bootstrap,
-               "damping": infl.damping, "params": infl.params, "seed": cfg.seed, "progress": False}
+    values = {"k": infl.k, "preconditioner": infl.preconditioner, "n_bootstrap": infl.n_bootstrap,
+              "damping": infl.damping, "params": infl.params, "seed": cfg.seed}
+    fixed: dict[str, Any] = {"progress": False, "k": INFLUENCE["k"]}  # k is required: options tried alone need one
     if infl.preconditioner == "adam":
-        options["optimizer"] = torch.optim.AdamW(model.parameters())
+        fixed["optimizer"] = torch.optim.AdamW(model.parameters())
     if cfg.solver.name == "regression":
-        options["mode"] = "per_sample"
-    try:
-        GroupInfluence(model, loss_fn, **options)
-    except (ValueError, TypeError) as exc:
-        word = re.match(r"\w*", str(exc)).group(0)  # GroupInfluence's messages start with the argument's name
-        key = "seed" if word == "seed" else f"influence.{word}" if word in type(infl).model_fields else "influence"
-        raise ConfigError(key, str(exc)) from None
-    if infl.k is not None:
-        from tikmix_ext.sketch import MAX_K
+        fixed["mode"] = "per_sample"
 
-        if infl.k >= MAX_K:
-            raise ConfigError("influence.k", f"must be below 2^26 = {MAX_K} (the sketch kernels' limit), got {infl.k}")
+    def fails(names: list[str]) -> Exception | None:
+        try:
+            GroupInfluence(model, loss_fn, **{**fixed, **{n: values[n] for n in names}})
+        except (ValueError, TypeError) as exc:
+            return exc
+        return None
 
-
-def _option_keys(options: Any, prefix: str = "") -> list[str]:
-    out = []
-    if isinstance(options, dict):
-        for key, value in options.items():
-            out.append(f"{prefix}{key}")
-            out += _option_keys(value, f"{prefix}{key}.")
-    return out
+    error = fails(list(values))
+    if error is not None:
+        found = blame(list(values), fails)
+        name, error = found if found is not None else ("", error)
+        raise ConfigError(INFLUENCE_KEYS.get(name, "influence"), str(error))
 
 
-def check_solver(cfg: RunConfig) -> None:
-    """The solver accepts ``solver.options``: :func:`tikmix.solvers.check_options`, the solvers' own checks."""
-    from tikmix.solvers import InfeasibleConstraintsError, check_options
+def check_config(cfg: RunConfig) -> int:
+    """Everything :func:`tikmix.run.prepare` checks, reading the data but writing nothing and tokenising nothing
+    (``tikmix run --check``): the tokenizer loads, every token file opens and fits the vocabulary, every text source
+    has its text field in its first record, and the influence options fit the model. Returns the vocabulary size."""
+    from tikmix.data.text_sources import check_text_source
 
-    options = cfg.solver.options
-    if cfg.solver.name not in ("direct", "regression"):  # a fixed mixture: nothing is solved
-        return
-    try:
-        check_options(cfg.solver.name, options, len(cfg.data.domains))
-    except (ValueError, TypeError) as exc:
-        # The message names the option; the dotted key is the given option named earliest in it.
-        message = str(exc)
-        names = [c for c in re.split(r"\W+", getattr(exc, "constraint", "")) if c] if isinstance(
-            exc, InfeasibleConstraintsError) else []
-        found = []
-        for key in _option_keys(options):
-            leaf = key.rsplit(".", 1)[-1]
-            hit = re.search(rf"(?<![\w.]){re.escape(leaf)}(?!\w)", message)
-            if leaf in names:  # an infeasible constraint names its options: the first one given
-                found.append((names.index(leaf) - len(names), -len(key), key))
-            elif hit:  # else the option mentioned first; the deepest key when nested names repeat
-                found.append((hit.start(), -len(key), key))
-        key = "solver.options" + (f".{min(found)[2]}" if found else "")
-        raise ConfigError(key, message) from None
-    score = options.get("regression", {}).get("score", {}) if cfg.solver.name == "regression" else {}
-    if isinstance(score, dict) and "seed" in score:
-        raise ConfigError("solver.options.regression.score.seed", "the run seeds the resampling of each stage itself "
-                                                                  "(from seed and the stage index); remove it")
+    tokenizer = load_run_tokenizer(cfg)
+    needs: dict[str, int] = {}
+    for entry in config_sources(cfg):
+        src = entry.src
+        if isinstance(src, TokenFileSource):
+            ds = open_token_file(cfg, entry.key, src.token_file, src.dtype)
+            needs[entry.key] = needed_vocab(ds, cfg.data.vocab_size)
+            continue
+        path, fmt, field, pattern = text_source_args(src)
+        try:
+            check_text_source(path, fmt=fmt, field=field, pattern=pattern)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"{entry.key}.{fmt}", str(exc)) from None
+        needs[entry.key] = int(tokenizer.vocab_size)
+    vocab = check_vocab(cfg, needs)
+    check_influence(cfg, vocab)
+    return vocab
 
 
-def _sources(cfg: RunConfig) -> list[tuple[str, Any]]:
-    """("domains.NAME" / "targets.NAME" / "targets.NAME.dev" / "targets.NAME.test", source) of every data source."""
-    from .config import DevTestSource
+def check_data(cfg: RunConfig, tokenizer: Any = None) -> int:
+    """Every token file opens and the vocabulary covers every token id; returns the vocabulary size.
 
-    out = []
-    for section in ("domains", "targets"):
-        for name, src in getattr(cfg.data, section).items():
-            if isinstance(src, DevTestSource):
-                out += [(f"{section}.{name}.dev", src.dev), (f"{section}.{name}.test", src.test)]
-            else:
-                out.append((f"{section}.{name}", src))
-    return out
-
-
-def warn_overlap(cfg: RunConfig) -> None:
-    """Warn when a target reads the same data as a training domain (its loss then measures memorisation)."""
-    sources = _sources(cfg)
-    domains = {_location(src): key for key, src in sources if key.startswith("domains.")}
-    for key, src in sources:
-        if key.startswith("targets.") and _location(src) in domains:
-            warnings.warn(f"data.{key}: reads the same data as training domain data.{domains[_location(src)]}",
-                          ConfigWarning, stacklevel=3)
+    ``tokenizer``: the run's (:func:`load_run_tokenizer`), loaded if not given.
+    """
+    tok = tokenizer if tokenizer is not None else load_run_tokenizer(cfg)
+    needs = {}
+    for entry in config_sources(cfg):
+        if isinstance(entry.src, TokenFileSource):
+            ds = open_token_file(cfg, entry.key, entry.src.token_file, entry.src.dtype)
+            needs[entry.key] = needed_vocab(ds, cfg.data.vocab_size)
+        else:
+            needs[entry.key] = int(tok.vocab_size)
+    return check_vocab(cfg, needs)
 
 
-def _location(src: object) -> Path:
-    from .config import SOURCE_KINDS
-
-    kind = next(k for k in SOURCE_KINDS if hasattr(src, k))
-    return Path(getattr(src, kind)).resolve()
-
-
-def check_all(cfg: RunConfig) -> None:
-    """Every check above, cheapest first."""
+def check_surroundings(cfg: RunConfig) -> None:
+    """Every check that reads no data, cheapest first: out, device, files, model.hf.config keys, solver options,
+    the influence options (on a model of the smallest vocabulary the data could need; :func:`tikmix.run.prepare`
+    checks again with the real one), and the warning for a target that is also a training domain."""
     check_out(cfg)
     check_device(cfg)
-    warn_overlap(cfg)
-    vocab = check_data(cfg)
-    check_influence(cfg, vocab)
+    check_files(cfg)
+    check_hf_config(cfg.model.hf)
     check_solver(cfg)
+    check_influence(cfg, cfg.data.vocab_size or 2)
+    warn_overlap(cfg)
