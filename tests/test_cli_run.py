@@ -259,6 +259,28 @@ def test_resume_with_dropout_is_bit_identical(tmp_path, data_dir):
     _assert_same_weights(_final_weights(tmp_path / "b"), _final_weights(tmp_path / "a"))
 
 
+def test_moved_run_folder_resumes_where_it_stopped(tmp_path, data_dir):
+    """``out`` is not part of the resume identity: a run folder moved or renamed resumes there, exactly."""
+    import shutil
+
+    quiet = dict(progress=False, log=lambda *a: None)
+    full = train(load_config(_write(tmp_path, _config(data_dir, tmp_path / "a"))), **quiet)
+    train(load_config(_write(tmp_path, _config(data_dir, tmp_path / "b"))), stop_at=10, **quiet)
+    shutil.move(str(tmp_path / "b"), str(tmp_path / "moved"))
+    assert not (tmp_path / "b").exists()
+    said: list[str] = []
+    # any other key that changes results is still refused, naming it
+    other = load_config(_write(tmp_path, _config(data_dir, tmp_path / "moved", seed=1)))
+    with pytest.raises(ConfigError, match="^seed: differs from the config of the checkpoint"):
+        train(other, resume=True, **quiet)
+    cfg = load_config(_write(tmp_path, _config(data_dir, tmp_path / "moved")))
+    resumed = train(cfg, resume=True, progress=False, log=said.append)
+    assert any("resumed at step 10" in s for s in said), said
+    assert _comparable(resumed) == _comparable(full)
+    _assert_same_weights(_final_weights(tmp_path / "moved"), _final_weights(tmp_path / "a"))
+    assert not (tmp_path / "b").exists()  # nothing is written to the old place
+
+
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dir):
     quiet = dict(progress=False, log=lambda *a: None)
     train_cfg = {"steps": 24, "batch_size": 8, "lr": 0.01, "warmup": 2, "eval_every": 8, "checkpoint_every": 4}
