@@ -159,7 +159,7 @@ def test_bad_model_tokenizer_and_data_name_the_key(files, tmp_path, mutate, key,
 def test_unparsable_tokenizer_and_small_vocab(files, tmp_path):
     bad = tmp_path / "tokenizer.json"
     bad.write_text("{ not json")
-    with pytest.raises(ConfigError, match="^tokenizer: .*not a valid tokenizer.json"):
+    with pytest.raises(ConfigError, match="^tokenizer: .*is not a tokenizer.json: not valid JSON"):
         validate_config(_cfg(files, tmp_path / "out", tokenizer=str(bad)))
     small = dict(LLAMA, vocab_size=100)
     with pytest.raises(ConfigError, match=r"^model.hf.config.vocab_size: .*smaller than the data's \(300"):
