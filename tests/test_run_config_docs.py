@@ -9,14 +9,14 @@ import numpy as np
 
 from tikmix.data import write_token_file
 from tikmix.run import load_config, reference_markdown
-from tikmix.run.config import RunConfig
+from tikmix.run.schema import RunConfig
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "run-config.md"
 
 
 def test_page_is_the_generated_reference():
     assert PAGE.read_text() == reference_markdown(), (
-        "docs/run-config.md is out of date: regenerate it with\n  python -c \"from tikmix.run.config import "
+        "docs/run-config.md is out of date: regenerate it with\n  python -c \"from tikmix.run.reference import "
         "reference_markdown as r; print(r(), end='')\" > docs/run-config.md"
     )
 

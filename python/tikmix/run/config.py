@@ -22,55 +22,21 @@ from pydantic import BaseModel, ValidationError
 from tikmix._extras import require
 
 from .preflight import check_config, check_surroundings, did_you_mean
-from .schema import (
+from .schema import (  # noqa: F401  (ConfigError, ConfigWarning, RunConfig, TrainConfig, config_differences: re-exported)
     _SPLIT_TAG,
     _TAG,
-    NAME_PATTERN,
     SOURCE_KINDS,
     ConfigError,
     ConfigWarning,
-    DataConfig,
     DevTestSource,
-    HFModelConfig,
-    InfluenceConfig,
-    JsonlSource,
-    ModelConfig,
-    ParquetSource,
     RunConfig,
     SchemaError,
-    SolverConfig,
-    Source,
-    StagesConfig,
-    TextFolderSource,
-    TokenFileSource,
     TrainConfig,
     config_differences,
     section_model,
 )
 
-__all__ = [
-    "ConfigError",
-    "ConfigWarning",
-    "RunConfig",
-    "DataConfig",
-    "ModelConfig",
-    "TrainConfig",
-    "StagesConfig",
-    "SolverConfig",
-    "InfluenceConfig",
-    "TokenFileSource",
-    "DevTestSource",
-    "TextFolderSource",
-    "JsonlSource",
-    "ParquetSource",
-    "HFModelConfig",
-    "Source",
-    "NAME_PATTERN",
-    "load_config",
-    "parse_config",
-    "validate_config",
-    "config_differences",
-]
+__all__ = ["load_config", "parse_config", "validate_config"]
 
 
 # ---------------------------------------------------------------------------------------------- errors

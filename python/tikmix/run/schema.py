@@ -106,44 +106,40 @@ def _resolve(base: Path, p: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- sources
-class TokenFileSource(_Section):
-    """A token file written by `tikmix.write_token_file` (or a headerless array of token ids with `dtype`)."""
+class _FileSource(_Section):
+    """Common part of every source: the path under the key named by ``_kind`` (resolved against the config's folder)
+    and ``max_sequences``."""
 
-    token_file: str = Field(description="path of the token file (relative to the config's folder)")
-    dtype: str | None = Field(None, description="element type of a headerless file (e.g. uint16); null = from the header")
-    max_sequences: PositiveInt | None = Field(None, description="use at most this many sequences (targets: split in halves)")
+    _kind: ClassVar[str]  # the key naming the file or folder: also the format it is read as
 
-    @field_validator("token_file")
-    @classmethod
-    def _resolved(cls, v: str, info: ValidationInfo) -> str:
-        return str(_resolve(_base_dir(info), v))
-
-
-class TextFolderSource(_Section):
-    """A folder of text files, tokenised once with the run's `tokenizer` into `<out>/data`."""
-
-    text_folder: str = Field(description="folder of text files (relative to the config's folder)")
-    pattern: str = Field("**/*.txt", description="glob of the files to read inside the folder")
-    max_sequences: PositiveInt | None = Field(None, description="use at most this many sequences (targets: split in halves)")
-
-    @field_validator("text_folder")
-    @classmethod
-    def _resolved(cls, v: str, info: ValidationInfo) -> str:
-        return str(_resolve(_base_dir(info), v))
-
-
-class _RecordsSource(_Section):
-    """Common part of the record-file sources: the file (the field named by ``_kind``) and the text field."""
-
-    _kind: ClassVar[str]  # the key naming the file: also the format the file is read as
-
-    field: str = Field("text", description="the record field (jsonl) or column (parquet) holding the text")
     max_sequences: PositiveInt | None = Field(None, description="use at most this many sequences (targets: split in halves)")
 
     @model_validator(mode="after")
-    def _resolved(self, info: ValidationInfo) -> "_RecordsSource":
+    def _resolved(self, info: ValidationInfo) -> "_FileSource":
         setattr(self, self._kind, str(_resolve(_base_dir(info), getattr(self, self._kind))))
         return self
+
+
+class TokenFileSource(_FileSource):
+    """A token file written by `tikmix.write_token_file` (or a headerless array of token ids with `dtype`)."""
+
+    _kind: ClassVar[str] = "token_file"
+    token_file: str = Field(description="path of the token file (relative to the config's folder)")
+    dtype: str | None = Field(None, description="element type of a headerless file (e.g. uint16); null = from the header")
+
+
+class TextFolderSource(_FileSource):
+    """A folder of text files, tokenised once with the run's `tokenizer` into `<out>/data`."""
+
+    _kind: ClassVar[str] = "text_folder"
+    text_folder: str = Field(description="folder of text files (relative to the config's folder)")
+    pattern: str = Field("**/*.txt", description="glob of the files to read inside the folder")
+
+
+class _RecordsSource(_FileSource):
+    """Common part of the record-file sources: the text field."""
+
+    field: str = Field("text", description="the record field (jsonl) or column (parquet) holding the text")
 
 
 class JsonlSource(_RecordsSource):
@@ -161,8 +157,8 @@ class ParquetSource(_RecordsSource):
 
 
 # One entry per source kind: the key that selects it -> its model. A new kind is one model and one line here.
-SOURCE_KINDS: dict[str, type[_Section]] = {"token_file": TokenFileSource, "text_folder": TextFolderSource,
-                                            "jsonl": JsonlSource, "parquet": ParquetSource}
+SOURCE_KINDS: dict[str, type[_FileSource]] = {m._kind: m for m in (TokenFileSource, TextFolderSource, JsonlSource,
+                                                                   ParquetSource)}
 _TAG = "source="  # union tags show up in pydantic's error locations; this prefix marks them for removal
 
 
@@ -520,9 +516,9 @@ def section_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def source_path(src: BaseModel) -> str:
+def source_path(src: Any) -> str:
     """The file or folder a source reads (its ``token_file``, ``text_folder``, ``jsonl`` or ``parquet``)."""
-    return str(getattr(src, next(k for k in SOURCE_KINDS if isinstance(src, SOURCE_KINDS[k]))))
+    return str(getattr(src, src._kind))
 
 
 def config_differences(saved: Any, current: Any, path: str = "") -> list[str]:
