@@ -35,6 +35,7 @@ from .schema import (
     TokenFileSource,
     source_path,
 )
+from .model import build_model
 from .sources import config_sources, needed_vocab, open_token_file, text_source_args
 
 __all__ = ["check_surroundings", "check_config", "check_out", "check_device", "check_files", "check_hf_config",
@@ -266,8 +267,6 @@ def check_influence(cfg: RunConfig, vocab: int) -> None:
     from tikmix_ext.sketch import MAX_K
 
     from tikmix.influence import GroupInfluence
-
-    from .model import build_model
 
     infl = cfg.influence
     if infl.k is not None and infl.k >= MAX_K:
