@@ -298,3 +298,36 @@ def test_compare_help_prints_one_percent_sign(capsys):
         main(["compare", "--help"])
     out = capsys.readouterr().out
     assert "95%" in out and "95%%" not in out
+
+
+# ------------------------------------------------------------------------------------------ ranks agree
+def _ranks_worker(rank: int, world: int, init: str, root: str) -> None:
+    import torch.distributed as dist
+
+    from dist_testing import end_worker
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    base = Path(root)
+    results = {}
+    for case, seed in (("same", 0), ("differ", rank)):
+        cfg = parse_config(_config(base, out=str(base / f"out_{case}"), seed=seed), base)
+        try:
+            run = prepare(cfg, rank=rank, log=lambda *a: None)
+            results[case] = f"ok {run.vocab_size}"
+        except ValueError as exc:
+            results[case] = f"refused: {exc}"
+    (base / f"rank{rank}.json").write_text(json.dumps(results))
+    end_worker()
+
+
+def test_ranks_with_different_configs_are_refused_before_any_work(files):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_ranks_worker, args=(2, f"file://{files / 'rendezvous'}", str(files)), nprocs=2,
+                       start_method="fork", join=True)
+    for rank in range(2):
+        results = json.loads((files / f"rank{rank}.json").read_text())
+        assert results["same"] == "ok 257", results
+        assert results["differ"].startswith("refused: ") and "run config" in results["differ"], results
+        assert "seed" in results["differ"]
+    assert not (files / "out_differ").exists()  # refused before anything was tokenised or written
