@@ -280,10 +280,16 @@ def test_unknown_hf_config_key_with_did_you_mean(files, capsys):
     key, message = _error(files, _config(files, model=model), capsys)
     assert key == "model.hf.config.n_embed"
     assert "unknown key n_embed for GPT2Config (did you mean n_embd?)" in message
-    # the keys a config class knows through __init__, its defaults and its attribute_map are accepted
+    # the keys a config class knows through __init__, its defaults and its attribute_map are accepted, and so are
+    # the legacy keys it converts (rope_theta into rope_parameters)
     ok = {"hf": {"config": {"model_type": "gpt2", "n_embd": 16, "num_hidden_layers": 1, "n_head": 2,
                             "n_positions": 32, "tie_word_embeddings": True}}}
     parse_config(_config(files, model=ok), files)
+    llama = {"model_type": "llama", "vocab_size": 300, "hidden_size": 16, "intermediate_size": 32,
+             "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32, "rope_theta": 500000.0}
+    parse_config(_config(files, model={"hf": {"config": llama}}), files)
+    with pytest.raises(ConfigError, match="^model.hf.config.rms_norm_epsilon: unknown key .*did you mean rms_norm_eps"):
+        parse_config(_config(files, model={"hf": {"config": dict(llama, rms_norm_epsilon=1e-5)}}), files)
 
 
 def test_influence_error_names_the_option_it_is_about(files):

@@ -147,7 +147,13 @@ def _hf_config_keys(config_class: type) -> set[str]:
 
 
 def check_hf_config(hf: HFModelConfig | None) -> None:
-    """Every key of ``model.hf.config`` is one the architecture's config class knows (with a did-you-mean)."""
+    """Every key of ``model.hf.config`` is one the architecture's config class knows (with a did-you-mean).
+
+    Known: the ``__init__`` parameters along the class's MRO, the attributes of a default instance and the aliases of
+    its ``attribute_map``; and a legacy key the class converts (``rope_theta`` into ``rope_parameters``, say): one that
+    does not stay behind as an attribute of its own. Transformers keeps any other key as a new attribute and ignores
+    it, which would build a model other than the one meant.
+    """
     if hf is None or hf.config is None:
         return
     try:
@@ -160,8 +166,14 @@ def check_hf_config(hf: HFModelConfig | None) -> None:
     except ValueError as exc:
         raise ConfigError("model.hf.config.model_type", f"transformers does not know {model_type!r}: {exc}") from None
     known = _hf_config_keys(config_class) | {"model_type"}
-    for key in hf.config:
-        if key not in known:
+    for key, value in hf.config.items():
+        if key in known:
+            continue
+        try:
+            kept = key in vars(config_class(**{key: value}))
+        except Exception:  # a value the class refuses: the model build reports it, on model.hf
+            kept = False
+        if kept:
             raise ConfigError(f"model.hf.config.{key}", f"unknown key {key} for {config_class.__name__}"
                               + did_you_mean(key, sorted(known)))
 
