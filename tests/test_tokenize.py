@@ -98,3 +98,27 @@ def test_tokenize_api_reports_throughput(tmp_path):
                                   progress=False)
     assert info["num_docs"] == len(DOCS) and info["num_tokens"] == sum(len(d.encode()) + 1 for d in DOCS)
     assert info["tokens_per_s"] > 0
+
+
+def test_one_tokenizer_protocol_and_one_text_to_tokens_path(tmp_path):
+    import tikmix.data as data
+    from tikmix.data import ByteTokenizer, build_token_file_from_texts
+
+    assert data.load_tokenizer is load_tokenizer and data.tokenize_to_token_file is tokenize_to_token_file
+    tok = load_tokenizer("bytes")
+    assert isinstance(tok, ByteTokenizer) and (tok.name, tok.fingerprint, tok.vocab_size, tok.eos_id) == \
+        ("bytes", "bytes", 257, 256)
+    assert [ids.tolist() for ids in tok.encode_batch(["hi", b"\xff"])] == [[104, 105, 256], [255, 256]]
+    assert ByteTokenizer(add_eos=False).fingerprint != tok.fingerprint  # their token files differ
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "b.txt").write_text("second")
+    (folder / "sub" / "a.txt").write_text("héllo")
+    # the byte-level folder builder is the same path: the same token ids and header
+    info = build_token_file_from_texts(folder, tmp_path / "a.tokens")
+    tokenize_to_token_file([folder], tmp_path / "b.tokens", tok, fmt="text_folder", progress=False)
+    assert info["num_files"] == 2 and info["num_tokens"] == len("second") + len("héllo".encode()) + 2
+    assert _tokens(tmp_path / "a.tokens").tolist() == _tokens(tmp_path / "b.tokens").tolist()
+    head_a, head_b = read_token_file_header(tmp_path / "a.tokens"), read_token_file_header(tmp_path / "b.tokens")
+    assert (head_a["vocab_size"], head_a["eos_id"]) == (head_b["vocab_size"], head_b["eos_id"]) == (257, 256)
+    assert head_a["metadata"]["tokenizer_fingerprint"] == head_b["metadata"]["tokenizer_fingerprint"] == "bytes"
