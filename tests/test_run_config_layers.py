@@ -337,3 +337,14 @@ def test_ranks_with_different_configs_are_refused_before_any_work(files):
         assert results["differ"].startswith("refused: ") and "run config" in results["differ"], results
         assert "seed" in results["differ"]
     assert not (files / "out_differ").exists()  # refused before anything was tokenised or written
+
+
+def test_a_record_without_its_text_field_names_the_source(files):
+    cfg = _config(files)
+    cfg["data"]["domains"]["docs"]["field"] = "body"
+    parsed = parse_config(cfg, files)  # the data is not read yet
+    with pytest.raises(ConfigError, match=r"^data.domains.docs.jsonl: .*docs.jsonl:1: record has no 'body' field"):
+        prepare(parsed, log=lambda *a: None)
+    assert not list((files / "out" / "data").glob("domains_docs.*"))  # no partial token file is left
+    with pytest.raises(ConfigError, match=r"^data.domains.docs.jsonl: .*no 'body' field"):
+        validate_config(cfg, files)

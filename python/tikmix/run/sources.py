@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from tikmix._distributed import barrier
+from tikmix._distributed import all_gather_objects
 
 from .schema import (
     ConfigError,
@@ -102,18 +102,22 @@ def tokenized_path(cfg: RunConfig, entry: SourceEntry, tokenizer: Any) -> Path:
 
 def tokenize_source(cfg: RunConfig, entry: SourceEntry, tokenizer: Any, rank: int = 0) -> Path:
     """Tokenise a text source once, by rank 0, into :func:`tokenized_path` (kept and reused by later runs with the
-    same tokenizer); every rank waits for it. A record without the text field is a ConfigError on the source's key."""
+    same tokenizer); every rank waits for it. A record without the text field is a ConfigError on the source's key,
+    raised on every rank (the others learn it from rank 0 instead of waiting for a file that never comes)."""
     from tikmix.data.text_sources import tokenize_to_token_file
 
     origin, fmt, field, pattern = text_source_args(entry.src)
     path = tokenized_path(cfg, entry, tokenizer)
+    error = None
     if rank == 0 and not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             tokenize_to_token_file([origin], path, tokenizer, fmt=fmt, field=field, pattern=pattern, progress=False)
         except (ValueError, FileNotFoundError) as exc:
-            raise ConfigError(f"{entry.key}.{fmt}", str(exc)) from None
-    barrier()
+            error = str(exc)
+    error = all_gather_objects(error)[0]  # also the barrier every rank waits at
+    if error is not None:
+        raise ConfigError(f"{entry.key}.{fmt}", error)
     return path
 
 
