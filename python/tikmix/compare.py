@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class RunResult:
     test_sha1: dict[str, str]
     curve_steps: list[int]
     curve_mean: list[float]
-    history: dict[str, Any]
+    history: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, float]:
