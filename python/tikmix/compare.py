@@ -55,6 +55,7 @@ class RunResult:
     curve_steps: list[int]
     curve_mean: list[float]
     history: dict[str, Any] = field(default_factory=dict)
+    eval_s: float | None = None  # wall-clock seconds spent evaluating (eval.json), if recorded
 
     @property
     def final(self) -> dict[str, float]:
@@ -91,6 +92,7 @@ def load_run(path: str | Path) -> RunResult:
         targets = {str(k): np.asarray(v, dtype=np.float64) for k, v in ev["targets"].items()}
         steps, tps = int(ev["steps"]), int(ev["tokens_per_step"])
         sha = {str(k): str(v) for k, v in ev["test_sha1"].items()}
+        eval_s = None if ev.get("eval_s") is None else float(ev["eval_s"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CompareError(f"{folder / 'eval.json'}: malformed ({exc!r})") from None
     for t, v in targets.items():
@@ -103,7 +105,7 @@ def load_run(path: str | Path) -> RunResult:
             xs.append(int(row["step"]))
             ys.append(float(np.mean(vals)))
     return RunResult(folder.name, folder, str(ev.get("solver", hist.get("solver", "?"))), steps, tps, targets, sha,
-                     xs, ys, hist)
+                     xs, ys, hist, eval_s)
 
 
 def _check_comparable(runs: Sequence[RunResult]) -> None:

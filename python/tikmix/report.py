@@ -70,7 +70,7 @@ def run_summary(run: RunResult) -> dict[str, Any]:
     final = hist.get("final") or {}
     stages = hist.get("stages", [])
     train, infl, solve = _timing_totals(hist)
-    eval_s = float(final.get("eval_s", 0.0) or 0.0)
+    eval_s = float(run.eval_s or 0.0)
     total = final.get("realised_total") or {}
     return {
         "final": run.final,

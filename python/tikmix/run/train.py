@@ -293,11 +293,12 @@ class _Loop:
         per_sequence = evaluate_sequences(self.model, self.test, self.device, self.loss_fn)
         self.eval_s += time.perf_counter() - t0
         final = {k: float(v.mean()) for k, v in per_sequence.items()}
-        self.controller.finish(steps, test_losses=final, eval_s=self.eval_s)
+        self.controller.finish(steps, test_losses=final)
         if self.rank != 0:
             return
         history = self.controller.history
-        write_eval(self.out / "eval.json", per_sequence, self.test, history["solver"], steps, cfg.tokens_per_step)
+        write_eval(self.out / "eval.json", per_sequence, self.test, history["solver"], steps, cfg.tokens_per_step,
+                   eval_s=self.eval_s)
         from tikmix.report import format_tables, plot_all
 
         plots = plot_all(history, self.out)
@@ -352,8 +353,9 @@ def fixed_label(name: str, weights: list[float]) -> str:
 
 
 def write_eval(path: Any, per_sequence: Mapping[str, torch.Tensor], test_sets: Mapping[str, torch.Tensor],
-               solver: str, steps: int, tokens_per_step: int) -> None:
-    """``eval.json``: the final per-sequence test losses, with a hash of each test set (``tikmix compare``)."""
+               solver: str, steps: int, tokens_per_step: int, eval_s: float | None = None) -> None:
+    """``eval.json``: the final per-sequence test losses, with a hash of each test set (``tikmix compare``), and the
+    wall-clock seconds this process spent evaluating (``eval_s``; None if not measured)."""
     import hashlib
     import json
     from pathlib import Path
@@ -366,5 +368,6 @@ def write_eval(path: Any, per_sequence: Mapping[str, torch.Tensor], test_sets: M
         "tokens": int(steps) * int(tokens_per_step),
         "targets": {k: v.tolist() for k, v in per_sequence.items()},
         "test_sha1": {k: hashlib.sha1(test_sets[k].cpu().numpy().tobytes()).hexdigest() for k in per_sequence},
+        "eval_s": None if eval_s is None else float(eval_s),
     }
     Path(path).write_text(json.dumps(doc))
