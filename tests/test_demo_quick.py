@@ -236,3 +236,38 @@ def test_settings_from_flags():
     assert s.direct == {"max_shift": 0.3}
     with pytest.raises(ValueError, match="methods"):
         settings_for(methods=["tikmix-d"])  # the uniform baseline is required
+
+
+def test_settings_become_a_run_config(tmp_path):
+    """Every DemoSettings field that shapes training reaches the run config the demo trains with."""
+    from tikmix.decision import Decision
+    from tikmix.demo.run import DemoSettings, run_config
+    from tikmix.run import validate_config
+
+    s = DemoSettings(seed=3, steps=40, batch_size=8, model=GPTConfig(seq_len=16, n_layer=1, n_head=2, d_model=16),
+                     lr=1e-3, warmup=4, min_lr_ratio=0.2, weight_decay=0.0, grad_clip=0.5, stages=(0.25, 0.5),
+                     eval_every=10, samples_per_domain=8, target_samples=4, sketch_k=64, influence_batch_size=4,
+                     direct={"max_shift": 0.2}, regression={"n_candidates": 32, "rounds": 1},
+                     decision=Decision.from_options("paper"))
+    root = tmp_path / "data"
+    corpus = build_corpus(0, seq_len=16, train_sequences=32, dev_sequences=8, test_sequences=8)
+    from tikmix.demo.run import write_corpus
+
+    data = write_corpus(corpus, root)
+    cfg = validate_config(run_config("tikmix-m", s, data, tmp_path / "m"))
+    t = cfg.train
+    assert (cfg.seed, t.steps, t.batch_size, t.lr, t.warmup, t.min_lr_ratio, t.weight_decay, t.grad_clip,
+            t.eval_every) == (3, 40, 8, 1e-3, 4, 0.2, 0.0, 0.5, 10)
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model, cfg.data.seq_len) == (1, 2, 16, 16)
+    assert cfg.stages.boundaries == [10, 20] and cfg.solver.name == "regression"
+    assert cfg.solver.options == {"direct": {"max_shift": 0.2}, "regression": {"n_candidates": 32, "rounds": 1}}
+    assert cfg.solver.decision["objective"] == "paper"
+    i = cfg.influence
+    assert (i.k, i.samples_per_domain, i.target_samples, i.batch_size) == (64, 8, 4, 4)
+    uniform = validate_config(run_config("uniform", s, data, tmp_path / "u"))
+    assert uniform.solver.name == "static" and uniform.solver.weights == pytest.approx([1 / 6] * 6)
+    assert validate_config(run_config("tikmix-d", s, data, tmp_path / "d")).solver.options == {"max_shift": 0.2}
+    with pytest.raises(ValueError, match="static_weights"):
+        run_config("static", s, data, tmp_path / "s")
+    with pytest.raises(ValueError, match="unknown 'best'"):
+        run_config("best", s, data, tmp_path / "b")

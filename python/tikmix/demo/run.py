@@ -67,7 +67,8 @@ class DemoSettings:
             next boundary (its absence leaves the model over-confident, and its high-entropy data is then a
             first-order improvement for some target) and come back in one jump; the cap damps that oscillation.
         regression: options for TiKMiX-M (:func:`tikmix.solve_regression`).
-        decision: the controller's ``decision`` (:class:`tikmix.decision.Decision`; None = its default, robust).
+        decision: the controller's ``decision``: ``"paper"``, ``"robust"``, a dict of its options or a
+            :class:`tikmix.decision.Decision` (the run config's ``solver.decision``; None = its default, robust).
         device: torch device string.
     """
 
@@ -197,7 +198,9 @@ def run_config(method: str, settings: DemoSettings, data: Mapping[str, Any], out
                                                                        "regression": dict(settings.regression)}
         cfg["solver"] = {"name": "direct" if method == "tikmix-d" else "regression", "options": options}
         if settings.decision is not None:
-            cfg["solver"]["decision"] = settings.decision
+            decision = settings.decision
+            # a Decision object goes into the config as its options (the config is plain YAML)
+            cfg["solver"]["decision"] = decision.options() if hasattr(decision, "options") else decision
         cfg["stages"] = {"boundaries": settings.stage_steps()}
     return cfg
 
