@@ -262,6 +262,7 @@ def test_settings_become_a_run_config(tmp_path):
     assert cfg.stages.boundaries == [10, 20] and cfg.solver.name == "regression"
     assert cfg.solver.options == {"direct": {"max_shift": 0.2}, "regression": {"n_candidates": 32, "rounds": 1}}
     assert cfg.solver.decision["objective"] == "paper"
+    assert json.loads(json.dumps(s.to_dict()))["decision"]["objective"] == "paper"
     i = cfg.influence
     assert (i.k, i.samples_per_domain, i.target_samples, i.batch_size) == (64, 8, 4, 4)
     uniform = validate_config(run_config("uniform", s, data, tmp_path / "u"))

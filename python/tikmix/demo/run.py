@@ -130,7 +130,13 @@ class DemoSettings:
         d["model"] = self.model.to_dict()
         d["stages"] = list(self.stages)
         d["methods"] = list(self.methods)
+        d["decision"] = _decision_options(self.decision)
         return d
+
+
+def _decision_options(decision: Any) -> Any:
+    """A Decision object as its options (configs and reports are plain YAML/JSON); anything else as it is."""
+    return decision.options() if hasattr(decision, "options") else decision
 
 
 #: A short budget for CI and smoke tests (about 20 s on one core).
@@ -198,9 +204,7 @@ def run_config(method: str, settings: DemoSettings, data: Mapping[str, Any], out
                                                                        "regression": dict(settings.regression)}
         cfg["solver"] = {"name": "direct" if method == "tikmix-d" else "regression", "options": options}
         if settings.decision is not None:
-            decision = settings.decision
-            # a Decision object goes into the config as its options (the config is plain YAML)
-            cfg["solver"]["decision"] = decision.options() if hasattr(decision, "options") else decision
+            cfg["solver"]["decision"] = _decision_options(settings.decision)
         cfg["stages"] = {"boundaries": settings.stage_steps()}
     return cfg
 
