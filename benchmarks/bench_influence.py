@@ -1,6 +1,6 @@
 """Cost of Group Influence relative to plain training compute.
 
-For a small GPT (tikmix.demo.model.GPT) and a fixed set of micro-batches (domains + targets), measure:
+For a small GPT (tikmix.models.GPT) and a fixed set of micro-batches (domains + targets), measure:
 
 * ``fwd+bwd``: one plain forward + backward (``loss.sum().backward()``) over every micro-batch — the paper's cost floor;
 * ``group``: ``GroupInfluence(mode="group").compute`` over the same micro-batches;
@@ -40,7 +40,7 @@ def _setup(args: argparse.Namespace) -> Dict[str, Any]:
     """Model, data and one zero-argument runner per phase."""
     import torch
 
-    from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+    from tikmix.models import GPT, GPTConfig, sequence_loss
     from tikmix.influence import GroupInfluence
 
     if args.threads:

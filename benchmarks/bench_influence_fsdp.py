@@ -1,6 +1,6 @@
 """Influence on an FSDP2-sharded model vs DDP-style replicas vs one process: time and peak memory per rank.
 
-The same GPT (tikmix.demo.model) and the same token batches in all three setups; the ranks split every domain's
+The same GPT (tikmix.models) and the same token batches in all three setups; the ranks split every domain's
 batches. Reported per rank, each the minimum over rounds (the first round also pays one-time set-up): the time of one
 ``GroupInfluence.compute``, the peak memory during it ("peak") and added by it ("added"), and the memory added by one
 ordinary forward/backward of a micro-batch on the same setup ("train step added"). Memory is the resident set size
@@ -81,7 +81,7 @@ def _data(args):
 
 def worker(args) -> None:
     """One setup on this process (rank): ``single``, ``ddp`` (replicas, sketches all-reduced) or ``fsdp``."""
-    from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+    from tikmix.models import GPT, GPTConfig, sequence_loss
     from tikmix.influence import GroupInfluence
 
     distributed = args.setup != "single"

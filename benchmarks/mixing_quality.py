@@ -17,10 +17,12 @@ path, the same for every seed) never enters training; its rows form the target's
 held-out files: what the controller measures influence on) and test set (the other half: the reported
 losses). Training rows identical to any target row are dropped too (dedupe by sequence hash).
 
-**Runs.** Every (method, seed) trains the demo GPT from the same initialisation for the same number of
-steps through :func:`tikmix.demo.run.train_method` (a :class:`tikmix.MixtureSampler` + a
-:class:`tikmix.Controller` with the library's defaults). Each finished run is appended to
-``<out>/runs.jsonl``, so an interrupted benchmark resumes and ``--report-only`` prints what is done.
+**Runs.** The corpus is written once as token files (``<out>/corpus/``; each domain one token stream that a run
+cuts into rows of ``seq_len + 1`` tokens at a stride of ``seq_len``). Every (method, seed) is one ``tikmix run``
+(:func:`tikmix.run.train`, the loop every user run goes through; the config comes from
+:func:`tikmix.demo.run.run_config`, the run folder is ``<out>/runs/<method>_seed<seed>/``): the built-in GPT
+(:class:`tikmix.models.GPT`) from the same initialisation, for the same number of steps. Each finished run is
+appended to ``<out>/runs.jsonl``, so an interrupted benchmark resumes and ``--report-only`` prints what is done.
 
 **Table.** Per target and mean test loss (mean over seeds), change vs uniform in %, a 95% paired bootstrap
 interval of the mean loss difference over test sequences (paired by sequence, averaged over seeds), wins
@@ -207,8 +209,8 @@ def build_corpus(seq_len: int, bytes_per_domain: int, target_rows: int) -> tuple
 
 # ---------------------------------------------------------------------------------------- runs
 def settings_for(args: argparse.Namespace, seed: int) -> Any:
-    from tikmix.demo.model import GPTConfig
     from tikmix.demo.run import DemoSettings
+    from tikmix.models import GPTConfig
 
     if args.quick:
         return DemoSettings(seed=seed, steps=48, batch_size=16, model=GPTConfig(seq_len=32, n_layer=1, d_model=32),
@@ -228,15 +230,23 @@ def _corpus_args(args: argparse.Namespace) -> tuple[int, int, int]:
     return 64, args.bytes_per_domain, 512
 
 
-_CORPUS: Any = None
+_DATA: Any = None
 
 
-def _init_worker(corpus: Any, threads: int) -> None:
+def _init_worker(data: Any, threads: int) -> None:
+    """Set up a worker: ``data`` is the run configs' ``data`` section (:func:`write_corpus`)."""
     import torch
 
-    global _CORPUS
-    _CORPUS = corpus
+    global _DATA
+    _DATA = data
     torch.set_num_threads(threads)
+
+
+def write_corpus(corpus: Any, folder: Path) -> dict[str, Any]:
+    """The corpus as token files in ``folder`` (written once); returns the run configs' ``data`` section."""
+    from tikmix.demo.run import write_corpus as write
+
+    return write(corpus, folder)
 
 
 #: Method-suffix options that go to TiKMiX-D's solver (:func:`tikmix.solve_direct`) rather than to the decision.
@@ -265,31 +275,37 @@ def method_options(spec: str) -> tuple[Any, dict[str, float]]:
     return decision, solver
 
 
+def _run_dir(out: Path, method: str, seed: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in method)
+    return out / "runs" / f"{safe}_seed{seed}"
+
+
 def _run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
+    from tikmix.compare import load_run
     from tikmix.demo.run import train_method
+    from tikmix.report import run_summary
 
     args, method, seed = job
-    corpus = _CORPUS
     base, _, suffix = method.partition(":")  # e.g. tikmix-d:robust = TiKMiX-D with Decision("robust")
     decision, solver = method_options(suffix)
     settings = settings_for(args, seed)
     settings = replace(settings, decision=decision, direct={**settings.direct, **solver},
                        methods=("uniform", base) if base != "uniform" else ("uniform",))
     t0 = time.perf_counter()
-    result = train_method(base, settings, corpus)
-    stages = [s["weights"] for s in (result["history"] or {}).get("stages", [])]
+    run = load_run(train_method(base, settings, _DATA, _run_dir(args.out, method, seed)))
+    summary = run_summary(run)
     return {
         "method": method,
         "seed": seed,
-        "domains": list(corpus.domains),
-        "targets": list(corpus.target_test),
-        "final": result["final"],
-        "final_per_sequence": result["final_per_sequence"],
-        "stage_weights": stages,
-        "timing": result["timing"],
+        "domains": list(run.history["domains"]),
+        "targets": list(run.targets),
+        "final": run.final,
+        "final_per_sequence": {t: v.tolist() for t, v in run.targets.items()},
+        "stage_weights": [s["weights"] for s in run.history.get("stages", [])],
+        "timing": summary["timing"],
         "wall_s": time.perf_counter() - t0,
-        "steps": settings.steps,
-        "tokens": settings.steps * settings.tokens_per_step,
+        "steps": run.steps,
+        "tokens": run.steps * run.tokens_per_step,
     }
 
 
@@ -393,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="uniform, tikmix-d, tikmix-m; append :robust or :paper for the controller's decision, "
                          "optionally with options (tikmix-d:robust,shrink=none,ema=0.7; alpha, beta, gamma go to "
                          "TiKMiX-D's solver)")
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes (one run each)")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes (one run each); 1 = in this process")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    ap.add_argument("--out", type=Path, default=Path("mixing_quality_out"), help="where runs.jsonl goes")
+    ap.add_argument("--out", type=Path, default=Path("mixing_quality_out"),
+                    help="where the corpus, the run folders and runs.jsonl go")
     ap.add_argument("--report-only", action="store_true", help="print the table of the finished runs")
     args = ap.parse_args(argv)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
@@ -405,17 +422,33 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         corpus, info = build_corpus(*_corpus_args(args))
         print(json.dumps(info))
+        data = write_corpus(corpus, args.out / ("corpus_quick" if args.quick else "corpus"))
         done = {(r["method"], r["seed"]) for r in _load(runs_file)}
         # method-major: the first methods listed get all their seeds first (a partial run is still a comparison)
         jobs = [(args, m, s) for m in args.methods for s in seeds if (m, s) not in done]
         t0 = time.perf_counter()
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(max(1, min(args.jobs, len(jobs) or 1)), _init_worker, (corpus, args.threads)) as pool:
-            for r in pool.imap_unordered(_run_one, jobs):
-                with runs_file.open("a") as f:
-                    f.write(json.dumps(r) + "\n")
-                print(f"done {r['method']} seed {r['seed']}: mean {np.mean(list(r['final'].values())):.4f} "
-                      f"({r['wall_s']:.0f} s)", flush=True)
+
+        def record(r: dict[str, Any]) -> None:
+            with runs_file.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+            print(f"done {r['method']} seed {r['seed']}: mean {np.mean(list(r['final'].values())):.4f} "
+                  f"({r['wall_s']:.0f} s)", flush=True)
+
+        if args.jobs <= 1:  # in this process: no worker start-up
+            import torch
+
+            threads = torch.get_num_threads()
+            _init_worker(data, args.threads)
+            try:
+                for job in jobs:
+                    record(_run_one(job))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(min(args.jobs, len(jobs) or 1), _init_worker, (data, args.threads)) as pool:
+                for r in pool.imap_unordered(_run_one, jobs):
+                    record(r)
         load += f"; {time.perf_counter() - t0:.0f} s wall, load average at end {os.getloadavg()[0]:.1f}"
     print(report([r for r in _load(runs_file) if r["seed"] in seeds], load))
     return 0

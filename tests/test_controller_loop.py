@@ -13,7 +13,7 @@ from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
 from tikmix.decision import Decision
 from tikmix.solvers import solve_direct
-from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+from tikmix.models import GPT, GPTConfig, sequence_loss
 
 SEQ = 16
 BATCH = 8

@@ -1,4 +1,5 @@
-"""``tikmix demo --quick`` end to end (report structure, mixture changed, plots), plus the corpus and model."""
+"""``tikmix demo --quick`` end to end (runs of ``tikmix.run.train``, report structure, mixture changed, plots), plus
+the corpus and model."""
 
 from __future__ import annotations
 
@@ -11,20 +12,32 @@ import torch
 
 from tikmix.cli import main
 from tikmix.demo.corpus import DOMAIN_ROLES, build_corpus
-from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+from tikmix.models import GPT, GPTConfig, sequence_loss
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+TRAIN_CALLS: list = []
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    threads = torch.get_num_threads()
     import contextlib
     import io
 
+    import tikmix.run
+
+    out = tmp_path_factory.mktemp("demo")
+    threads = torch.get_num_threads()
+    real_train = tikmix.run.train
+
+    def counted(cfg, **kwargs):
+        TRAIN_CALLS.append(cfg)
+        return real_train(cfg, **kwargs)
+
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(tikmix.run, "train", counted)
         assert main(["demo", "--quick", "--seed", "0", "--out", str(out), "--no-progress"]) == 0
     assert torch.get_num_threads() == threads  # main() leaves the thread count as it found it
     return out, printed.getvalue()
@@ -51,9 +64,36 @@ def test_quick_demo_is_reproducible_as_printed(demo_run):
     assert timing and not any(re.search(r"\d\.\d{3,}", line) for line in timing), timing
 
 
-def test_quick_demo_report_structure(demo_out):
+def test_quick_demo_trains_through_tikmix_run(demo_out):
+    """Every method is one call of the one training loop, on a config read from the run folder."""
+    from tikmix.run import RunConfig
+
+    assert [c.solver.name for c in TRAIN_CALLS] == ["static", "direct", "regression"]
+    assert all(isinstance(c, RunConfig) for c in TRAIN_CALLS)
+    assert TRAIN_CALLS[0].solver.weights == pytest.approx([1 / 6] * 6)
+    assert {c.train.steps for c in TRAIN_CALLS} == {160} and TRAIN_CALLS[1].stages.boundaries == [40, 80, 120]
+    for name in ("uniform", "tikmix-d", "tikmix-m"):
+        assert (demo_out / "runs" / name / "config.yaml").is_file()
+        assert (demo_out / "runs" / name / "eval.json").is_file()
+    # the run folders are ordinary tikmix run outputs: tikmix compare reads them (baseline: the static run)
+    from tikmix.compare import compare
+
+    _, base, rows = compare([demo_out / "runs" / n for n in ("uniform", "tikmix-d", "tikmix-m")])
+    assert base.name == "uniform"
     report = json.loads((demo_out / "report.json").read_text())
-    assert report["format"] == "tikmix.demo/1"
+    for row in rows[1:]:
+        c = report["comparison"][row["run"]]
+        assert c["ci"] == pytest.approx(list(row["ci"])) and c["mean_improvement"] == pytest.approx(row["improvement"])
+
+
+def test_quick_demo_report_structure(demo_out):
+    from tikmix.formats import DEMO
+    from tikmix.report import load
+
+    raw = json.loads((demo_out / "report.json").read_text())
+    assert raw["format"] == DEMO and "methods" not in raw  # the per-run data lives in the run folders only
+    assert raw["runs"] == {n: f"runs/{n}" for n in ("uniform", "tikmix-d", "tikmix-m")}
+    report = load(demo_out / "report.json")
     domains, targets = report["domains"], report["targets"]
     assert domains == ["arith", "prose", "facts", "web", "noise", "rumours"]
     assert targets == ["sums", "grammar", "lookup"]
@@ -76,13 +116,17 @@ def test_quick_demo_report_structure(demo_out):
         assert c["mean_improvement_pct"] == pytest.approx(100 * (base["mean"] - mine["mean"]) / base["mean"])
         assert c["beats_baseline"] == (c["mean_improvement"] > 0)
         assert 0 <= c["influence_share"] < 5
+        lo, hi = c["ci"]
+        assert lo <= c["mean_improvement"] <= hi
 
 
 def test_quick_demo_controller_changed_the_mixture(demo_out):
-    report = json.loads((demo_out / "report.json").read_text())
+    from tikmix.report import load
+
+    report = load(demo_out / "report.json")
     for name in ("tikmix-d", "tikmix-m"):
         hist = report["methods"][name]["history"]
-        assert hist == json.loads((demo_out / f"history_{name}.json").read_text())
+        assert hist == json.loads((demo_out / "runs" / name / "history.json").read_text())
         stages = hist["stages"]
         assert [s["step"] for s in stages] == [40, 80, 120]
         for s in stages:
@@ -114,7 +158,7 @@ def test_quick_demo_plots_and_report_redraw(demo_out, tmp_path, capsys):
     assert script.returncode != 0 and "is not the named run" in script.stderr, script.stderr
     assert not (tmp_path / "figs").exists()
     # a single controller history re-draws too
-    assert main(["report", str(demo_out / "history_tikmix-d.json"), "--out", str(tmp_path / "h")]) == 0
+    assert main(["report", str(demo_out / "runs" / "tikmix-d" / "history.json"), "--out", str(tmp_path / "h")]) == 0
     assert "Group influence at step 40" in capsys.readouterr().out
 
 
@@ -124,6 +168,11 @@ def test_report_rejects_unknown_files(tmp_path, capsys):
     assert main(["report", str(bad)]) == 2
     assert "unknown format" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing.json")]) == 2
+    from tikmix.formats import DEMO
+
+    bad.write_text(json.dumps({"format": DEMO, "runs": {"uniform": "runs/uniform"}}))
+    assert main(["report", str(bad)]) == 2
+    assert "run 'uniform' of the report" in capsys.readouterr().err
 
 
 def test_demo_flags_are_validated(capsys):
@@ -187,3 +236,39 @@ def test_settings_from_flags():
     assert s.direct == {"max_shift": 0.3}
     with pytest.raises(ValueError, match="methods"):
         settings_for(methods=["tikmix-d"])  # the uniform baseline is required
+
+
+def test_settings_become_a_run_config(tmp_path):
+    """Every DemoSettings field that shapes training reaches the run config the demo trains with."""
+    from tikmix.decision import Decision
+    from tikmix.demo.run import DemoSettings, run_config
+    from tikmix.run import validate_config
+
+    s = DemoSettings(seed=3, steps=40, batch_size=8, model=GPTConfig(seq_len=16, n_layer=1, n_head=2, d_model=16),
+                     lr=1e-3, warmup=4, min_lr_ratio=0.2, weight_decay=0.0, grad_clip=0.5, stages=(0.25, 0.5),
+                     eval_every=10, samples_per_domain=8, target_samples=4, sketch_k=64, influence_batch_size=4,
+                     direct={"max_shift": 0.2}, regression={"n_candidates": 32, "rounds": 1},
+                     decision=Decision.from_options("paper"))
+    root = tmp_path / "data"
+    corpus = build_corpus(0, seq_len=16, train_sequences=32, dev_sequences=8, test_sequences=8)
+    from tikmix.demo.run import write_corpus
+
+    data = write_corpus(corpus, root)
+    cfg = validate_config(run_config("tikmix-m", s, data, tmp_path / "m"))
+    t = cfg.train
+    assert (cfg.seed, t.steps, t.batch_size, t.lr, t.warmup, t.min_lr_ratio, t.weight_decay, t.grad_clip,
+            t.eval_every) == (3, 40, 8, 1e-3, 4, 0.2, 0.0, 0.5, 10)
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model, cfg.data.seq_len) == (1, 2, 16, 16)
+    assert cfg.stages.boundaries == [10, 20] and cfg.solver.name == "regression"
+    assert cfg.solver.options == {"direct": {"max_shift": 0.2}, "regression": {"n_candidates": 32, "rounds": 1}}
+    assert cfg.solver.decision["objective"] == "paper"
+    assert json.loads(json.dumps(s.to_dict()))["decision"]["objective"] == "paper"
+    i = cfg.influence
+    assert (i.k, i.samples_per_domain, i.target_samples, i.batch_size) == (64, 8, 4, 4)
+    uniform = validate_config(run_config("uniform", s, data, tmp_path / "u"))
+    assert uniform.solver.name == "static" and uniform.solver.weights == pytest.approx([1 / 6] * 6)
+    assert validate_config(run_config("tikmix-d", s, data, tmp_path / "d")).solver.options == {"max_shift": 0.2}
+    with pytest.raises(ValueError, match="static_weights"):
+        run_config("static", s, data, tmp_path / "s")
+    with pytest.raises(ValueError, match="unknown 'best'"):
+        run_config("best", s, data, tmp_path / "b")

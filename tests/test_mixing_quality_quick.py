@@ -1,5 +1,5 @@
-"""benchmarks/mixing_quality.py --quick: the real-text corpus builds with held-out targets, every method runs
-through the library, and the table comes out (a smoke test; the measured table is in docs/mixing-quality.md)."""
+"""benchmarks/mixing_quality.py --quick: the real-text corpus builds with held-out targets, every method is one run
+of ``tikmix.run.train``, and the table comes out (a smoke test; the measured table is in docs/mixing-quality.md)."""
 
 from __future__ import annotations
 
@@ -39,20 +39,32 @@ def test_corpus_holds_out_target_files_and_sequences():
         assert info["held_out_files"][t] >= 2
 
 
-def test_quick_benchmark_prints_the_table(tmp_path):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--jobs", "1", "--out", str(tmp_path), "--methods", "uniform",
-         "tikmix-d", "tikmix-m:robust"],
-        capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+def test_quick_benchmark_prints_the_table(tmp_path, capsys, monkeypatch):
+    """In this process (--jobs 1), so the one training loop can be counted: one tikmix.run.train per run."""
+    import tikmix.run
+
+    mq = _load("mixing_quality_main")
+    calls = []
+    real_train = tikmix.run.train
+
+    def counted(cfg, **kwargs):
+        calls.append(cfg)
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(tikmix.run, "train", counted)
+    assert mq.main(["--quick", "--jobs", "1", "--out", str(tmp_path), "--methods", "uniform", "tikmix-d",
+                    "tikmix-m:robust"]) == 0
+    assert [c.solver.name for c in calls] == ["static", "direct", "regression"]
+    assert calls[2].solver.decision == "robust"
+    assert all((tmp_path / "runs" / f"{n}_seed0" / "eval.json").is_file()
+               for n in ("uniform", "tikmix-d", "tikmix-m_robust"))
+    out = capsys.readouterr().out
     for text in ("| uniform |", "| tikmix-d |", "| tikmix-m:robust |", "mean vs uniform", "controller time"):
         assert text in out, out
     runs = [json.loads(x) for x in (tmp_path / "runs_quick.jsonl").read_text().splitlines()]
     assert {r["method"] for r in runs} == {"uniform", "tikmix-d", "tikmix-m:robust"}
     assert len({r["tokens"] for r in runs}) == 1  # equal tokens
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     again = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--report-only", "--out", str(tmp_path)],
                            capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert again.returncode == 0 and "| tikmix-d |" in again.stdout

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from tikmix import report as rep
+from tikmix.formats import DEMO, HISTORY
 
 DOMAINS, TARGETS = ["a", "b", "c"], ["t1", "t2"]
 
@@ -16,7 +17,7 @@ def _history(weights, S_scale=1.0):
     stages = [{"step": s, "applies_from_step": s, "weights": w, "S": (np.eye(2, 3) * S_scale + 0.1 * k).tolist(),
                "timing": {"train_s": 1.0, "influence_s": 0.1, "solve_s": 0.01, "controller_s": 0.12}}
               for k, (s, w) in enumerate(zip([10, 20], weights))]
-    return {"format": rep.HISTORY_FORMAT, "domains": DOMAINS, "targets": TARGETS, "solver": "tikmix-d",
+    return {"format": HISTORY, "domains": DOMAINS, "targets": TARGETS, "solver": "tikmix-d",
             "stage_boundaries": {"unit": "steps", "values": [10, 20], "steps": [10, 20]},
             "initial_weights": [1 / 3] * 3, "stages": stages, "metrics": [], "final": {"step": 30}}
 
@@ -40,7 +41,7 @@ def _report():
                   "history": _history([[0.2, 0.2, 0.6], [0.1, 0.1, 0.8]], S_scale=-1.0),
                   "timing": {"train_s": 11.0, "influence_s": 0.4, "solve_s": 0.1, "eval_s": 0.5}},
     }
-    return {"format": rep.DEMO_FORMAT, "domains": DOMAINS, "targets": TARGETS, "baseline": "uniform",
+    return {"format": DEMO, "domains": DOMAINS, "targets": TARGETS, "baseline": "uniform",
             "methods": methods}
 
 

@@ -88,7 +88,7 @@ def test_run_hf_config_with_trained_tokenizer_jsonl_parquet_and_tensorboard(file
 
 FACTORY = textwrap.dedent('''
     import torch
-    from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+    from tikmix.models import GPT, GPTConfig, sequence_loss
 
     def good(vocab_size, seq_len):
         torch.manual_seed(0)

@@ -6,7 +6,7 @@ compared when they are comparable: the same targets evaluated on the same test s
 budget (steps and tokens per step); otherwise :class:`CompareError` names what differs.
 
 For every run the table gives each target's final test loss, their mean, the improvement over the baseline
-run (baseline loss minus run loss, > 0 = better: the sign of :func:`tikmix.report.improvement`) and a 95% paired
+run (baseline loss minus run loss, > 0 = better: the sign of :func:`improvement`) and a 95% paired
 bootstrap interval of that improvement: test sequences are resampled with
 replacement within each target, the same resample for both runs, so the interval reflects which sequences
 happened to be in the test set. One plot draws every run's mean target loss over training.
@@ -16,17 +16,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .report import improvement
+from .formats import EVAL, HISTORY
 
-__all__ = ["CompareError", "RunResult", "load_run", "compare", "paired_bootstrap", "format_table", "plot_curves"]
+__all__ = ["CompareError", "RunResult", "load_run", "compare", "improvement", "paired_bootstrap", "format_table",
+           "plot_curves"]
 
-EVAL_FORMAT = "tikmix.eval/1"
+
+def improvement(baseline_loss: float, method_loss: float) -> tuple[float, float]:
+    """The one sign convention of "vs the baseline" in tables, report files and plots: the improvement
+    ``baseline loss − method loss`` and the same relative to the baseline, in percent. Positive = the method's
+    loss is lower = better."""
+    delta = float(baseline_loss) - float(method_loss)
+    return delta, 100.0 * delta / float(baseline_loss)
 
 
 class CompareError(ValueError):
@@ -35,7 +42,8 @@ class CompareError(ValueError):
 
 @dataclass
 class RunResult:
-    """One finished run: its name (the folder's name), solver label, budget, curves and per-sequence losses."""
+    """One finished run: its name (the folder's name), solver label, budget, curves, per-sequence losses and the
+    whole controller history (``history.json``)."""
 
     name: str
     path: Path
@@ -46,6 +54,8 @@ class RunResult:
     test_sha1: dict[str, str]
     curve_steps: list[int]
     curve_mean: list[float]
+    history: dict[str, Any] = field(default_factory=dict)
+    eval_s: float | None = None  # wall-clock seconds spent evaluating (eval.json), if recorded
 
     @property
     def final(self) -> dict[str, float]:
@@ -72,26 +82,30 @@ def load_run(path: str | Path) -> RunResult:
         except json.JSONDecodeError as exc:
             raise CompareError(f"{f}: not valid JSON ({exc})") from None
     ev, hist = files["eval.json"], files["history.json"]
-    if not isinstance(ev, dict) or ev.get("format") != EVAL_FORMAT:
+    if not isinstance(ev, dict) or ev.get("format") != EVAL:
         raise CompareError(f"{folder / 'eval.json'}: format is {ev.get('format') if isinstance(ev, dict) else None!r}, "
-                           f"expected {EVAL_FORMAT!r}")
+                           f"expected {EVAL!r}")
+    if not isinstance(hist, dict) or hist.get("format") != HISTORY:
+        raise CompareError(f"{folder / 'history.json'}: format is "
+                           f"{hist.get('format') if isinstance(hist, dict) else None!r}, expected {HISTORY!r}")
     try:
         targets = {str(k): np.asarray(v, dtype=np.float64) for k, v in ev["targets"].items()}
         steps, tps = int(ev["steps"]), int(ev["tokens_per_step"])
         sha = {str(k): str(v) for k, v in ev["test_sha1"].items()}
+        eval_s = None if ev.get("eval_s") is None else float(ev["eval_s"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CompareError(f"{folder / 'eval.json'}: malformed ({exc!r})") from None
     for t, v in targets.items():
         if v.ndim != 1 or v.size == 0 or not np.isfinite(v).all():
             raise CompareError(f"{folder / 'eval.json'}: target {t!r} has no finite per-sequence losses")
     xs, ys = [], []
-    for row in hist.get("metrics", []) if isinstance(hist, dict) else []:
+    for row in hist.get("metrics", []):
         vals = [row.get(f"target/{t}") for t in targets]
         if "step" in row and all(isinstance(v, (int, float)) for v in vals):
             xs.append(int(row["step"]))
             ys.append(float(np.mean(vals)))
     return RunResult(folder.name, folder, str(ev.get("solver", hist.get("solver", "?"))), steps, tps, targets, sha,
-                     xs, ys)
+                     xs, ys, hist, eval_s)
 
 
 def _check_comparable(runs: Sequence[RunResult]) -> None:

@@ -1,9 +1,11 @@
 """Tables and PNG plots for a TiKMiX run: the demo's report or a single :class:`tikmix.Controller` history.
 
-Two JSON layouts are understood:
+Two JSON files are understood:
 
-* a **demo report** (``"format": "tikmix.demo/1"``): several methods trained on the same budget, each with
-  its target-loss curve, final losses, timings and -- for the TiKMiX methods -- the controller history;
+* a **demo report** (``"format": "tikmix.demo/1"``, written by ``tikmix demo``): the settings, the comparison
+  against the baseline and an index of the run folders (``"runs": {method: folder}``, relative to the report);
+  each folder is a ``tikmix run`` output (``history.json`` + ``eval.json``) and is read back with
+  :func:`tikmix.compare.load_run`, the one reader of run folders;
 * a **controller history** (``"format": "tikmix.history/1"``), as written by ``Controller(history_path=...)``
   and ``tikmix run``: one run's stages (S, weights, realised tokens, solver report, timings) and the
   metrics it logged.
@@ -24,15 +26,15 @@ from typing import Any
 import numpy as np
 
 from ._extras import require
+from .compare import CompareError, RunResult, improvement, load_run
+from .formats import DEMO, HISTORY
 
-__all__ = ["load", "format_tables", "plot_all", "render", "improvement"]
-
-DEMO_FORMAT = "tikmix.demo/1"
-HISTORY_FORMAT = "tikmix.history/1"
+__all__ = ["load", "with_runs", "run_summary", "format_tables", "plot_all", "render", "improvement"]
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a demo report or controller history; raises ValueError for anything else."""
+    """Read a demo report (its run folders read back, :func:`with_runs`) or a controller history; raises
+    ValueError for anything else."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such report or history file: {path}")
@@ -41,9 +43,51 @@ def load(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
     fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt not in (DEMO_FORMAT, HISTORY_FORMAT):
-        raise ValueError(f"{path}: unknown format {fmt!r}; expected {DEMO_FORMAT!r} or {HISTORY_FORMAT!r}")
-    return data
+    if fmt not in (DEMO, HISTORY):
+        raise ValueError(f"{path}: unknown format {fmt!r}; expected {DEMO!r} or {HISTORY!r}")
+    return with_runs(data, path.parent) if fmt == DEMO else data
+
+
+def with_runs(report: Mapping[str, Any], folder: str | Path) -> dict[str, Any]:
+    """The demo report with every run folder of its ``"runs"`` index (paths relative to ``folder``) read back as
+    ``report["methods"][name]``: final losses and their mean, the metrics curve, the history (None for a run
+    without stage boundaries), the final mixture, the realised tokens and the time split."""
+    runs = report.get("runs")
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError(f"{report.get('format')} report: 'runs' must map each method to its run folder, got {runs!r}")
+    methods = {}
+    for name, rel in runs.items():
+        try:
+            methods[str(name)] = run_summary(load_run(Path(folder) / str(rel)))
+        except CompareError as exc:
+            raise ValueError(f"run {name!r} of the report: {exc}") from None
+    return {**report, "methods": methods}
+
+
+def run_summary(run: RunResult) -> dict[str, Any]:
+    """What the demo's tables and plots show of one run (:func:`with_runs`)."""
+    hist = run.history
+    final = hist.get("final") or {}
+    stages = hist.get("stages", [])
+    train, infl, solve = _timing_totals(hist)
+    eval_s = float(run.eval_s or 0.0)
+    total = final.get("realised_total") or {}
+    return {
+        "final": run.final,
+        "mean": run.mean,
+        "curve": list(hist.get("metrics", [])),
+        "history": hist if stages else None,
+        "weights_final": final.get("weights"),
+        "realised_tokens": total.get("tokens"),
+        "timing": {
+            # the controller's training time is the wall time between steps: evaluations included
+            "train_s": max(train - eval_s, 0.0),
+            "influence_s": infl,
+            "solve_s": solve,
+            "controller_s": sum(float(s["timing"].get("controller_s", 0.0)) for s in stages),
+            "eval_s": eval_s,
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -73,14 +117,6 @@ def _seconds(value: float) -> str:
     return f"{value:.2f}" if value < 1 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def improvement(baseline_loss: float, method_loss: float) -> tuple[float, float]:
-    """The one sign convention of "vs the baseline" in tables, report.json and plots: the improvement
-    ``baseline loss − method loss`` and the same relative to the baseline, in percent. Positive = the method's
-    loss is lower = better."""
-    delta = float(baseline_loss) - float(method_loss)
-    return delta, 100.0 * delta / float(baseline_loss)
-
-
 def _stage_weights(history: Mapping[str, Any]) -> list[tuple[str, list[float]]]:
     """(label, weights) for every stage of a controller history, first stage = the initial mixture."""
     steps = [0] + [int(s["applies_from_step"]) for s in history.get("stages", [])]
@@ -99,7 +135,7 @@ def _timing_totals(history: Mapping[str, Any]) -> tuple[float, float, float]:
 
 def format_tables(report: Mapping[str, Any]) -> str:
     """The text tables for a demo report or a controller history."""
-    if report.get("format") == DEMO_FORMAT:
+    if report.get("format") == DEMO:
         return _demo_tables(report)
     return _history_tables(report)
 
@@ -118,15 +154,19 @@ def _demo_tables(report: Mapping[str, Any]) -> str:
     parts.append(_table(["method"] + [f"{t} loss" for t in targets] + ["mean"], rows,
                         "Target loss at the end of training (held-out test sets; lower is better)"))
     if base is not None:
+        with_ci = any("ci" in c for c in (report.get("comparison") or {}).values())
         rows = []
         for name, m in methods.items():
             if name == base_name:
                 continue
             d = [improvement(base["final"][t], m["final"][t])[0] for t in targets]
             dm, pct = improvement(base["mean"], m["mean"])
-            rows.append([name] + [f"{x:+.4f}" for x in d] + [f"{dm:+.4f} ({pct:+.1f}%)"])
+            ci = (report.get("comparison") or {}).get(name, {}).get("ci")
+            rows.append([name] + [f"{x:+.4f}" for x in d] + [f"{dm:+.4f} ({pct:+.1f}%)"]
+                        + ([f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "-"] if with_ci else []))
         if rows:
-            parts.append(_table(["method"] + targets + ["mean"], rows,
+            parts.append(_table(["method"] + targets + ["mean"] + (["mean: 95% CI (paired bootstrap)"] if with_ci
+                                                                    else []), rows,
                                 f"Improvement over {base_name} ({base_name} loss − method loss; > 0 = better)"))
     for name, m in methods.items():
         hist = m.get("history")
@@ -374,7 +414,7 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path, prefix: str = "") -
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    demo = report.get("format") == DEMO_FORMAT
+    demo = report.get("format") == DEMO
     domains = list(report["domains"])
     targets = list(report["targets"])
     runs: dict[str, Mapping[str, Any]]

@@ -49,7 +49,7 @@ def build_model(cfg: RunConfig, vocab: int, device: torch.device) -> tuple[torch
     kind = cfg.model.kind
     on_meta = torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
     if kind == "demo":
-        from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+        from tikmix.models import GPT, GPTConfig, sequence_loss
 
         m = cfg.model
         with on_meta:

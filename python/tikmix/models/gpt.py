@@ -1,9 +1,9 @@
-"""A small byte-level GPT in plain torch, used by ``tikmix demo`` and ``tikmix run``.
+"""A small byte-level GPT in plain torch: the built-in model of ``tikmix run`` and ``tikmix demo``.
 
 The model is a standard pre-norm decoder-only transformer (learned positional embeddings, causal
 multi-head self-attention through :func:`torch.nn.functional.scaled_dot_product_attention`, a 4x GELU MLP,
 weights of the output head tied to the token embedding). Nothing here is specific to TiKMiX; it exists so
-the demo runs with no downloads.
+runs and the demo need no downloads.
 
 :func:`sequence_loss` is the per-sequence loss protocol that :class:`tikmix.GroupInfluence` and the
 :class:`tikmix.Controller` expect: ``loss_fn(model, batch) -> Tensor[B]``, the mean next-token
