@@ -253,9 +253,13 @@ def solve_regression(
     2. **Labels.** ``y = score_fn(W)`` on the candidate matrix ``W [C, m]`` (in batches of ``batch_size``,
        default all at once); larger = better. See :func:`mixture_score_fn` for a score built from per-sample
        influence rows (no extra backward passes).
-    3. **Surrogate.** A LightGBM regressor ``w -> y`` (``deterministic=True``, one thread, seeded). Quality is
-       measured on a held-out ``test_fraction`` of the candidates (R^2 and Spearman rho), then the model is
-       refit on all of them.
+    3. **Surrogate.** A LightGBM regressor ``w -> y`` (``deterministic=True``, one thread, seeded): trees of 4
+       leaves with a linear model in each leaf (``linear_tree``), learning rate 0.2, up to 400 trees, fitted on
+       the candidates outside a held-out ``test_fraction``. Boosting stops once the L2 error on the held-out
+       candidates has not improved for 20 trees (``early_stopping_round``), and the best tree count is kept;
+       quality is measured on the same held-out candidates (R^2 and Spearman rho). With
+       ``early_stopping_round=0`` (and for a custom ``model``) all ``num_boost_round`` trees are fitted and the
+       model is refit on all candidates after the held-out measurement.
     4. **Search.** ``w_best`` starts as the mean of the ``top_k`` labelled candidates with the highest
        *predicted* score. Then for ``alpha_t`` log-spaced from ``max(alpha_range)`` down to
        ``min(alpha_range)`` over ``rounds`` rounds: draw ``samples_per_round`` mixtures from
@@ -287,7 +291,11 @@ def solve_regression(
         factory)
         The surrogate. It sees only the support of w0 (domains with w0_j > 0) as features.
     model_params : dict, optional
-        LightGBM parameters overriding the defaults (``num_boost_round`` included).
+        LightGBM parameters overriding the defaults (``num_boost_round`` and ``early_stopping_round`` or one of
+        its LightGBM aliases included). The defaults were chosen by measurement (time per boundary, held-out
+        R^2, Spearman and the true score of the chosen mixture at m = 7, 16, 32): 2,048 candidates and
+        ``{"learning_rate": 0.2, "num_leaves": 4, "linear_tree": True, "max_bin": 63, "min_data_in_leaf": 20,
+        "lambda_l2": 1.0, "num_boost_round": 400, "early_stopping_round": 20}``.
     test_fraction : float in (0, 1)
         Share of candidates held out to measure the fit.
     outside : "reject" | "project"
@@ -306,7 +314,8 @@ def solve_regression(
     -------
     MixtureResult
         ``weights`` [m], ``success``, ``status``, ``message``, ``fun`` (predicted score of ``weights``),
-        ``nit`` (rounds), ``score``, ``score_w0``, ``fit`` ({"r2", "spearman", "n_train", "n_test"}),
+        ``nit`` (rounds), ``score``, ``score_w0``, ``fit`` ({"r2", "spearman", "n_train", "n_test"}, and
+        ``"n_trees"`` for LightGBM),
         ``candidates`` [C, m], ``labels`` [C], ``trace`` (per round: alpha, drawn, accepted, best_pred,
         topk_mean_pred, w_best_pred, w_best), ``model``, ``n_drawn`` (LHS points drawn), ``solver="tikmix-m"``.
 
