@@ -357,7 +357,7 @@ def _influence_plot(plt: Any, groups: Sequence[tuple[list[str], Mapping[str, Any
             ax.set_title(f"measured at step {stages[c]['step']}", fontsize=9)
             for i in range(Sn.shape[0]):
                 for j in range(Sn.shape[1]):
-                    ax.text(j, i, f"{Sn[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, f"{round(Sn[i, j], 2) + 0.0:.2f}", ha="center", va="center", fontsize=7,  # no "-0.00"
                             color="white" if abs(Sn[i, j]) > 0.6 else "black")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8,
                  label="S / max|S| of the target (> 0: the domain helps it)")
@@ -396,7 +396,9 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path, prefix: str = "") -
         fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups) + 1.8, 4.0), squeeze=False)
         for ax, (names, hist) in zip(axes[0], groups):
             _mixture_plot(ax, hist, domains, _group_title(names, "mixtures to 1e-6"))
-        axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="domain")
+        handles, labels = axes[0][-1].get_legend_handles_labels()  # top to bottom, as the bars are stacked
+        axes[0][-1].legend(handles[::-1], labels[::-1], loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8,
+                           title="domain")
         fig.suptitle("Domain mixture per stage (each stage trains on its mixture)")
         fig.tight_layout()
         save(fig, "mixture.png")
