@@ -120,7 +120,8 @@ def tikmix_m_defaults_rows(ms=(7, 16, 32), seeds=(0, 1, 2), rounds: int = 3) -> 
             t, c = float(np.mean(best[key])), float(np.mean(cpu[key]))
             rows.append((f"TiKMiX-M m={m} n=2, {key} defaults", f"{t * 1e3:9.1f} ms", f"{c * 1e3:9.1f} ms",
                          f"{t / t_old:.2f}x" if key == "new" else "1 (baseline)",
-                         f"R2={q['r2']:.3f} rho={q['rho']:.3f} true-score gain {q['gain']:+.4f} trees={q['trees']:.0f}"))
+                         f"R2={q['r2']:.3f} rho={q['rho']:.3f} true-score gain {q['gain']:+.4f} "
+                         f"trees={q['trees']:.0f}"))
     return rows
 
 

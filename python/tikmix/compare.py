@@ -252,8 +252,8 @@ def compare_figure(runs: Sequence[RunResult], base: RunResult | str | None = Non
     for k, r in enumerate(others):
         pts, los, his = [], [], []
         for t in targets:
-            d, lo, hi = paired_bootstrap(replace(r, targets={t: r.targets[t]}), replace(base, targets={t: base.targets[t]}),
-                                         level=level)
+            one, one_base = replace(r, targets={t: r.targets[t]}), replace(base, targets={t: base.targets[t]})
+            d, lo, hi = paired_bootstrap(one, one_base, level=level)
             ref = base.final[t]
             pts.append(-100 * d / ref), los.append(-100 * hi / ref), his.append(-100 * lo / ref)
         d, lo, hi = paired_bootstrap(r, base, level=level)
