@@ -1,8 +1,10 @@
 """Benchmark of the mixture solvers: TiKMiX-D at the paper's scale (m=26 domains, n=9 targets) and at m=256,
-and TiKMiX-M with >= 10,000 labelled candidates. Prints one table.
+TiKMiX-M with >= 10,000 labelled candidates, and TiKMiX-M's surrogate settings before and after they were tuned
+(time per boundary and surrogate quality at m = 7, 16, 32). Prints the tables.
 
-    python benchmarks/bench_solvers.py              # full run (about a minute on 2 cores)
+    python benchmarks/bench_solvers.py              # full run (a few minutes on 2 cores)
     python benchmarks/bench_solvers.py --quick      # smaller TiKMiX-M, fewer repeats
+    python benchmarks/bench_solvers.py --only tikmix-m-defaults   # just the before/after table
 
 BLAS is pinned to one thread unless OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS are set: the
 solver matrices are small (<= 513 x 513), and on an oversubscribed machine multi-threaded BLAS spin-waits can
@@ -43,12 +45,97 @@ def _problem(seed: int, n: int, m: int) -> Tuple[np.ndarray, np.ndarray]:
     return S, w_prior
 
 
+# TiKMiX-M's settings before the defaults were tuned: 2,048 candidates, 400 trees of 31 leaves at learning rate
+# 0.05 fitted twice (held-out split, then all candidates), no early stopping.
+OLD_TIKMIX_M = dict(n_candidates=2048, samples_per_round=4096, rounds=8, model_params={
+    "learning_rate": 0.05, "num_leaves": 31, "num_boost_round": 400, "early_stopping_round": 0,
+    "linear_tree": False, "min_data_in_leaf": 20})
+
+
+def tikmix_m_problem(seed: int, m: int, n: int = 2, per_domain: int = 64) -> Tuple[object, np.ndarray]:
+    """A controller-like TiKMiX-M input: ``per_domain`` per-sample influence rows of n targets for each of m
+    domains (domain means plus noise), scored like the controller does (``aggregate="tikmix"``), and a random
+    starting mixture w0 (so the search has somewhere to go)."""
+    from tikmix.solvers import mixture_score_fn
+
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(m), per_domain)
+    per_sample = (rng.normal(0.2, 0.5, size=(m, n))[ids] + rng.normal(0.0, 1.0, size=(ids.size, n))).astype(np.float32)
+    fn = mixture_score_fn(per_sample, ids, m, seed=seed, aggregate="tikmix")
+    return fn, rng.dirichlet(np.full(m, 4.0))
+
+
+def tikmix_m_true_score(fn, W: np.ndarray) -> np.ndarray:
+    """The noise-free score the labels estimate: the "tikmix" aggregate of ``S @ w`` (the resampled scores'
+    expectation) with alpha = beta = gamma = 1."""
+    from tikmix.solvers.objective import row_scale
+
+    Yh = (W @ fn.S.T) / row_scale(fn.S, "max", 1e-8)[0][None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.sum(np.where(W > 0, W * np.log(np.where(W > 0, W, 1.0)), 0.0), axis=1)
+    return Yh.sum(axis=1) - Yh.std(axis=1) + ent
+
+
+def tikmix_m_quality(fn, w0: np.ndarray, res, n_test: int = 1500) -> dict:
+    """Surrogate quality on fresh candidates from the same box (not the solver's own split): R^2 against the
+    noisy labels, Spearman against the true scores, and the true score gained by the chosen mixture over w0."""
+    from scipy.stats import spearmanr
+
+    from tikmix.solvers.regression import _box_candidates
+
+    W, _ = _box_candidates(w0, 0.5 * w0, 2.0 * w0, n_test, "reject", np.random.default_rng(999))
+    y, y_true = fn(W), tikmix_m_true_score(fn, W)
+    pred = res.model.predict(W, num_iteration=res.fit.get("n_trees"))
+    return {"r2": 1.0 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2),
+            "rho": float(spearmanr(y_true, pred).statistic),
+            "gain": float(tikmix_m_true_score(fn, res.weights[None])[0] - tikmix_m_true_score(fn, w0[None])[0]),
+            "trees": res.fit.get("n_trees")}
+
+
+def tikmix_m_defaults_rows(ms=(7, 16, 32), seeds=(0, 1, 2), rounds: int = 3) -> List[Tuple[str, ...]]:
+    """Old vs current TiKMiX-M defaults, interleaved (old, new, old, new, ...), min wall and process CPU time of
+    ``rounds`` (one thread: the CPU time is what an idle machine would take), averaged with the quality over
+    ``seeds`` problems. Rows: (case, wall time, CPU time, ratio to old, quality)."""
+    from tikmix.solvers import solve_regression
+
+    settings = {"old": OLD_TIKMIX_M, "new": {}}
+    rows = []
+    for m in ms:
+        best = {k: [float("inf")] * len(seeds) for k in settings}
+        cpu = {k: [float("inf")] * len(seeds) for k in settings}
+        qual = {k: [] for k in settings}
+        for i, seed in enumerate(seeds):
+            fn, w0 = tikmix_m_problem(100 + seed, m)
+            for r in range(rounds):
+                for key, kw in settings.items():
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    res = solve_regression(fn, w0, seed=seed, **kw)
+                    best[key][i] = min(best[key][i], time.perf_counter() - t0)
+                    cpu[key][i] = min(cpu[key][i], time.process_time() - c0)
+                    if r == 0:
+                        qual[key].append(tikmix_m_quality(fn, w0, res))
+        t_old = float(np.mean(best["old"]))
+        for key in settings:
+            q = {f: float(np.mean([d[f] for d in qual[key]])) for f in ("r2", "rho", "gain", "trees")}
+            t, c = float(np.mean(best[key])), float(np.mean(cpu[key]))
+            rows.append((f"TiKMiX-M m={m} n=2, {key} defaults", f"{t * 1e3:9.1f} ms", f"{c * 1e3:9.1f} ms",
+                         f"{t / t_old:.2f}x" if key == "new" else "1 (baseline)",
+                         f"R2={q['r2']:.3f} rho={q['rho']:.3f} true-score gain {q['gain']:+.4f} "
+                         f"trees={q['trees']:.0f}"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and a 2,000-candidate TiKMiX-M run")
     ap.add_argument("--candidates", type=int, default=None, help="TiKMiX-M labelled candidates (default 10,000)")
     ap.add_argument("--no-slsqp-256", action="store_true", help="skip the (slow) SLSQP run at m=256")
+    ap.add_argument("--only", choices=["tikmix-m-defaults"], default=None,
+                    help="run only TiKMiX-M's old-vs-new defaults table")
     args = ap.parse_args()
+    if args.only:
+        _print_defaults_table(args.quick)
+        return
 
     from tikmix.solvers import mixture_score_fn, solve_direct, solve_regression
     from tikmix.solvers.regression import _native_op
@@ -107,6 +194,20 @@ def main() -> None:
     print(f"|{'-' * (w + 2)}|{'-' * 14}|--------------|------")
     for what, tm, st, extra in rows:
         print(f"| {what.ljust(w)} | {tm.rjust(12)} | {st.ljust(12)} | {extra}")
+    _print_defaults_table(args.quick)
+
+
+def _print_defaults_table(quick: bool) -> None:
+    load0 = os.getloadavg()[0]
+    rows = tikmix_m_defaults_rows(seeds=(0,) if quick else (0, 1, 2), rounds=1 if quick else 3)
+    print(f"\n# TiKMiX-M defaults, old vs new: interleaved, min of rounds per problem, mean over problems; quality "
+          f"on 1,500 fresh candidates (R2 vs noisy labels, Spearman vs true scores); load average "
+          f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    w = max(len(r[0]) for r in rows)
+    print(f"| {'case'.ljust(w)} | {'wall time'.rjust(12)} | {'CPU time'.rjust(12)} | vs old       | quality")
+    print(f"|{'-' * (w + 2)}|{'-' * 14}|{'-' * 14}|--------------|------")
+    for what, tm, ct, ratio, extra in rows:
+        print(f"| {what.ljust(w)} | {tm.rjust(12)} | {ct.rjust(12)} | {ratio.ljust(12)} | {extra}")
 
 
 if __name__ == "__main__":

@@ -37,3 +37,20 @@ def test_mixture_labels(measure, size: str, backend: str) -> None:
     y = measure(lambda: fn(W), group=f"TiKMiX-M labels C={C} draws=1024 m={m}",
                 role="baseline" if backend == "numpy" else "case", rounds=3, backend=backend)
     assert np.isfinite(y).all() and len(y) == C
+
+
+@pytest.mark.parametrize("m", [7, 32])
+@pytest.mark.parametrize("defaults", ["old", "new"])
+def test_tikmix_m_defaults(measure, size: str, m: int, defaults: str) -> None:
+    """TiKMiX-M end to end on a controller-like problem: the settings before tuning (baseline) vs the defaults."""
+    from bench_solvers import OLD_TIKMIX_M, tikmix_m_problem, tikmix_m_quality
+    from tikmix.solvers import solve_regression
+
+    fn, w0 = tikmix_m_problem(100, m)
+    kw = OLD_TIKMIX_M if defaults == "old" else {}
+    res = measure(lambda: solve_regression(fn, w0, seed=0, **kw), group=f"TiKMiX-M solve m={m} n=2",
+                  role="baseline" if defaults == "old" else "case", rounds=3, defaults=defaults)
+    quality = tikmix_m_quality(fn, w0, res)
+    measure.benchmark.extra_info.update(quality)
+    assert res.success, res.message
+    assert quality["gain"] > 0  # the chosen mixture beats w0 on the noise-free score

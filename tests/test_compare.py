@@ -217,3 +217,47 @@ def test_one_source_target_falls_back_to_halves_and_says_so(data_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"data.targets.lookup.test: required key is missing"):
         validate_config(_cfg(data_dir, tmp_path / "o", {"name": "static", "weights": "uniform"},
                              target={"dev": {"token_file": str(data_dir / "dev.tokens")}}))
+
+
+# ------------------------------------------------------------------------------------------ compare plot
+def _written_run(root: Path, name: str, solver: str, shift: dict[str, float]) -> RunResult:
+    """A run folder whose history holds per-target curves; ``shift[t]`` lowers target t's loss (> 0 = better)."""
+    rng = np.random.default_rng(0)  # the same sequences in every run: the differences are the shifts
+    folder = root / name
+    folder.mkdir()
+    metrics = [{"step": s, **{f"target/{t}": 3.0 + np.exp(-s / 20) - d * s / 40 for t, d in shift.items()}}
+               for s in (0, 10, 20, 30, 40)]
+    (folder / "history.json").write_text(json.dumps({"solver": solver, "metrics": metrics}))
+    targets = {t: 3.0 - d + rng.normal(0, 0.2, 50) for t, d in shift.items()}
+    (folder / "eval.json").write_text(json.dumps({
+        "format": "tikmix.eval/1", "solver": solver, "steps": 40, "tokens_per_step": 64,
+        "targets": {t: v.tolist() for t, v in targets.items()}, "test_sha1": {t: "same" for t in shift}}))
+    return load_run(folder)
+
+
+def test_compare_figure_shows_every_target_and_the_mean(tmp_path):
+    from tikmix.compare import compare_figure, plot_curves
+
+    pytest.importorskip("matplotlib")
+    targets = ["a", "b", "c"]
+    base = _written_run(tmp_path, "uniform", "static (uniform)", {t: 0.0 for t in targets})
+    run = _written_run(tmp_path, "tikmix-d", "tikmix-d", {"a": 0.05, "b": 0.04, "c": -0.02})  # c got worse
+    fig = compare_figure([run, base])  # the static run is the baseline, as in compare()
+    bars, *panels = fig.axes
+    assert [t.get_text() for t in bars.get_yticklabels()] == [*targets, "mean over targets"]  # top to bottom
+    widths = {label: patch.get_width() for label, patch in
+              zip([*targets, "mean over targets"], [p for p in bars.patches if p.get_height() > 0])}
+    ref = {t: 100 * (base.final[t] - run.final[t]) / base.final[t] for t in targets}
+    ref["mean over targets"] = 100 * (base.mean - run.mean) / base.mean
+    assert widths == pytest.approx(ref, rel=1e-9)
+    assert widths["c"] < 0 < widths["mean over targets"]  # the worse target is visible beside a better mean
+    assert [a.get_title() for a in panels] == ["mean over targets", "target: a", "target: b", "target: c"]
+    for a in panels:
+        assert a.get_xlim()[0] == 0  # from step 0
+        (line,) = a.get_lines()[:1]
+        assert line.get_xdata()[0] == 0 and line.get_ydata()[0] == pytest.approx(0.0)
+    assert panels[3].get_lines()[0].get_ydata()[-1] == pytest.approx(-0.02)  # c: baseline loss - run loss
+    out = plot_curves([run, base], tmp_path / "sub" / "compare.png", base="uniform")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(CompareError, match="base 'nope' is not one of the runs"):
+        compare_figure([run, base], base="nope")

@@ -89,11 +89,31 @@ def test_loss_plot_legend_and_zoom():
     fig = rep._loss_plot(plt, {n: m["curve"] for n, m in r["methods"].items()}, TARGETS, "uniform", [10, 20])
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["uniform", "tikmix-d", "tikmix-m (= tikmix-d)", "other", "stage boundary (mixture re-solved)"]
-    ax = fig.axes[0]
-    styles = {(line.get_linestyle(), line.get_marker()) for line in ax.get_lines()[:4]}
+    # rows of equal size: all steps from 0, zoomed from the first boundary, improvement; one column per panel
+    assert len(fig.axes) == 3 * (1 + len(TARGETS))
+    grid = np.array(fig.axes).reshape(3, 1 + len(TARGETS))
+    sizes = {tuple(np.round(a.get_position().size, 3)) for a in fig.axes}
+    assert len(sizes) == 1
+    assert [a.get_title() for a in grid[:, 1]] == ["target: t1, all steps", "target: t1, steps ≥ 10",
+                                                   "improvement over uniform: t1"]
+    styles = {(line.get_linestyle(), line.get_marker()) for line in grid[0, 0].get_lines()[:4]}
     assert len(styles) == 4  # every method has its own line style and marker
-    assert ax.get_xlim()[0] > 5  # zoomed past the first boundary; the inset holds the whole curve
-    assert any(a.get_title() == "all steps" for a in ax.child_axes)
+    for a in (*grid[0], *grid[2]):
+        assert a.get_xlim()[0] == 0  # the full rows start at step 0
+    assert all(a.get_xlim()[0] > 5 for a in grid[1])
+    # t1 lies in [1.4, 2.7] from step 10 on; "other" starts at 2.95 (step 5), which the zoomed axis leaves out
+    lo, hi = grid[1, 1].get_ylim()
+    assert 1.2 < lo < 1.4 and 2.7 < hi < 2.95
+    assert grid[0, 1].get_ylim()[1] > 2.95
+    plt.close(fig)
+
+
+def test_loss_plot_without_baseline_or_points_before_the_boundary():
+    plt = rep._plt()
+    curve = [row for row in _curve(0.0) if row["step"] >= 10]
+    fig = rep._loss_plot(plt, {"tikmix-d": curve}, TARGETS, None, [10, 20])
+    assert [a.get_title() for a in fig.axes] == ["mean target loss, all steps", "target: t1, all steps",
+                                                 "target: t2, all steps"]
     plt.close(fig)
 
 

@@ -126,6 +126,28 @@ def test_custom_model_object():
     assert isinstance(res.model, Quadratic)
 
 
+def test_early_stopping_picks_the_trees_on_the_held_out_split():
+    import lightgbm as lgb
+
+    def noisy(W):  # label noise that is a fixed function of W, so both solves below see the same labels
+        return score(W) + 0.01 * np.sin(1e5 * np.asarray(W)[:, 0])
+
+    w0 = np.full(5, 0.2)
+    stopped = solve_regression(noisy, w0, n_candidates=400, rounds=2, seed=0)  # the defaults stop early
+    trees = stopped.fit["n_trees"]
+    assert 1 <= trees < 300 and stopped.model.best_iteration == trees
+    assert stopped.fit["n_train"] + stopped.fit["n_test"] == 400
+    # fit["r2"] is that of the first n_trees trees fitted on the training split (no refit on all candidates):
+    # the same split and trees without early stopping give the same held-out R^2
+    full = solve_regression(noisy, w0, n_candidates=400, rounds=2, seed=0,
+                            model_params={"early_stopping_round": 0, "num_boost_round": trees})
+    assert full.fit["n_trees"] == trees and full.fit["r2"] == pytest.approx(stopped.fit["r2"], abs=1e-12)
+    assert isinstance(full.model, lgb.Booster)
+    # without early stopping the model is refit on every candidate: its predictions differ from the stopped one
+    W = stopped.candidates
+    assert not np.allclose(full.model.predict(W), stopped.model.predict(W, num_iteration=trees))
+
+
 def test_status_poor_fit_and_constant_labels():
     rng = np.random.default_rng(0)
     noise = solve_regression(lambda W: rng.normal(size=W.shape[0]), np.full(4, 0.25), n_candidates=200, rounds=1,
@@ -167,6 +189,11 @@ def test_batched_labels_and_torch_output():
         (dict(model="xgboost"), ValueError, r"model must be 'lightgbm'"),
         (dict(model=object()), TypeError, r"model must be 'lightgbm' or have fit"),
         (dict(batch_size=0), ValueError, r"batch_size must be >= 1"),
+        (dict(model_params={"early_stopping_round": 5, "n_iter_no_change": 5}), ValueError,
+         r"model_params sets early stopping twice \(early_stopping_round, n_iter_no_change\)"),
+        (dict(model_params={"early_stopping_rounds": -1}), ValueError,
+         r"model_params\['early_stopping_rounds'\] must be >= 0"),
+        (dict(model_params={"num_boost_round": 0}), ValueError, r"model_params\['num_boost_round'\] must be >= 1"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):

@@ -116,7 +116,7 @@ def _compare(args: argparse.Namespace) -> int:
         return 2
     print(format_table(runs, base, rows))
     if args.plot != "none":
-        print(f"plot: {plot_curves(runs, args.plot)}")
+        print(f"plot: {plot_curves(runs, args.plot, base)}")
     return 0
 
 

@@ -9,7 +9,8 @@ For every run the table gives each target's final test loss, their mean, the imp
 run (baseline loss minus run loss, > 0 = better: the sign of :func:`improvement`) and a 95% paired
 bootstrap interval of that improvement: test sequences are resampled with
 replacement within each target, the same resample for both runs, so the interval reflects which sequences
-happened to be in the test set. One plot draws every run's mean target loss over training.
+happened to be in the test set. The plot (:func:`compare_figure`) shows that improvement with its interval for
+every target and for the mean, and the improvement along training, one panel per target.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from .formats import EVAL, HISTORY
 
 __all__ = ["CompareError", "RunResult", "load_run", "compare", "improvement", "paired_bootstrap", "format_table",
-           "plot_curves"]
+           "plot_curves", "compare_figure"]
 
 
 def improvement(baseline_loss: float, method_loss: float) -> tuple[float, float]:
@@ -198,26 +199,136 @@ def format_table(runs: Sequence[RunResult], base: RunResult, rows: Sequence[dict
     return "\n".join(lines)
 
 
-def plot_curves(runs: Sequence[RunResult], path: str | Path) -> Path:
-    """One PNG: every run's mean target test loss over training steps."""
-    from tikmix._extras import require
+def _target_curves(run: RunResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each target's test-loss curve ``(steps, loss)`` from the run's ``history.json`` metrics."""
+    try:
+        hist = json.loads((run.path / "history.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    rows = hist.get("metrics", []) if isinstance(hist, dict) else []
+    out = {}
+    for t in run.targets:
+        pts = [(int(r["step"]), float(r[f"target/{t}"])) for r in rows
+               if "step" in r and isinstance(r.get(f"target/{t}"), (int, float))]
+        out[t] = (np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float))
+    return out
 
-    matplotlib = require("matplotlib", "plots", "the tikmix compare plot")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in runs:
-        if r.curve_steps:
-            ax.plot(r.curve_steps, r.curve_mean, marker=".", label=f"{r.name} ({r.solver})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean target test loss")
-    ax.set_title("tikmix compare")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+def _label(run: RunResult) -> str:
+    return run.name if run.solver in ("", "?", run.name) else f"{run.name} ({run.solver})"
+
+
+def _default_baseline(runs: Sequence[RunResult]) -> RunResult:
+    fixed = [r for r in runs if r.solver.startswith(("static", "proportional"))]
+    return fixed[0] if fixed else runs[0]
+
+
+def compare_figure(runs: Sequence[RunResult], base: RunResult | str | None = None, level: float = 0.95) -> Any:
+    """The figure of ``tikmix compare`` (a matplotlib Figure; needs matplotlib).
+
+    Top: the final improvement over ``base`` (baseline loss - run loss, in % of the baseline's loss, > 0 = better)
+    of every run on every target and on their mean, with ``level`` paired bootstrap intervals
+    (:func:`paired_bootstrap` on each target alone, and on all targets for the mean), so a target that got worse
+    is visible next to an average that improved. Below, one panel per target and one for the mean: the
+    improvement over the baseline along training, from step 0. ``base``: the baseline run (or its name);
+    default the rule of :func:`compare` (the first static/proportional run, else the first run).
+    """
+    from dataclasses import replace
+
+    from tikmix.report import _plt
+
+    if len(runs) < 2:
+        raise CompareError(f"compare_figure needs at least two runs, got {len(runs)}")
+    if base is None:
+        base = _default_baseline(runs)
+    elif isinstance(base, str):
+        names = [r.name for r in runs]
+        if base not in names:
+            raise CompareError(f"base {base!r} is not one of the runs: {names}")
+        base = runs[names.index(base)]
+    plt = _plt()
+    targets = list(base.targets)
+    others = [r for r in runs if r is not base]
+    color = {r.name: f"C{i}" for i, r in enumerate(runs)}
+    labels = targets + ["mean over targets"]
+
+    ncols = min(4, len(targets) + 1)
+    nrows = 1 + -(-(len(targets) + 1) // ncols)
+    bar_h = max(2.6, 0.32 * len(labels) * len(others) + 1.2)
+    fig = plt.figure(figsize=(3.6 * ncols + 1.0, bar_h + 2.7 * (nrows - 1) + 0.6), layout="constrained")
+    grid = fig.add_gridspec(nrows, ncols, height_ratios=[bar_h] + [2.7] * (nrows - 1))
+
+    # the final improvement per target and for the mean, with paired intervals
+    ax = fig.add_subplot(grid[0, :])
+    height = 0.8 / len(others)
+    y0 = np.arange(len(labels))[::-1].astype(float)  # first target on top, the mean at the bottom
+    for k, r in enumerate(others):
+        pts, los, his = [], [], []
+        for t in targets:
+            one, one_base = replace(r, targets={t: r.targets[t]}), replace(base, targets={t: base.targets[t]})
+            d, lo, hi = paired_bootstrap(one, one_base, level=level)
+            ref = base.final[t]
+            pts.append(-100 * d / ref), los.append(-100 * hi / ref), his.append(-100 * lo / ref)
+        d, lo, hi = paired_bootstrap(r, base, level=level)
+        pts.append(-100 * d / base.mean), los.append(-100 * hi / base.mean), his.append(-100 * lo / base.mean)
+        y = y0 + 0.4 - height * (k + 0.5)
+        p, lo_, hi_ = np.array(pts), np.array(los), np.array(his)
+        ax.barh(y, p, height=height * 0.9, color=color[r.name], alpha=0.85, label=_label(r))
+        ax.errorbar(p, y, xerr=np.vstack([p - lo_, hi_ - p]), fmt="none", ecolor="0.15", elinewidth=1.0, capsize=3)
+        for yy, v, lo1, hi1 in zip(y, p, lo_, hi_):  # the value beyond the bar's far end, interval included
+            right = v >= 0
+            ax.annotate(f"{v:+.2f}%", (max(hi1, v) if right else min(lo1, v), yy), xytext=(4 if right else -4, 0),
+                        textcoords="offset points", va="center", ha="left" if right else "right", fontsize=8)
+    ax.axhline(0.5, color="0.5", lw=0.8)  # separates the mean from the targets
+    ax.axvline(0.0, color="0.2", lw=1.0)
+    ax.set_yticks(y0, labels, fontsize=9)
+    ax.margins(x=0.15)
+    ax.set_xlabel(f"improvement over {base.name} at the end, % of its test loss (> 0 = lower loss; "
+                  f"bars: {level:.0%} paired bootstrap interval)", fontsize=9)
+    ax.set_title(f"Final test loss vs the baseline {_label(base)}, per target and mean", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+    # the improvement along training, one panel per target and one for the mean
+    curves = {r.name: _target_curves(r) for r in runs}
+    panels = ["mean"] + targets
+    for i, key in enumerate(panels):
+        pax = fig.add_subplot(grid[1 + i // ncols, i % ncols])
+        if key == "mean":
+            bx, by = np.asarray(base.curve_steps, dtype=float), np.asarray(base.curve_mean, dtype=float)
+        else:
+            bx, by = curves[base.name].get(key, (np.array([]), np.array([])))
+        at = dict(zip(bx.tolist(), by.tolist()))
+        for r in others:
+            if key == "mean":
+                xs, ys = np.asarray(r.curve_steps, dtype=float), np.asarray(r.curve_mean, dtype=float)
+            else:
+                xs, ys = curves[r.name].get(key, (np.array([]), np.array([])))
+            keep = [j for j, x in enumerate(xs.tolist()) if x in at]
+            if keep:
+                pax.plot(xs[keep], [at[x] - ys[j] for j, x in zip(keep, xs[keep].tolist())], marker=".",
+                         color=color[r.name], lw=1.4, label=r.name)
+        if i == 0 and pax.get_legend_handles_labels()[0]:
+            pax.legend(fontsize=7, loc="best")
+        pax.axhline(0.0, color="0.2", lw=0.9)
+        pax.set_xlim(left=0)
+        pax.set_title("mean over targets" if key == "mean" else f"target: {key}", fontsize=9)
+        pax.set_xlabel("training step", fontsize=8)
+        pax.tick_params(labelsize=8)
+        pax.grid(alpha=0.3)
+        if i % ncols == 0:
+            pax.set_ylabel(f"{base.name} loss − run loss\n(> 0 = better)", fontsize=8)
+    fig.suptitle(f"tikmix compare: {len(others)} run(s) against {base.name}", fontsize=11)
+    return fig
+
+
+def plot_curves(runs: Sequence[RunResult], path: str | Path, base: RunResult | str | None = None) -> Path:
+    """Write :func:`compare_figure` to a PNG at ``path`` (folders are created); returns the path."""
+    fig = compare_figure(runs, base)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
     return out

@@ -284,13 +284,21 @@ def _curve(rows: Sequence[Mapping[str, float]], targets: Sequence[str], key: str
 
 def _loss_plot(plt: Any, curves: Mapping[str, Sequence[Mapping[str, float]]], targets: Sequence[str],
                baseline: str | None, boundaries: Sequence[int]) -> Any:
-    """Held-out loss per panel (mean, then each target), zoomed on the steps after the first boundary with the
-    whole curve inset; below, with a baseline, each method's improvement over it. One legend for the figure."""
+    """Held-out loss per column (mean, then each target). Rows of equal size: every step from 0; the steps from
+    the first boundary on with the loss axis fitted to them (where the differences between methods are); with a
+    baseline, each method's improvement over it from step 0. One legend for the figure."""
     panels = ["mean"] + list(targets)
-    with_delta = baseline in curves and len(curves) > 1
-    nrows = 2 if with_delta else 1
-    fig, axes = plt.subplots(nrows, len(panels), figsize=(3.7 * len(panels), 3.2 * nrows + 0.7), squeeze=False)
     names = list(curves)
+    with_delta = baseline in curves and len(curves) > 1
+    last_step = max(float(_curve(c, targets, "mean")[0].max(initial=0)) for c in curves.values())
+    zoom_from = float(boundaries[0]) if boundaries else 0.2 * last_step
+    # a zoomed row only when it differs from the full one: points before zoom_from and at least two after
+    with_zoom = any(bool((xs < zoom_from).any()) and int((xs >= zoom_from).sum()) > 1
+                    for xs in (_curve(c, targets, "mean")[0] for c in curves.values()))
+    kinds = ["all"] + (["zoom"] if with_zoom else []) + (["delta"] if with_delta else [])
+    nrows = len(kinds)
+    fig, axes = plt.subplots(nrows, len(panels), figsize=(3.9 * len(panels) + 0.4, 2.9 * nrows + 0.8),
+                             squeeze=False)
     # a curve equal to an earlier one is drawn anyway (its own style) and its legend entry says so
     same_as: dict[str, str] = {}
     for i, n in enumerate(names):
@@ -299,65 +307,59 @@ def _loss_plot(plt: Any, curves: Mapping[str, Sequence[Mapping[str, float]]], ta
                                         for k in panels):
                 same_as[n] = m
                 break
-    last_step = max(float(_curve(c, targets, "mean")[0].max(initial=0)) for c in curves.values())
-    zoom_from = float(boundaries[0]) if boundaries else 0.2 * last_step
 
-    def draw(ax: Any, k: int, name: str, xs: np.ndarray, ys: np.ndarray, small: bool = False) -> None:
+    def draw(ax: Any, k: int, name: str, xs: np.ndarray, ys: np.ndarray) -> None:
         ls, marker, fill = _STYLES[k % len(_STYLES)]
-        ax.plot(xs, ys, ls=ls, marker=marker, fillstyle=fill, color=f"C{k}", lw=1.0 if small else 1.6,
-                ms=0 if small else 5, label=name if name not in same_as else f"{name} (= {same_as[name]})",
-                zorder=3 + k)
+        ax.plot(xs, ys, ls=ls, marker=marker, fillstyle=fill, color=f"C{k}", lw=1.5, ms=4.5,
+                label=name if name not in same_as else f"{name} (= {same_as[name]})", zorder=3 + k)
 
     for col, key in enumerate(panels):
-        ax = axes[0][col]
-        zoomed: list[float] = []
-        cut = False  # zoom (and inset the whole curve) only when points before zoom_from exist
-        for k, name in enumerate(names):
-            xs, ys = _curve(curves[name], targets, key)
-            draw(ax, k, name, xs, ys)
-            zoomed += ys[xs >= zoom_from].tolist()
-            cut = cut or bool((xs < zoom_from).any())
-        zoomed = zoomed if cut else []
-        if len(zoomed) > 1:
-            lo, hi = min(zoomed), max(zoomed)
-            pad = 0.08 * (hi - lo or abs(hi) or 1.0)
-            ax.set_ylim(lo - pad, hi + pad)
-            ax.set_xlim(zoom_from - 0.03 * last_step, last_step * 1.02)
-            inset = ax.inset_axes([0.58, 0.58, 0.38, 0.36])
-            for k, name in enumerate(names):
-                draw(inset, k, name, *_curve(curves[name], targets, key), small=True)
-            inset.set_title("all steps", fontsize=7, pad=2)
-            inset.tick_params(labelsize=6)
-        ax.set_title(("mean target loss" if key == "mean" else f"target: {key}")
-                     + (f" (steps ≥ {zoom_from:.0f})" if len(zoomed) > 1 else ""), fontsize=9)
-        if with_delta:
-            ax2 = axes[1][col]
-            bx, by = _curve(curves[baseline], targets, key)  # type: ignore[index]
-            base_at = dict(zip(bx.tolist(), by.tolist()))
-            for k, name in enumerate(names):
-                if name == baseline:
-                    continue
-                xs, ys = _curve(curves[name], targets, key)
-                keep = [i for i, x in enumerate(xs.tolist()) if x in base_at]
-                draw(ax2, k, name, xs[keep], np.array([base_at[x] for x in xs[keep].tolist()]) - ys[keep])
-            ax2.axhline(0.0, color="0.3", lw=0.8)
-            ax2.set_xlabel("training step")
-            ax2.set_title(f"improvement: {baseline} loss − method loss", fontsize=9)
-        else:
-            ax.set_xlabel("training step")
-        for r in range(nrows):
+        what = "mean target loss" if key == "mean" else f"target: {key}"
+        for row, kind in enumerate(kinds):
+            ax = axes[row][col]
+            if kind == "delta":
+                bx, by = _curve(curves[baseline], targets, key)  # type: ignore[index]
+                base_at = dict(zip(bx.tolist(), by.tolist()))
+                for k, name in enumerate(names):
+                    if name == baseline:
+                        continue
+                    xs, ys = _curve(curves[name], targets, key)
+                    keep = [i for i, x in enumerate(xs.tolist()) if x in base_at]
+                    draw(ax, k, name, xs[keep], np.array([base_at[x] for x in xs[keep].tolist()]) - ys[keep])
+                ax.axhline(0.0, color="0.3", lw=0.8)
+                ax.set_title(f"improvement over {baseline}: {key}", fontsize=9)
+                ax.set_xlim(left=0, right=last_step * 1.02)
+            else:
+                seen: list[float] = []
+                for k, name in enumerate(names):
+                    xs, ys = _curve(curves[name], targets, key)
+                    draw(ax, k, name, xs, ys)
+                    seen += ys[xs >= zoom_from].tolist() if kind == "zoom" else []
+                if kind == "zoom" and len(seen) > 1:
+                    lo, hi = min(seen), max(seen)
+                    pad = 0.08 * (hi - lo or abs(hi) or 1.0)
+                    ax.set_ylim(lo - pad, hi + pad)
+                    ax.set_xlim(zoom_from - 0.03 * last_step, last_step * 1.02)
+                    ax.set_title(f"{what}, steps ≥ {zoom_from:.0f}", fontsize=9)
+                else:
+                    ax.set_xlim(left=0, right=last_step * 1.02)
+                    ax.set_title(f"{what}, all steps", fontsize=9)
             for b_ in boundaries:
-                axes[r][col].axvline(b_, color="0.6", lw=0.9, ls=(0, (2, 2)), zorder=1)
-            axes[r][col].grid(alpha=0.3)
-    axes[0][0].set_ylabel("held-out loss (lower is better)")
-    if with_delta:
-        axes[1][0].set_ylabel("> 0: better than " + str(baseline))
+                ax.axvline(b_, color="0.6", lw=0.9, ls=(0, (2, 2)), zorder=1)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=8)
+            if row == nrows - 1:
+                ax.set_xlabel("training step", fontsize=9)
+    for row, kind in enumerate(kinds):
+        axes[row][0].set_ylabel({"all": "held-out loss\n(lower is better)", "zoom": "held-out loss, zoomed",
+                                 "delta": f"{baseline} loss − method loss\n(> 0: better than {baseline})"}[kind],
+                                fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if boundaries:
         handles.append(plt.Line2D([], [], color="0.6", lw=0.9, ls=(0, (2, 2))))
         labels.append("stage boundary (mixture re-solved)")
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.35 / (2.9 * nrows + 0.8), 1, 1))  # room for the legend: about 0.35 inch
     return fig
 
 
@@ -395,7 +397,7 @@ def _influence_plot(plt: Any, groups: Sequence[tuple[list[str], Mapping[str, Any
             ax.set_title(f"measured at step {stages[c]['step']}", fontsize=9)
             for i in range(Sn.shape[0]):
                 for j in range(Sn.shape[1]):
-                    ax.text(j, i, f"{Sn[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, f"{round(Sn[i, j], 2) + 0.0:.2f}", ha="center", va="center", fontsize=7,  # no "-0.00"
                             color="white" if abs(Sn[i, j]) > 0.6 else "black")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8,
                  label="S / max|S| of the target (> 0: the domain helps it)")
@@ -434,7 +436,9 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path, prefix: str = "") -
         fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups) + 1.8, 4.0), squeeze=False)
         for ax, (names, hist) in zip(axes[0], groups):
             _mixture_plot(ax, hist, domains, _group_title(names, "mixtures to 1e-6"))
-        axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="domain")
+        handles, labels = axes[0][-1].get_legend_handles_labels()  # top to bottom, as the bars are stacked
+        axes[0][-1].legend(handles[::-1], labels[::-1], loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8,
+                           title="domain")
         fig.suptitle("Domain mixture per stage (each stage trains on its mixture)")
         fig.tight_layout()
         save(fig, "mixture.png")
