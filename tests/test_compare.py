@@ -11,6 +11,7 @@ import pytest
 
 from tikmix.cli import main
 from tikmix.compare import CompareError, RunResult, compare, load_run, paired_bootstrap
+from tikmix.formats import HISTORY
 from tikmix.data import write_token_file
 from tikmix.run import ConfigError, train, validate_config
 
@@ -227,7 +228,7 @@ def _written_run(root: Path, name: str, solver: str, shift: dict[str, float]) ->
     folder.mkdir()
     metrics = [{"step": s, **{f"target/{t}": 3.0 + np.exp(-s / 20) - d * s / 40 for t, d in shift.items()}}
                for s in (0, 10, 20, 30, 40)]
-    (folder / "history.json").write_text(json.dumps({"solver": solver, "metrics": metrics}))
+    (folder / "history.json").write_text(json.dumps({"format": HISTORY, "solver": solver, "metrics": metrics}))
     targets = {t: 3.0 - d + rng.normal(0, 0.2, 50) for t, d in shift.items()}
     (folder / "eval.json").write_text(json.dumps({
         "format": "tikmix.eval/1", "solver": solver, "steps": 40, "tokens_per_step": 64,

@@ -61,10 +61,10 @@ def test_features_name_their_extra(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match=r"tikmix\[regression\]"):
         solve_regression(lambda W: W[:, 0], np.full(3, 1 / 3), n_candidates=40, rounds=0, top_k=4,
                          samples_per_round=8)
-    from tikmix.report import _plt
+    from tikmix._extras import pyplot
 
     with pytest.raises(ImportError, match=r"tikmix\[plots\]"):
-        _plt()
+        pyplot()
     from tikmix.run.config import load_config
 
     cfg = tmp_path / "c.yaml"

@@ -75,7 +75,7 @@ def test_stage_ranges_and_groups():
 
 
 def test_mixture_ticks_name_the_step_ranges():
-    plt = rep._plt()
+    plt = rep.pyplot()
     fig, ax = plt.subplots()
     rep._mixture_plot(ax, _report()["methods"]["tikmix-d"]["history"], DOMAINS, "x")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["stage 1\nsteps 0–10", "stage 2\nsteps 10–20",
@@ -84,7 +84,7 @@ def test_mixture_ticks_name_the_step_ranges():
 
 
 def test_loss_plot_legend_and_zoom():
-    plt = rep._plt()
+    plt = rep.pyplot()
     r = _report()
     fig = rep._loss_plot(plt, {n: m["curve"] for n, m in r["methods"].items()}, TARGETS, "uniform", [10, 20])
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
@@ -109,7 +109,7 @@ def test_loss_plot_legend_and_zoom():
 
 
 def test_loss_plot_without_baseline_or_points_before_the_boundary():
-    plt = rep._plt()
+    plt = rep.pyplot()
     curve = [row for row in _curve(0.0) if row["step"] >= 10]
     fig = rep._loss_plot(plt, {"tikmix-d": curve}, TARGETS, None, [10, 20])
     assert [a.get_title() for a in fig.axes] == ["mean target loss, all steps", "target: t1, all steps",

@@ -21,7 +21,7 @@ import importlib
 from types import ModuleType
 from typing import Any, Optional
 
-__all__ = ["require", "optional", "progress_bar"]
+__all__ = ["require", "optional", "progress_bar", "pyplot"]
 
 
 def _missing(exc: ImportError, module: str) -> bool:
@@ -79,3 +79,12 @@ def progress_bar(progress: Optional[bool], feature: str, **tqdm_kwargs: Any) -> 
         auto = optional("tqdm.auto")
         return _NoBar() if auto is None else auto.tqdm(disable=None, **tqdm_kwargs)
     return require("tqdm.auto", "progress", f"{feature} with progress=True").tqdm(disable=False, **tqdm_kwargs)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (plots are written to PNG files, never shown)."""
+    matplotlib = require("matplotlib", "plots", "plotting")
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -235,7 +235,7 @@ def compare_figure(runs: Sequence[RunResult], base: RunResult | str | None = Non
     """
     from dataclasses import replace
 
-    from tikmix.report import _plt
+    from tikmix._extras import pyplot
 
     if len(runs) < 2:
         raise CompareError(f"compare_figure needs at least two runs, got {len(runs)}")
@@ -246,7 +246,7 @@ def compare_figure(runs: Sequence[RunResult], base: RunResult | str | None = Non
         if base not in names:
             raise CompareError(f"base {base!r} is not one of the runs: {names}")
         base = runs[names.index(base)]
-    plt = _plt()
+    plt = pyplot()
     targets = list(base.targets)
     others = [r for r in runs if r is not base]
     color = {r.name: f"C{i}" for i, r in enumerate(runs)}

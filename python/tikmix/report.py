@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._extras import require
+from ._extras import pyplot
 from .compare import CompareError, RunResult, improvement, load_run
 from .formats import DEMO, HISTORY
 
@@ -218,14 +218,6 @@ def _history_tables(history: Mapping[str, Any]) -> str:
 _STYLES = [("-", "o", "full"), ("--", "s", "none"), (":", "^", "none"), ("-.", "D", "full"), ((0, (5, 1, 1, 1)), "v", "none")]
 
 
-def _plt() -> Any:
-    matplotlib = require("matplotlib", "plots", "plotting")
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _stage_ranges(history: Mapping[str, Any]) -> list[tuple[int, int | None]]:
     """``[(first step, end step)]`` of every stage (end exclusive; None if the run's end is unknown)."""
     starts = [0] + [int(s["applies_from_step"]) for s in history.get("stages", [])]
@@ -261,7 +253,7 @@ def _mixture_plot(ax: Any, history: Mapping[str, Any], domains: Sequence[str], t
     W = np.array([w for _, w in stages], dtype=float)
     x = np.arange(len(stages))
     bottom = np.zeros(len(stages))
-    cmap = _plt().get_cmap("tab10")
+    cmap = pyplot().get_cmap("tab10")
     for j, d in enumerate(domains):
         ax.bar(x, W[:, j], bottom=bottom, color=cmap(j % 10), label=d, width=0.7, edgecolor="white", lw=0.5)
         for i in np.flatnonzero(W[:, j] >= 0.07):  # label the shares big enough to hold the text
@@ -412,7 +404,7 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path, prefix: str = "") -
     one); ``loss_curves.png``: held-out loss per method and target, and the improvement over the baseline;
     ``influence.png``: S per stage boundary for every method. ``prefix`` is prepended to the file names.
     """
-    plt = _plt()
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
