@@ -23,6 +23,7 @@ __all__ = [
     "all_reduce_sum_",
     "all_gather_objects",
     "check_same_on_all_ranks",
+    "share",
 ]
 
 
@@ -128,3 +129,20 @@ def check_same_on_all_ranks(value: Any, what: str) -> None:
     values = all_gather_objects(value)
     if any(v != values[0] for v in values[1:]):
         raise ValueError(f"{what} differ between ranks: " + "; ".join(f"rank {i}: {v!r}" for i, v in enumerate(values)))
+
+
+def share(n: int, unit: int = 1) -> tuple[int, int]:
+    """``[a, b)``: this rank's contiguous share of ``n`` ordered items cut into units of ``unit`` items (the last unit
+    may be shorter), whole units only, balanced over the ranks (the first ``units % world`` ranks take one more).
+
+    Rank order is item order, so gathering per-unit results by rank and then local order restores the global order
+    at every world size. Without a process group: ``(0, n)``.
+    """
+    if n < 0 or unit < 1:
+        raise ValueError(f"share needs n >= 0 and unit >= 1, got n={n}, unit={unit}")
+    units = -(-n // unit)
+    per, extra = divmod(units, world_size())
+    r = rank()
+    u0 = r * per + min(r, extra)
+    u1 = u0 + per + (r < extra)
+    return min(n, u0 * unit), min(n, u1 * unit)

@@ -242,14 +242,18 @@ class GroupInfluence:
             bar = self._progress_bar(list(dom_iters) + list(tgt_iters))
             try:
                 t0 = time.perf_counter()
-                tgt_sum = projector.zeros(len(tgt_names))
+                # float64 sums of float32 batch sketches: (nearly) exact, so S does not depend on how the batches
+                # are split over ranks (the order of the additions)
+                tgt_sum = torch.zeros(len(tgt_names), projector.dim, dtype=torch.float64, device=self.device)
                 tgt_counts = torch.zeros(_N_COUNTS, len(tgt_names), dtype=torch.int64)
                 for i, (name, it) in enumerate(zip(tgt_names, tgt_iters)):
                     for b, (batch, real) in enumerate(_batches(it, name, "targets", lockstep)):
                         where = f"targets[{name!r}] batch {b}" + ("" if real else " (padding pass)")
                         batch = self._prepare(batch, where)
                         losses = run_loss(self.model, self.loss_fn, batch, where)
-                        self._add_batch_gradient(projector, tgt_sum[i : i + 1], losses, real)
+                        row = projector.zeros(1)
+                        self._add_batch_gradient(projector, row, losses, real)
+                        tgt_sum[i] += row[0].to(torch.float64)
                         if real:
                             self._count(tgt_counts, i, losses, batch)
                         bar.update(int(real))
@@ -385,7 +389,7 @@ class GroupInfluence:
             dist_utils.check_same_on_all_ranks((dom_names, tgt_names), "domain/target names")
         if units_shared:
             dist_utils.all_reduce_sum_([unit_rows, sizes])
-        dom_sum = _segment_sum(unit_rows, ids, n_dom, dim)
+        dom_sum = _segment_sum(unit_rows.to(torch.float64), ids, n_dom, dim)  # float64: see tgt_sum in compute
         counts = torch.cat([tgt_counts.flatten(), dom_counts.flatten()]).to(self.device)
         dist_utils.all_reduce_sum_([tgt_sum, counts] if units_shared else [tgt_sum, dom_sum, counts])
         counts = counts.cpu()
@@ -436,7 +440,9 @@ class GroupInfluence:
 
         local = (unit_scores.cpu(), ids.cpu(), sizes)
         gathered = [local] if units_shared else dist_utils.all_gather_objects(local)
-        # canonical unit order: by domain, then rank, then local order (= one process's order on contiguous shards)
+        # canonical unit order: by domain, then rank, then local order. When every rank passes a contiguous share of
+        # each domain's ordered batches (rank 0 the first; what the Controller does), this is the global order and the
+        # intervals are those of one process on the union at any world size.
         all_ids = torch.cat([g[1] for g in gathered])
         order = torch.sort(all_ids, stable=True).indices
         all_ids = all_ids[order]
@@ -465,7 +471,7 @@ class GroupInfluence:
             unit_scores=all_scores,
             unit_domains=all_ids,
             unit_sizes=all_sizes,
-            domain_sketches=dom_sum.cpu(),
+            domain_sketches=dom_sum.cpu(),  # float64
             target_sketches=tgt_mean.cpu(),
             ci_low=ci_low,
             ci_high=ci_high,
