@@ -238,6 +238,16 @@ class Controller:
         self.decision = Decision.from_options(decision)
         self._influence = self._make_influence(influence)
         import tikmix.solvers  # noqa: F401  (import scipy/LightGBM now, not inside the first solve's timing)
+        # ranks that disagree are refused here, naming the setting, before any training or collective they would
+        # take in disagreement (a different seed or k would give other decisions; other boundaries would hang)
+        _distributed.check_same_on_all_ranks({
+            **self._config(), "stage_unit": stage_unit, "tokens_per_step": tokens_per_step, "total_steps": total_steps,
+            "solver_options": self.solver_options, "influence": self._influence.settings()
+            if hasattr(self._influence, "settings") else type(self._influence).__qualname__,
+            "samples_per_domain": samples_per_domain, "target_samples": target_samples, "batch_size": batch_size,
+            "domain_sizes": [len(d) for d in self._domains.values()],
+            "target_sizes": [len(t) for t in self._targets.values()],
+        }, "Controller settings")
         self._done: list[int] = []
         self._last_wall: float | None = None
         self._train_s = 0.0
@@ -330,6 +340,7 @@ class Controller:
         rank, then local order, which is then the global order, so intervals, shrink factors and TiKMiX-M's labels
         are those of one process at any world size. Per-sample mode (units are samples) balances contiguous runs
         of samples over the ranks instead and micro-batches them locally."""
+        _distributed.rendezvous(f"the boundary at step {self.boundaries[stage]}")
         per_sample = getattr(self._influence, "mode", "group") == "per_sample"
         domain_batches: dict[str, list[Any]] = {}
         for j, name in enumerate(self.domain_names):
@@ -523,6 +534,9 @@ class Controller:
                 "state_dict comes from a different controller configuration: "
                 + ", ".join(f"{k} (saved {config.get(k)!r}, now {mine[k]!r})" for k in diff)
             )
+        _distributed.check_same_on_all_ranks(  # every rank must resume from the same point of the same run
+            {"done": state_dict.get("done"), "weights": [r.get("weights") for r in state_dict["history"]["stages"]]},
+            "the resumed controller states")
         self.sampler.load_state_dict(state_dict["sampler"])
         self._done = [int(s) for s in state_dict["done"]]
         self.history = json.loads(json.dumps(state_dict["history"]))

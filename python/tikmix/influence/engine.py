@@ -214,6 +214,13 @@ class GroupInfluence:
         factored = [self.factorize and is_factorable(p, owners.get(id(p), [])) for _, p in self.named_params]
         self.layout = Layout.build(self.named_params, factored, k)
 
+    def settings(self) -> Dict[str, Any]:
+        """The options that decide the numbers (JSON-ready; what ranks compare to make sure they agree)."""
+        return {"k": self.k, "seed": self.seed, "mode": self.mode, "preconditioner": self.preconditioner,
+                "reduction": self.reduction, "damping": self.damping, "factorize": self.factorize,
+                "n_bootstrap": self.n_bootstrap, "confidence": self.confidence, "bootstrap_seed": self.bootstrap_seed,
+                "parameters": [name for name, _ in self.named_params]}
+
     # ------------------------------------------------------------------------------------------------------------
     def compute(self, domains: Mapping[str, Iterable[Any]], targets: Mapping[str, Iterable[Any]]) -> InfluenceResult:
         """Influence of every domain on every target.
