@@ -26,11 +26,12 @@ from tikmix.demo.model import GPT, GPTConfig, sequence_loss
 
 SEQ = 12
 BATCH = 4
-STEPS = 9
-BOUNDARIES = [3, 6]
-SAVE_AT = 4  # between the boundaries: the resumed run measures the second boundary at the new world size
+STEPS = 7
+BOUNDARIES = [2, 5]
+SAVE_AT = 3  # between the boundaries: the resumed run measures the second boundary at the new world size
 COMBOS = [(solver, decision) for solver in ("direct", "regression")
           for decision in ("robust", "paper", "shrink")]
+SEARCH = {"n_candidates": 64, "rounds": 2, "samples_per_round": 256, "top_k": 8}  # a small TiKMiX-M search
 DECISIONS = {"robust": "robust", "paper": "paper", "shrink": {"objective": "paper", "shrink": "ci"}}
 
 
@@ -61,7 +62,7 @@ def _setup(solver: str, decision: str):
     ctrl = Controller(model, sampler, domains=domains, targets=targets, loss_fn=sequence_loss, stages=BOUNDARIES,
                       influence={"k": 32, "n_bootstrap": 20}, samples_per_domain=10, batch_size=3, seed=5,
                       total_steps=STEPS, solver=solver, decision=DECISIONS[decision],
-                      solver_options={"regression": {"n_candidates": 64}} if solver == "regression" else None)
+                      solver_options={"regression": SEARCH} if solver == "regression" else None)
     return model, opt, sampler, ctrl, rows
 
 
@@ -144,3 +145,10 @@ def test_same_mixture_at_every_world_size_and_after_resume(runs, solver, decisio
     for rank, res in enumerate(runs[2]):  # resumed 4 -> 2
         np.testing.assert_allclose(res[key]["resumed"], ref, rtol=0, atol=1e-6, err_msg=f"4 -> 2, rank {rank}")
     np.testing.assert_allclose(runs[1][0][key]["resumed"], ref, rtol=0, atol=1e-6, err_msg="2 -> 1")
+
+
+def test_the_matrix_covers_both_tikmix_m_outcomes(runs):
+    """TiKMiX-M's answer and its fallback to TiKMiX-D both occur, so both paths are compared across world sizes."""
+    used = [u for solver, decision in COMBOS if solver == "regression"
+            for u in runs[1][0][f"{solver}-{decision}"]["used"]]
+    assert "tikmix-m" in used and any(u.startswith("tikmix-d (TiKMiX-M status") for u in used)

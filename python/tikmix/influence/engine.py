@@ -121,7 +121,8 @@ class GroupInfluence:
     Distributed: under an initialised ``torch.distributed`` process group, every rank passes *its own* batches to
     :meth:`compute` (same domain/target names everywhere); sketches and counts are summed across ranks
     (:mod:`tikmix._distributed`), and every rank returns the same result — the one a single process gets on the
-    union. FSDP2 (``fully_shard``, HSDP) models: pass the sharded model; each rank sketches its shards at their global
+    union (per-unit scores and bootstrap intervals too when each rank passes a contiguous share of every domain's
+    batches, rank 0 the first: units are ordered by domain, then rank, then local order). FSDP2 (``fully_shard``, HSDP) models: pass the sharded model; each rank sketches its shards at their global
     offsets and nothing is gathered (:mod:`.sharding`). ``torch.compile``'d models work in both modes (per-sample
     passes run the compiled code eagerly).
     """
