@@ -49,6 +49,7 @@ CASES = [
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ[_distributed.TIMEOUT_ENV] = str(TIMEOUT_S)
+    early = _controller(seed=rank)  # built before the process group exists: nothing to compare with yet
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     out: dict = {}
 
@@ -64,6 +65,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     for name, mine0, mine1, _ in CASES:
         attempt(name, lambda: _controller(**(mine0 if rank == 0 else mine1)))
     attempt("same", _controller)
+    attempt("early", lambda: early._influence_inputs(0))  # ... so the first boundary compares
     attempt("nested", lambda: _distributed.check_same_on_all_ranks(
         {"model": {"layers": 2, "width": 16 + rank}, "data": [{"path": "x"}, {"path": f"y{rank}"}]}, "run config"))
 
@@ -119,6 +121,13 @@ def test_equal_controllers_pass(outcome):
     assert outcome[0]["same"]["error"] is None and outcome[1]["same"]["error"] is None
 
 
+def test_a_controller_built_before_the_process_group_is_checked_at_the_boundary(outcome):
+    for rank in range(2):
+        err = outcome[rank]["early"]["error"]
+        assert err.startswith("ValueError: the Controller settings at the boundary at step 4 differ between ranks")
+        assert "seed (rank 0: 0, rank 1: 1)" in err
+
+
 def test_nested_values_name_dotted_keys_and_ranks(outcome):
     for rank in range(2):
         err = outcome[rank]["nested"]["error"]
@@ -134,7 +143,8 @@ def test_resume_from_different_states_is_refused(outcome):
 
 def test_a_boundary_one_rank_misses_times_out_with_a_message(outcome):
     got = outcome[1]["boundary"]
-    assert got["error"].startswith("RuntimeError: tikmix: rank 1 waited 3s for every rank at the boundary at step 4")
+    assert got["error"].startswith("RuntimeError: tikmix: rank 1 waited 3s for every rank at comparing the Controller "
+                                   "settings at the boundary at step 4")
     assert _distributed.TIMEOUT_ENV in got["error"]
     assert "timed out" in got["error"]  # rank 0 was still up: rank 1 gave up by itself
     assert TIMEOUT_S - 0.5 < got["seconds"] < TIMEOUT_S + 5

@@ -340,8 +340,14 @@ class Controller:
         rank, then local order, which is then the global order, so intervals, shrink factors and TiKMiX-M's labels
         are those of one process at any world size. Per-sample mode (units are samples) balances contiguous runs
         of samples over the ranks instead and micro-batches them locally."""
-        _distributed.rendezvous(f"the boundary at step {self.boundaries[stage]}")
-        per_sample = getattr(self._influence, "mode", "group") == "per_sample"
+        # Ranks must agree before the boundary's collectives; this also covers a Controller built before the
+        # process group existed (its construction-time check had no peers to compare with).
+        infl = self._influence
+        _distributed.check_same_on_all_ranks(
+            {**self._config(), "boundary": self.boundaries[stage],
+             "influence": infl.settings() if hasattr(infl, "settings") else type(infl).__qualname__},
+            f"the Controller settings at the boundary at step {self.boundaries[stage]}")
+        per_sample = getattr(infl, "mode", "group") == "per_sample"
         domain_batches: dict[str, list[Any]] = {}
         for j, name in enumerate(self.domain_names):
             data = self._domains[name]
