@@ -199,13 +199,14 @@ def check_same_on_all_ranks(value: Any, what: str) -> None:
     if not is_active():
         return
     rendezvous(f"comparing {what}")
+    group = _control_group()  # gloo, CPU tensors, apart from the training's collectives
     digest = torch.frombuffer(bytearray(bytes.fromhex(fingerprint(value))), dtype=torch.int64).clone()
-    probe = digest.to(_comm_device(digest))
-    gathered = [torch.zeros_like(probe) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, probe)
+    gathered = [torch.zeros_like(digest) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, digest, group=group)
     if all(torch.equal(g, gathered[0]) for g in gathered[1:]):
         return
-    flats = all_gather_objects(_flatten(_canonical(value)))
+    flats: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flats, _flatten(_canonical(value)), group=group)
     keys = sorted(set().union(*flats))
     lines = []
     for key in keys:
