@@ -339,7 +339,9 @@ class Controller:
         takes a contiguous run of whole micro-batches (rank 0 the first). The engine orders units by domain, then
         rank, then local order, which is then the global order, so intervals, shrink factors and TiKMiX-M's labels
         are those of one process at any world size. Per-sample mode (units are samples) balances contiguous runs
-        of samples over the ranks instead and micro-batches them locally."""
+        of samples over the ranks instead and micro-batches them locally. Group mode on sharded parameters, where a
+        unit is one step of all ranks, splits every global micro-batch over the ranks instead when the decision
+        shrinks by group-mode intervals (and every micro-batch but the last has a sample for each rank)."""
         # Ranks must agree before the boundary's collectives; this also covers a Controller built before the
         # process group existed (its construction-time check had no peers to compare with).
         infl = self._influence
@@ -356,6 +358,14 @@ class Controller:
             take = min(self.samples_per_domain, n)
             idx = rng.choice(n, size=take, replace=False) if take < n else rng.permutation(n)
             size = self._domain_batch_size(len(idx))
+            if (getattr(infl, "units_span_ranks", False) and getattr(infl, "n_bootstrap", 0)
+                    and self.decision.shrinks("micro-batch") and size >= _distributed.world_size()):
+                # the step's union over the ranks is then global micro-batch u itself; only the last one may
+                # leave a rank without samples, and the engine pads a rank's missing steps at the end
+                parts = [idx[u : u + size] for u in range(0, len(idx), size)]
+                shares = [part[slice(*_distributed.share(len(part)))] for part in parts]
+                domain_batches[name] = [self._batches(data, sh, len(sh))[0] for sh in shares if len(sh)]
+                continue
             a, b = _distributed.share(len(idx), 1 if per_sample else size)
             domain_batches[name] = self._batches(data, idx[a:b], size)
         target_batches: dict[str, list[Any]] = {}

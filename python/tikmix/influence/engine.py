@@ -215,6 +215,13 @@ class GroupInfluence:
         factored = [self.factorize and is_factorable(p, owners.get(id(p), [])) for _, p in self.named_params]
         self.layout = Layout.build(self.named_params, factored, k)
 
+    @property
+    def units_span_ranks(self) -> bool:
+        """True in group mode on sharded (FSDP2) parameters: every rank runs each micro-batch step together, FSDP sums
+        the step's gradient over the ranks, and a bootstrap unit is one step of all ranks (the union of the ranks'
+        micro-batches of that step)."""
+        return bool(self._shards) and self.mode == "group"
+
     def settings(self) -> Dict[str, Any]:
         """The options that decide the numbers (JSON-ready; what ranks compare to make sure they agree)."""
         return {"k": self.k, "seed": self.seed, "mode": self.mode, "preconditioner": self.preconditioner,
@@ -390,7 +397,7 @@ class GroupInfluence:
         sizes = torch.tensor(unit_size, dtype=torch.int64)
         # Group mode on sharded parameters: every rank holds a partial sketch of every unit (one lockstep step of all
         # ranks); summing them gives every rank all units. Otherwise each rank holds whole sketches of its own units.
-        units_shared = bool(self._shards) and self.mode == "group"
+        units_shared = self.units_span_ranks
 
         # ---- everything that crosses ranks is summed here ----
         if dist_utils.is_active():
