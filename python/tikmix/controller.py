@@ -551,7 +551,8 @@ class Controller:
                 + ", ".join(f"{k} (saved {config.get(k)!r}, now {mine[k]!r})" for k in diff)
             )
         _distributed.check_same_on_all_ranks(  # every rank must resume from the same point of the same run
-            {"done": state_dict.get("done"), "weights": [r.get("weights") for r in state_dict["history"]["stages"]]},
+            {"done": state_dict.get("done"),
+             "weights": [r.get("weights") for r in (state_dict.get("history") or {}).get("stages") or []]},
             "the resumed controller states")
         self.sampler.load_state_dict(state_dict["sampler"])
         self._done = [int(s) for s in state_dict["done"]]
