@@ -4,7 +4,6 @@ the intervals, unit sizes and shrink factors at 2 gloo ranks equal one unsharded
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dist_testing import end_worker
+from dist_testing import end_worker, free_port
 from influence_testing import SEQ, VOCAB, TinyLM, lm_loss
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
@@ -58,15 +57,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     end_worker()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_sharded_group_mode_intervals_equal_one_process(tmp_path):
     torch.set_num_threads(1)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ref = _measure(_model())
     assert ref["sizes"].tolist() == [2] * 6 + [1] + [2] * 6 + [1] + [2] * 6 + [1]
     scale = float(ref["S"].abs().max())

@@ -10,7 +10,6 @@ One spawn per world size runs all six combinations.
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
-from dist_testing import end_worker
+from dist_testing import end_worker, free_port
 from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
 from tikmix.demo.model import GPT, GPTConfig, sequence_loss
@@ -113,11 +112,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str, resume_from: str | N
     end_worker()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -125,7 +119,7 @@ def runs(tmp_path_factory):
     dirs = {w: tmp_path_factory.mktemp(f"world{w}") for w in (4, 2, 1)}
     got: dict = {}
     for world, resume_from in ((4, None), (2, dirs[4])):
-        mp.spawn(_worker, args=(world, _free_port(), str(dirs[world]), str(resume_from) if resume_from else None),
+        mp.spawn(_worker, args=(world, free_port(), str(dirs[world]), str(resume_from) if resume_from else None),
                  nprocs=world, join=True)
         got[world] = [torch.load(dirs[world] / f"rank{r}.pt", weights_only=False) for r in range(world)]
     got[1] = [_run_all(str(dirs[1]), str(dirs[2]))]
