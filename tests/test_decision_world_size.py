@@ -5,7 +5,8 @@ reproduces the uninterrupted one.
 
 Every rank trains the same model on the same batches (the sampler is built for one process), so the models at the
 boundaries are identical and any difference comes from how the Controller splits its measurement over the ranks.
-One spawn per world size runs all six combinations.
+One spawn per world size runs all six combinations; 3 ranks (an uneven split) are checked on one boundary's
+measurement.
 """
 from __future__ import annotations
 
@@ -146,3 +147,37 @@ def test_the_matrix_covers_both_tikmix_m_outcomes(runs):
     used = [u for solver, decision in COMBOS if solver == "regression"
             for u in runs[1][0][f"{solver}-{decision}"]["used"]]
     assert "tikmix-m" in used and any(u.startswith("tikmix-d (TiKMiX-M status") for u in used)
+
+
+def _boundary_measurements() -> dict:
+    """One boundary's measurement and decision input, for group mode (shrunk by micro-batch intervals) and
+    per-sample mode: S, intervals, per-unit scores and sizes."""
+    out = {}
+    for solver, decision in (("direct", "shrink"), ("regression", "robust")):
+        _, _, _, ctrl, _ = _setup(solver, decision)
+        res = ctrl._influence.compute(*ctrl._influence_inputs(0))
+        out[f"{solver}-{decision}"] = {"S": res.S, "low": res.ci_low, "high": res.ci_high, "scores": res.unit_scores,
+                                       "sizes": res.unit_sizes, "ids": res.unit_domains}
+    return out
+
+
+def _worker_measure(rank: int, world: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.save(_boundary_measurements(), os.path.join(out_dir, f"rank{rank}.pt"))
+    end_worker()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+def test_three_ranks_measure_what_one_process_measures(tmp_path):
+    """An uneven split (3 ranks; 5 micro-batches of 2 or 10 samples per domain) gives one process's units, in its order."""
+    torch.set_num_threads(1)
+    mp.spawn(_worker_measure, args=(3, free_port(), str(tmp_path)), nprocs=3, join=True)
+    ref = _boundary_measurements()
+    for rank in range(3):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        for key, r in ref.items():
+            assert torch.equal(got[key]["sizes"], r["sizes"]) and torch.equal(got[key]["ids"], r["ids"]), key
+            assert r["sizes"].tolist() == ([2] * 15 if key.startswith("direct") else [1] * 30)
+            for name in ("S", "low", "high", "scores"):
+                torch.testing.assert_close(got[key][name], r[name], rtol=1e-9, atol=1e-12, msg=f"{key} {name}")
