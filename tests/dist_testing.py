@@ -1,7 +1,9 @@
-"""How a test's distributed worker process (mp.spawn or torchrun) ends once its results are written."""
+"""Helpers for tests with distributed worker processes (mp.spawn or torchrun): a free port, and how a worker ends once
+its results are written."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from typing import NoReturn
 
@@ -21,3 +23,10 @@ def end_worker() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on (for ``init_method="tcp://127.0.0.1:PORT"``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

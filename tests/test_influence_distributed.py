@@ -3,14 +3,13 @@ give the same result as one process on the union (S, counts, intervals, Gauss-Ne
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dist_testing import end_worker
+from dist_testing import end_worker, free_port
 from influence_testing import TinyLM, lm_loss, make_data, one_thread  # noqa: F401
 from tikmix.influence import GroupInfluence
 
@@ -53,16 +52,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     end_worker()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_gloo_ranks_equal_one_process_on_the_union(tmp_path):
     world = 2
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     single = _compute(*_data())
     for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt")

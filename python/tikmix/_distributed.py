@@ -6,8 +6,13 @@ answers as a single process (rank 0 of 1) and the collectives are no-ops.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
+import json
+import math
 import os
-from typing import Any, Iterator, List, Sequence
+from collections.abc import Mapping
+from typing import Any, Dict, Iterator, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,7 +28,15 @@ __all__ = [
     "all_reduce_sum_",
     "all_gather_objects",
     "check_same_on_all_ranks",
+    "fingerprint",
+    "rendezvous",
+    "rendezvous_timeout",
+    "share",
 ]
+
+#: Environment variable: seconds :func:`rendezvous` waits for every rank (default :data:`DEFAULT_RENDEZVOUS_TIMEOUT`).
+TIMEOUT_ENV = "TIKMIX_RENDEZVOUS_TIMEOUT"
+DEFAULT_RENDEZVOUS_TIMEOUT = 600.0
 
 
 def is_initialized() -> bool:
@@ -123,8 +136,149 @@ def all_gather_objects(obj: Any) -> List[Any]:
     return out
 
 
+def _canonical(value: Any) -> Any:
+    """A JSON-ready stand-in for ``value`` that is equal on every rank when the values are: containers recursively,
+    arrays and tensors as lists, callables by their qualified name and other objects by their type (never a repr,
+    which may hold a memory address)."""
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _canonical(value.detach().cpu().tolist())
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
+        return _canonical(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if callable(value):
+        return f"<callable {getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__qualname__)}>"
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
+    """Dotted key -> leaf of a canonical value (lists of dicts by index: ``stages.0.step``)."""
+    if isinstance(value, dict) and value:
+        out: Dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        out = {f"{prefix}.#" if prefix else "#": len(value)}
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{prefix}.{i}" if prefix else str(i)))
+        return out
+    return {prefix: value}
+
+
+def fingerprint(value: Any) -> str:
+    """SHA-256 (hex) of a nested value's canonical form: equal values give equal fingerprints in every process."""
+    flat = _flatten(_canonical(value))
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
+
+
+def _short(value: Any, width: int = 80) -> str:
+    text = "(missing)" if value is _MISSING else json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+_MISSING = object()
+
+
 def check_same_on_all_ranks(value: Any, what: str) -> None:
-    """Raise a ValueError on every rank when ``value`` differs between ranks."""
-    values = all_gather_objects(value)
-    if any(v != values[0] for v in values[1:]):
-        raise ValueError(f"{what} differ between ranks: " + "; ".join(f"rank {i}: {v!r}" for i, v in enumerate(values)))
+    """Raise a ValueError on every rank when ``value`` (a nested dict, list or plain value) differs between ranks.
+
+    The ranks first wait for each other (:func:`rendezvous`, so a rank that never comes is reported by number instead
+    of hanging), then compare a 32-byte :func:`fingerprint`; only on a mismatch are the values themselves gathered,
+    and the error names every differing key (dotted, e.g. ``influence.k``) with each rank's value. A no-op without a
+    process group of more than one rank.
+    """
+    if not is_active():
+        return
+    rendezvous(f"comparing {what}")
+    group = _control_group()  # gloo, CPU tensors, apart from the training's collectives
+    digest = torch.frombuffer(bytearray(bytes.fromhex(fingerprint(value))), dtype=torch.int64).clone()
+    gathered = [torch.zeros_like(digest) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, digest, group=group)
+    if all(torch.equal(g, gathered[0]) for g in gathered[1:]):
+        return
+    flats: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flats, _flatten(_canonical(value)), group=group)
+    keys = sorted(set().union(*flats))
+    lines = []
+    for key in keys:
+        vals = [f.get(key, _MISSING) for f in flats]
+        if any(v != vals[0] for v in vals[1:]):
+            ranks = ", ".join(f"rank {r}: {_short(v)}" for r, v in enumerate(vals))
+            lines.append(f"{key or 'value'} ({ranks})")
+    raise ValueError(f"{what} differ between ranks, so they would not take the same decisions (or would hang in "
+                     f"a collective); every rank must run the same configuration. Differing: " + "; ".join(lines))
+
+
+def rendezvous_timeout() -> float:
+    """Seconds :func:`rendezvous` waits: the ``TIKMIX_RENDEZVOUS_TIMEOUT`` environment variable, else 600."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return DEFAULT_RENDEZVOUS_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+_control_groups: Dict[Any, Any] = {}
+
+
+def _control_group() -> Any:
+    """A gloo group over all ranks for :func:`rendezvous`, apart from the training's collectives (so a rank waiting
+    here never pairs with a peer's gradient all-reduce) and able to time out on any device. Created on first use,
+    which every rank reaches at the same point of the same program."""
+    default = dist.group.WORLD
+    if default not in _control_groups:
+        _control_groups[default] = dist.new_group(backend="gloo")
+    return _control_groups[default]
+
+
+def rendezvous(what: str) -> None:
+    """Wait until every rank reaches this point, for at most :func:`rendezvous_timeout` seconds.
+
+    Called before collectives that ranks could reach in disagreement (a boundary one rank thinks is due and another
+    does not): instead of a silent hang, a RuntimeError names ``what``. A no-op without a process group of more than
+    one rank.
+    """
+    if not is_active():
+        return
+    timeout = rendezvous_timeout()
+    here = torch.ones(1, dtype=torch.int64)
+    work = dist.all_reduce(here, group=_control_group(), async_op=True)
+    try:
+        work.wait(timeout=datetime.timedelta(seconds=timeout))
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"tikmix: rank {rank()} waited {timeout:g}s for every rank at {what}, and not all came ({exc}). The ranks "
+            "disagree about where they are (different configs, boundaries or step counts, or a rank that failed or "
+            f"stalls); set {TIMEOUT_ENV} to wait longer when a rank is legitimately late") from exc
+    if int(here) != world_size():
+        raise RuntimeError(f"tikmix: rendezvous at {what} counted {int(here)} of {world_size()} ranks")
+
+def share(n: int, unit: int = 1) -> tuple[int, int]:
+    """``[a, b)``: this rank's contiguous share of ``n`` ordered items cut into units of ``unit`` items (the last unit
+    may be shorter), whole units only, balanced over the ranks (the first ``units % world`` ranks take one more).
+
+    Rank order is item order, so gathering per-unit results by rank and then local order restores the global order
+    at every world size. Without a process group: ``(0, n)``.
+    """
+    if n < 0 or unit < 1:
+        raise ValueError(f"share needs n >= 0 and unit >= 1, got n={n}, unit={unit}")
+    units = -(-n // unit)
+    per, extra = divmod(units, world_size())
+    r = rank()
+    u0 = r * per + min(r, extra)
+    u1 = u0 + per + (r < extra)
+    return min(n, u0 * unit), min(n, u1 * unit)

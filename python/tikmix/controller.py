@@ -238,6 +238,16 @@ class Controller:
         self.decision = Decision.from_options(decision)
         self._influence = self._make_influence(influence)
         import tikmix.solvers  # noqa: F401  (import scipy/LightGBM now, not inside the first solve's timing)
+        # ranks that disagree are refused here, naming the setting, before any training or collective they would
+        # take in disagreement (a different seed or k would give other decisions; other boundaries would hang)
+        _distributed.check_same_on_all_ranks({
+            **self._config(), "stage_unit": stage_unit, "tokens_per_step": tokens_per_step, "total_steps": total_steps,
+            "solver_options": self.solver_options, "influence": self._influence.settings()
+            if hasattr(self._influence, "settings") else type(self._influence).__qualname__,
+            "samples_per_domain": samples_per_domain, "target_samples": target_samples, "batch_size": batch_size,
+            "domain_sizes": [len(d) for d in self._domains.values()],
+            "target_sizes": [len(t) for t in self._targets.values()],
+        }, "Controller settings")
         self._done: list[int] = []
         self._last_wall: float | None = None
         self._train_s = 0.0
@@ -322,7 +332,24 @@ class Controller:
         return out
 
     def _influence_inputs(self, stage: int) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-        rank, world = _distributed.rank(), _distributed.world_size()
+        """This rank's batches of the boundary's global draw.
+
+        The draw, its micro-batches (group mode's bootstrap units) and their order are fixed before the world size
+        enters: each domain's draw is cut into global micro-batches of :meth:`_domain_batch_size`, and each rank
+        takes a contiguous run of whole micro-batches (rank 0 the first). The engine orders units by domain, then
+        rank, then local order, which is then the global order, so intervals, shrink factors and TiKMiX-M's labels
+        are those of one process at any world size. Per-sample mode (units are samples) balances contiguous runs
+        of samples over the ranks instead and micro-batches them locally. Group mode on sharded parameters, where a
+        unit is one step of all ranks, splits every global micro-batch over the ranks instead when the decision
+        shrinks by group-mode intervals (and every micro-batch but the last has a sample for each rank)."""
+        # Ranks must agree before the boundary's collectives; this also covers a Controller built before the
+        # process group existed (its construction-time check had no peers to compare with).
+        infl = self._influence
+        _distributed.check_same_on_all_ranks(
+            {**self._config(), "boundary": self.boundaries[stage],
+             "influence": infl.settings() if hasattr(infl, "settings") else type(infl).__qualname__},
+            f"the Controller settings at the boundary at step {self.boundaries[stage]}")
+        per_sample = getattr(infl, "mode", "group") == "per_sample"
         domain_batches: dict[str, list[Any]] = {}
         for j, name in enumerate(self.domain_names):
             data = self._domains[name]
@@ -330,19 +357,29 @@ class Controller:
             rng = self._stage_rng(stage, j)
             take = min(self.samples_per_domain, n)
             idx = rng.choice(n, size=take, replace=False) if take < n else rng.permutation(n)
-            local = idx[rank::world]
-            domain_batches[name] = self._batches(data, local, self._domain_batch_size(len(local)))
+            size = self._domain_batch_size(len(idx))
+            if (getattr(infl, "units_span_ranks", False) and getattr(infl, "n_bootstrap", 0)
+                    and self.decision.shrinks("micro-batch") and size >= _distributed.world_size()):
+                # the step's union over the ranks is then global micro-batch u itself; only the last one may
+                # leave a rank without samples, and the engine pads a rank's missing steps at the end
+                parts = [idx[u : u + size] for u in range(0, len(idx), size)]
+                shares = [part[slice(*_distributed.share(len(part)))] for part in parts]
+                domain_batches[name] = [self._batches(data, sh, len(sh))[0] for sh in shares if len(sh)]
+                continue
+            a, b = _distributed.share(len(idx), 1 if per_sample else size)
+            domain_batches[name] = self._batches(data, idx[a:b], size)
         target_batches: dict[str, list[Any]] = {}
         for name in self.target_names:
             data = self._targets[name]
             n = len(data) if self.target_samples is None else min(len(data), self.target_samples)
-            idx = np.arange(n)
-            target_batches[name] = self._batches(data, idx[rank::world])
+            a, b = _distributed.share(n, self.batch_size)
+            target_batches[name] = self._batches(data, np.arange(a, b))
         return domain_batches, target_batches
 
     def _domain_batch_size(self, n: int) -> int:
-        """Micro-batch size for a domain's ``n`` local samples: ``batch_size``, made smaller in group mode when the
-        decision shrinks by the intervals, so that the draw forms at least :data:`MIN_BOOTSTRAP_UNITS` micro-batches."""
+        """Micro-batch size for a domain's ``n`` drawn samples (the global draw, whatever the world size):
+        ``batch_size``, made smaller in group mode when the decision shrinks by the intervals, so that the draw
+        forms at least :data:`MIN_BOOTSTRAP_UNITS` micro-batches."""
         infl = self._influence
         if (getattr(infl, "mode", None) != "group" or not getattr(infl, "n_bootstrap", 0)
                 or not self.decision.shrinks("micro-batch")):
@@ -419,40 +456,14 @@ class Controller:
         return record
 
     def _solve(self, S: np.ndarray, w_prior: np.ndarray, result: Any, stage: int) -> tuple[np.ndarray, Any]:
-        from tikmix.solvers import solve_direct
+        from tikmix.solvers import solve_direct, solve_tikmix_m
 
         opts = self.decision.solver_options(self.solver, self.solver_options)
         if self.solver == "direct":
             res = solve_direct(S, w_prior, **opts)
             return np.asarray(res.weights, dtype=np.float64), res
-        from tikmix.solvers import mixture_score_fn, solve_regression
-
-        d_opts = dict(opts.get("direct", {}))
-        r_opts = dict(opts.get("regression", {}))
-        score_opts = dict(r_opts.pop("score", {}))
-        base = solve_direct(S, w_prior, **d_opts)
-        w_d = np.asarray(base.weights, dtype=np.float64)
-        # Labels: the TiKMiX-D objective of a mixed sample drawn with each candidate's proportions, from the
-        # per-sample influence rows (no extra backward pass).
-        score_opts.setdefault("aggregate", "tikmix")
-        for key in ("alpha", "beta", "gamma", "normalize", "eps"):
-            if key in d_opts:
-                score_opts.setdefault(key, d_opts[key])
-        score_fn = mixture_score_fn(
-            to_float64_array(result.unit_scores, "unit_scores"), to_float64_array(result.unit_domains, "unit_domains").astype(np.int64), len(self.domain_names),
-            seed=self.seed + 7919 * (stage + 1), **score_opts,
-        )
-        r_opts.setdefault("seed", (self.seed + stage) % 2**31)  # LightGBM takes 32-bit seeds
-        res = solve_regression(score_fn, w_d, **r_opts)
-        if int(res.status) != 0:
-            # The surrogate is not trustworthy (e.g. held-out R^2 below min_r2): keep TiKMiX-D's answer.
-            report = {"direct": base, "regression": res, "pull_back_t": 0.0,
-                      "used": f"tikmix-d (TiKMiX-M status {int(res.status)}: {res.message})"}
-            return w_d, report
-        w_m = np.asarray(res.weights, dtype=np.float64)
-        weights, t = _pull_back(S, w_prior, w_d, w_m, d_opts)
-        report = {"direct": base, "regression": res, "pull_back_t": t, "used": "tikmix-m"}
-        return weights, report
+        return solve_tikmix_m(S, w_prior, result.unit_scores, result.unit_domains, options=opts,
+                              seed=self.seed + stage, score_seed=self.seed + 7919 * (stage + 1))
 
     def _realised(self, start: int, stop: int) -> dict[str, Any] | None:
         if not hasattr(self.sampler, "realised_counts"):
@@ -539,6 +550,10 @@ class Controller:
                 "state_dict comes from a different controller configuration: "
                 + ", ".join(f"{k} (saved {config.get(k)!r}, now {mine[k]!r})" for k in diff)
             )
+        _distributed.check_same_on_all_ranks(  # every rank must resume from the same point of the same run
+            {"done": state_dict.get("done"),
+             "weights": [r.get("weights") for r in (state_dict.get("history") or {}).get("stages") or []]},
+            "the resumed controller states")
         self.sampler.load_state_dict(state_dict["sampler"])
         self._done = [int(s) for s in state_dict["done"]]
         self.history = json.loads(json.dumps(state_dict["history"]))
@@ -564,17 +579,10 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 def _pull_back(S: np.ndarray, w_prior: np.ndarray, w_d: np.ndarray, w_m: np.ndarray,
                options: Mapping[str, Any]) -> tuple[np.ndarray, float]:
-    """The point ``w_d + t (w_m - w_d)`` with the largest ``t`` in [0, 1] inside TiKMiX-D's feasible set.
+    """:func:`tikmix.solvers.tikmix_m.pull_back` (kept under this name for existing callers)."""
+    from tikmix.solvers.tikmix_m import pull_back
 
-    TiKMiX-M searches a box around the TiKMiX-D answer ``w_d`` without constraints. The constraints are those
-    :func:`~tikmix.solve_direct` built from the same ``options`` (its :class:`~tikmix.solvers.constraints.ConstraintSet`:
-    Pareto, bounds, repetition cap, max_shift, same tolerance); all are convex and hold at ``w_d``, so the feasible
-    part of the segment is an interval ``[0, t*]``. Returns the mixture at ``t*`` and ``t*``.
-    """
-    from tikmix.solvers.constraints import CONSTRAINT_OPTIONS, constraint_set
-
-    feasible = constraint_set(S, w_prior, **{k: options[k] for k in CONSTRAINT_OPTIONS if k in options})
-    return feasible.last_feasible_on_segment(np.asarray(w_d, dtype=np.float64), np.asarray(w_m, dtype=np.float64))
+    return pull_back(S, w_prior, w_d, w_m, options)
 
 
 def _confidence_interval(result: Any) -> Any:

@@ -121,7 +121,8 @@ class GroupInfluence:
     Distributed: under an initialised ``torch.distributed`` process group, every rank passes *its own* batches to
     :meth:`compute` (same domain/target names everywhere); sketches and counts are summed across ranks
     (:mod:`tikmix._distributed`), and every rank returns the same result — the one a single process gets on the
-    union. FSDP2 (``fully_shard``, HSDP) models: pass the sharded model; each rank sketches its shards at their global
+    union (per-unit scores and bootstrap intervals too when each rank passes a contiguous share of every domain's
+    batches, rank 0 the first: units are ordered by domain, then rank, then local order). FSDP2 (``fully_shard``, HSDP) models: pass the sharded model; each rank sketches its shards at their global
     offsets and nothing is gathered (:mod:`.sharding`). ``torch.compile``'d models work in both modes (per-sample
     passes run the compiled code eagerly).
     """
@@ -214,6 +215,20 @@ class GroupInfluence:
         factored = [self.factorize and is_factorable(p, owners.get(id(p), [])) for _, p in self.named_params]
         self.layout = Layout.build(self.named_params, factored, k)
 
+    @property
+    def units_span_ranks(self) -> bool:
+        """True in group mode on sharded (FSDP2) parameters: every rank runs each micro-batch step together, FSDP sums
+        the step's gradient over the ranks, and a bootstrap unit is one step of all ranks (the union of the ranks'
+        micro-batches of that step)."""
+        return bool(self._shards) and self.mode == "group"
+
+    def settings(self) -> Dict[str, Any]:
+        """The options that decide the numbers (JSON-ready; what ranks compare to make sure they agree)."""
+        return {"k": self.k, "seed": self.seed, "mode": self.mode, "preconditioner": self.preconditioner,
+                "reduction": self.reduction, "damping": self.damping, "factorize": self.factorize,
+                "n_bootstrap": self.n_bootstrap, "confidence": self.confidence, "bootstrap_seed": self.bootstrap_seed,
+                "parameters": [name for name, _ in self.named_params]}
+
     # ------------------------------------------------------------------------------------------------------------
     def compute(self, domains: Mapping[str, Iterable[Any]], targets: Mapping[str, Iterable[Any]]) -> InfluenceResult:
         """Influence of every domain on every target.
@@ -242,14 +257,18 @@ class GroupInfluence:
             bar = self._progress_bar(list(dom_iters) + list(tgt_iters))
             try:
                 t0 = time.perf_counter()
-                tgt_sum = projector.zeros(len(tgt_names))
+                # float64 sums of float32 batch sketches: (nearly) exact, so S does not depend on how the batches
+                # are split over ranks (the order of the additions)
+                tgt_sum = torch.zeros(len(tgt_names), projector.dim, dtype=torch.float64, device=self.device)
                 tgt_counts = torch.zeros(_N_COUNTS, len(tgt_names), dtype=torch.int64)
                 for i, (name, it) in enumerate(zip(tgt_names, tgt_iters)):
                     for b, (batch, real) in enumerate(_batches(it, name, "targets", lockstep)):
                         where = f"targets[{name!r}] batch {b}" + ("" if real else " (padding pass)")
                         batch = self._prepare(batch, where)
                         losses = run_loss(self.model, self.loss_fn, batch, where)
-                        self._add_batch_gradient(projector, tgt_sum[i : i + 1], losses, real)
+                        row = projector.zeros(1)
+                        self._add_batch_gradient(projector, row, losses, real)
+                        tgt_sum[i] += row[0].to(torch.float64)
                         if real:
                             self._count(tgt_counts, i, losses, batch)
                         bar.update(int(real))
@@ -378,14 +397,14 @@ class GroupInfluence:
         sizes = torch.tensor(unit_size, dtype=torch.int64)
         # Group mode on sharded parameters: every rank holds a partial sketch of every unit (one lockstep step of all
         # ranks); summing them gives every rank all units. Otherwise each rank holds whole sketches of its own units.
-        units_shared = bool(self._shards) and self.mode == "group"
+        units_shared = self.units_span_ranks
 
         # ---- everything that crosses ranks is summed here ----
         if dist_utils.is_active():
             dist_utils.check_same_on_all_ranks((dom_names, tgt_names), "domain/target names")
         if units_shared:
             dist_utils.all_reduce_sum_([unit_rows, sizes])
-        dom_sum = _segment_sum(unit_rows, ids, n_dom, dim)
+        dom_sum = _segment_sum(unit_rows.to(torch.float64), ids, n_dom, dim)  # float64: see tgt_sum in compute
         counts = torch.cat([tgt_counts.flatten(), dom_counts.flatten()]).to(self.device)
         dist_utils.all_reduce_sum_([tgt_sum, counts] if units_shared else [tgt_sum, dom_sum, counts])
         counts = counts.cpu()
@@ -436,7 +455,9 @@ class GroupInfluence:
 
         local = (unit_scores.cpu(), ids.cpu(), sizes)
         gathered = [local] if units_shared else dist_utils.all_gather_objects(local)
-        # canonical unit order: by domain, then rank, then local order (= one process's order on contiguous shards)
+        # canonical unit order: by domain, then rank, then local order. When every rank passes a contiguous share of
+        # each domain's ordered batches (rank 0 the first; what the Controller does), this is the global order and the
+        # intervals are those of one process on the union at any world size.
         all_ids = torch.cat([g[1] for g in gathered])
         order = torch.sort(all_ids, stable=True).indices
         all_ids = all_ids[order]
@@ -465,7 +486,7 @@ class GroupInfluence:
             unit_scores=all_scores,
             unit_domains=all_ids,
             unit_sizes=all_sizes,
-            domain_sketches=dom_sum.cpu(),
+            domain_sketches=dom_sum.cpu(),  # float64
             target_sketches=tgt_mean.cpu(),
             ci_low=ci_low,
             ci_high=ci_high,

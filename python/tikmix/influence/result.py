@@ -50,12 +50,15 @@ class InfluenceResult:
         unit: what bootstrap resamples: ``"sample"`` (per-sample mode) or ``"micro-batch"`` (group mode).
         unit_scores: ``float64 [U, n_targets]``: each unit's summed contribution to S (before the mean's division);
             in per-sample mode these are the per-sample influence scores (TiKMiX-M labels).
-        unit_domains: ``int64 [U]`` domain index of each unit; unit_sizes: ``int64 [U]`` samples per unit.
+        unit_domains: ``int64 [U]`` domain index of each unit; unit_sizes: ``int64 [U]`` samples per unit. Units are
+            ordered by domain, then rank, then local order (one process's order when each rank passed a contiguous
+            share of every domain's batches, rank 0 the first).
         ci_low, ci_high: percentile bootstrap interval of S at level ``confidence`` (``[n, G]``; NaN for a domain with
             fewer than 2 units), or None when ``n_bootstrap == 0``.
         rank_stability: ``float64 [n_targets]``: mean Kendall τ-b between bootstrap replicates' domain orders and the
             point estimate's (1 = the ranking never changes), or None.
-        domain_sketches: ``[n_domains, K]`` summed (preconditioner-scaled for adam) training sketches per domain.
+        domain_sketches: ``[n_domains, K]`` float64 sums of the (preconditioner-scaled for adam) training sketches
+            per domain.
         target_sketches: ``[n_targets, K]`` mean target sketches (∇f_i projected, before any Gauss-Newton solve).
         unit_sketches: ``[U, K]`` per-unit sketches, when ``keep_sketches=True`` (else None).
         gauss_newton_damping: λ used by ``gauss_newton`` (else None).
