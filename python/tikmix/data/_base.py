@@ -13,12 +13,13 @@ import torch
 
 from .. import _distributed
 from .._validation import check_int
+from ..formats import MIXTURE_STATE
 from ._stream import MixturePlan, Segment, Stage, make_stage, warn_unslotted
 
 __all__ = ["RealisedCounts", "EXHAUSTION_MODES", "STATE_FORMAT"]
 
 EXHAUSTION_MODES = ("wrap", "stop", "redistribute")
-STATE_FORMAT = "tikmix.mixture/2"
+STATE_FORMAT = MIXTURE_STATE
 _MAX_TOTAL = 1 << 62
 
 
