@@ -40,7 +40,7 @@ def check_two_stage_history(history: dict, sampler) -> list:
     assert weights[0] != weights[1] and weights[1] != weights[2]
     for r in hist:
         # the sampler realises the weights on its grid of 1 / lcm(batch_size, 10080)
-        assert sampler.weights_at(r["applies_from_step"]) == pytest.approx(r["weights"], abs=1.0 / 10080)
+        assert sampler.weights_at(r["applies_from_step"] - 1) == pytest.approx(r["weights"], abs=1.0 / 10080)
     return hist
 
 

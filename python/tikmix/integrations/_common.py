@@ -1,4 +1,4 @@
-"""What the framework callbacks share: the ``>=`` boundary rule and the controller's state file."""
+"""What the framework callbacks share: collecting the records of a controller step, and the controller's state file."""
 from __future__ import annotations
 
 import json
@@ -13,40 +13,22 @@ STATE_FILE = "tikmix_controller.json"
 
 def check_controller(controller: Any) -> Any:
     """``controller`` if it has what the framework callbacks use, else a TypeError naming what is missing."""
-    for attr in ("boundaries", "stages_done", "step", "state_dict", "load_state_dict", "sampler", "model"):
+    for attr in ("boundaries", "stages_done", "step", "state_dict", "load_state_dict", "sampler", "model", "history"):
         if not hasattr(controller, attr):
             raise TypeError(f"controller must be a tikmix.Controller; it has no {attr!r}")
     return controller
 
 
 def advance(controller: Any, step: int) -> list[dict[str, Any]]:
-    """Handle every stage boundary ``b <= step`` that ``controller`` has not handled yet, oldest first.
+    """``controller.step(step)``, returning the history records of the boundaries it handled (usually none).
 
-    Each boundary is handled exactly once, by ``controller.step(b)``: influence is measured on the model as it is
-    now (at ``step``), and the new mixture starts at the sampler's next free step (``applies_from_step`` in the
-    history). Between boundaries this only keeps the controller's training-time clock. The model is put in eval
-    mode while influence is measured (no dropout: per-sample gradients need a deterministic forward) and then
-    restored. Returns the new history records (usually none).
+    The rule (every boundary ``<= step`` not handled yet, once, in order) and the measurement policy (eval mode,
+    training RNG untouched) are the controller's own (:meth:`tikmix.Controller.step`); this only collects what a
+    call appended to ``controller.history["stages"]``.
     """
-    step = int(step)
-    # The controller handles boundaries in order, so the first `stages_done` are the handled ones.
-    pending = [b for b in controller.boundaries[controller.stages_done :] if b <= step]
-    if not pending:
-        controller.step(step)  # keeps the train-time clock; a no-op otherwise
-        return []
-    model = controller.model
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    records = []
-    try:
-        for b in pending:
-            record = controller.step(b)
-            if record is not None:
-                records.append(record)
-    finally:
-        for m, training in modes:
-            m.training = training
-    return records
+    before = len(controller.history["stages"])
+    controller.step(int(step))
+    return list(controller.history["stages"][before:])
 
 
 def save_state(controller: Any, step: int, folder: str | os.PathLike[str]) -> Path:
