@@ -200,6 +200,11 @@ class Controller:
     mixture: ``b + 1`` in a loop that fetches a batch only when it trains on it, later when the DataLoader had
     already fetched batches ahead (the Hugging Face Trainer fetches one batch ahead: ``b + 2``). The sampler's
     0-based step index of that batch is ``applies_from_step - 1`` (``sampler.weights_at(applies_from_step - 1)``).
+
+    **Checks at construction.** The domains' sizes must be the sampler's ``domain_sizes`` in order; token ids that
+    the model's input embedding cannot look up are refused when the model has ``get_input_embeddings`` (Hugging
+    Face models) and the data's largest id is cheap to know (tensors, arrays, datasets of up to 100,000 items);
+    then the rehearsal (``rehearse``) measures once.
     """
 
     def __init__(
@@ -285,6 +290,9 @@ class Controller:
         self.total_steps = None if total_steps is None else check_int(total_steps, "total_steps", minimum=1)
         self.measure_mode = measure_mode
         self._check_domain_sizes()
+        from .integrations._common import check_vocabulary
+
+        check_vocabulary(self, model)
         self.decision = Decision.from_options(decision)
         self._influence = self._make_influence(influence)
         import tikmix.solvers  # noqa: F401  (import scipy/LightGBM now, not inside the first solve's timing)

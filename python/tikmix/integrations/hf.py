@@ -30,8 +30,8 @@ the last evaluation's metrics when there is one).
 
 **Checks before step 1.** The Trainer's ``max_steps`` becomes the controller's ``total_steps`` (a different
 ``total_steps`` or a boundary at or after ``max_steps`` is refused); ``train_dataset`` must hold the controller's
-domains in its order and sizes (:func:`tikmix.concat_domains` of the same mapping carries the names); token ids the
-model's input embedding cannot look up are refused.
+domains in its order and sizes (:func:`tikmix.concat_domains` of the same mapping carries the names). The
+controller itself refuses token ids the model's input embedding cannot look up, when it is built.
 
 **Resume.** On every checkpoint save the callback writes ``tikmix_controller.json`` (controller history, handled
 boundaries, the sampler's schedule and position at ``global_step``) into the checkpoint folder; on
@@ -59,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import torch
 
 from ..losses import causal_lm_loss
-from ._common import STATE_FILE, advance, check_controller, check_dataset, check_vocabulary, load_state, save_state
+from ._common import STATE_FILE, advance, check_controller, check_dataset, load_state, save_state
 
 __all__ = ["MixtureTrainer", "TikmixCallback", "causal_lm_loss", "own_generator", "unshard_dataloader"]
 
@@ -178,7 +178,6 @@ class MixtureTrainer(Trainer):
             raise ValueError(f"the sampler's stream ends at step {end}, before max_steps={args.max_steps}")
         check_dataset(self.controller, self.train_dataset, "train_dataset")
         self.controller.set_total_steps(args.max_steps)
-        check_vocabulary(self.controller, self.model)
 
     def _get_train_sampler(self, *args: Any, **kwargs: Any):
         return self.controller.sampler

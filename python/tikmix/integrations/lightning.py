@@ -19,7 +19,7 @@
   ``Trainer.fit``): the sampler takes its rank and world size from ``torch.distributed`` at first use.
 * Checks at ``on_train_start``, before step 1: ``max_steps`` becomes the controller's ``total_steps`` (a different
   ``total_steps`` or a boundary at or after ``max_steps`` is refused); the DataLoader's dataset must hold the
-  controller's domains in its order and sizes; token ids the model's input embedding cannot look up are refused.
+  controller's domains in its order and sizes.
 * Boundaries: after every training batch the callback calls :meth:`tikmix.Controller.step` with
   ``trainer.global_step`` (optimizer steps): each boundary is handled once, right after the optimizer step that
   reaches it, with the controller's measurement policy (eval mode, training RNG untouched). At the end of training
@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .. import _distributed
 from ..controller import _rng_state, _set_rng_state
-from ._common import advance, check_controller, check_dataset, check_vocabulary
+from ._common import advance, check_controller, check_dataset
 
 __all__ = ["TikmixCallback"]
 
@@ -116,7 +116,6 @@ class TikmixCallback(Callback):
         dataset = getattr(loader, "dataset", None)
         if dataset is not None:
             check_dataset(self.controller, dataset, "the training DataLoader's dataset")
-        check_vocabulary(self.controller, self.controller.model)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:
