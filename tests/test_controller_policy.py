@@ -142,9 +142,11 @@ def test_rehearsal_reports_an_unmeasurable_model_before_training():
 def test_passed_rehearsal_records_its_cost_and_skips_the_self_check():
     ctl = make(influence={"k": 32, "n_bootstrap": 0, "mode": "per_sample"})
     reh = ctl.history["rehearsal"]
-    assert reh["seconds"] > 0 and reh["verified"] is True and reh["self_check_at_boundaries"] is False
+    assert reh == {"verified": True, "self_check_at_boundaries": False}
     assert ctl._influence.verify is False
-    assert ctl.step(3)["step"] == 3
+    record = ctl.step(3)
+    assert record["step"] == 3 and record["timing"]["rehearsal_s"] > 0
+    assert ctl.step(5)["timing"]["rehearsal_s"] == 0.0  # counted once
     group = make()
     assert group.history["rehearsal"]["verified"] is False
 

@@ -177,8 +177,9 @@ class Controller:
         rehearse: measure once at construction on one micro-batch (``batch_size`` rows, the first ones) of every
             domain and target, with per-sample mode's autograd self-check on, so that a model the controller cannot
             measure is reported before training. A passed rehearsal turns the self-check off for the boundaries
-            (it costs ~40% of per-sample time) unless the rehearsal saw a capture fall back (a warning). Its cost
-            is ``history["rehearsal"]``. False skips it.
+            (it costs ~40% of per-sample time) unless the rehearsal saw a capture fall back (a warning).
+            ``history["rehearsal"]`` says what it checked; its cost is the next record's ``timing["rehearsal_s"]``.
+            False skips it.
         decision: how the measured ``S`` becomes the solver's input (:class:`tikmix.decision.Decision`):
             None or ``"robust"`` (default: per-sample estimates shrunk by their uncertainty, smoothing across
             boundaries, a ``max_shift`` and a ``min_r2`` default; it beat the paper's decision on the
@@ -190,7 +191,7 @@ class Controller:
     Attributes:
         history: the run's JSON-ready history dict: ``"format"``, ``"domains"``, ``"targets"``, ``"measure"``
             (``{"mode": "eval" | "train", "training_rng": "preserved"}``), ``"rehearsal"`` (None when skipped, else
-            ``{"seconds", "verified", "self_check_at_boundaries"}``), ``"stages"``: one record per boundary,
+            ``{"verified", "self_check_at_boundaries"}``; its seconds are in the next record's ``timing``), ``"stages"``: one record per boundary,
             ``"metrics"``: what :meth:`log_metrics` recorded, ``"final"``: what :meth:`finish` recorded.
 
     **Step convention.** Steps are counted from 1: step ``s`` is the ``s``-th optimizer step, and
@@ -314,6 +315,7 @@ class Controller:
             "final": None,
         }
         self._warned_total_steps = False
+        self._rehearsal_s = 0.0
         if rehearse:
             self.history["rehearsal"] = self._rehearse()
 
@@ -378,8 +380,9 @@ class Controller:
         fell_back = any(issubclass(w.category, RuntimeWarning) for w in caught)
         if per_sample and "verify" in saved and not fell_back:
             infl.verify = False  # the rehearsal ran the self-check; boundaries need not repeat it
-        return {"seconds": time.perf_counter() - t0, "verified": per_sample,
-                "self_check_at_boundaries": bool(getattr(infl, "verify", False)) and per_sample}
+        # the cost goes into the next record's timing (like every other duration, it is not part of the decision)
+        self._rehearsal_s = time.perf_counter() - t0
+        return {"verified": per_sample, "self_check_at_boundaries": bool(getattr(infl, "verify", False)) and per_sample}
 
     @contextlib.contextmanager
     def _measuring(self):
@@ -570,9 +573,11 @@ class Controller:
                 "influence_s": t_influence,
                 "solve_s": t_solve,
                 "controller_s": time.perf_counter() - t_start,
+                "rehearsal_s": self._rehearsal_s,
             },
         }
         self._train_s = 0.0
+        self._rehearsal_s = 0.0
         self._done.append(step)
         self.history["stages"].append(record)
         self._write_history()
