@@ -98,7 +98,6 @@ class TikmixCallback(Callback):
         if trainer.max_steps is None or trainer.max_steps <= 0:
             raise ValueError("lightning.pytorch.Trainer(max_steps=...) must be set: the mixture stream has no "
                              "epochs, max_steps decides where training ends")
-        self.controller.set_total_steps(trainer.max_steps)
         loader = trainer.train_dataloader
         bs = getattr(loader, "batch_size", None)
         if bs is not None:
@@ -116,6 +115,7 @@ class TikmixCallback(Callback):
         dataset = getattr(loader, "dataset", None)
         if dataset is not None:
             check_dataset(self.controller, dataset, "the training DataLoader's dataset")
+        self.controller.set_total_steps(trainer.max_steps)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:
