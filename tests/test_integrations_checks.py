@@ -26,16 +26,17 @@ def controller(model, doms=None, **kw):
     return tikmix.Controller(model, sampler, **opts)
 
 
-def hf_trainer(tmp_path, ctl, train, max_steps=9, callbacks=()):
+def hf_trainer(tmp_path, ctl, train, max_steps=9, callbacks=(), eval_dataset=None):
     from transformers import TrainingArguments
 
     from tikmix.integrations.hf import MixtureTrainer
 
+    evals = dict(eval_strategy="steps", eval_steps=max_steps) if eval_dataset is not None else {}
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2,
                              max_steps=max_steps, learning_rate=1e-3, save_strategy="no", report_to="none",
-                             use_cpu=True, disable_tqdm=True, seed=0)
+                             use_cpu=True, disable_tqdm=True, seed=0, **evals)
     return MixtureTrainer(controller=ctl, model=ctl.model, args=args, train_dataset=train, data_collator=dict_collate,
-                          callbacks=list(callbacks))
+                          callbacks=list(callbacks), eval_dataset=eval_dataset)
 
 
 def two_domains(first: str):
@@ -150,10 +151,11 @@ def test_lightning_refuses_domains_in_another_order_and_finishes(tmp_path):
 
 def test_hf_history_final_and_step_convention(tmp_path):
     ctl = controller(tiny_gpt2(dropout=0.0), rehearse=False)
-    trainer = hf_trainer(tmp_path, ctl, tikmix.concat_domains(domains()))
+    trainer = hf_trainer(tmp_path, ctl, tikmix.concat_domains(domains()), eval_dataset=targets()["lowish"])
     trainer.train()
     final = ctl.history["final"]
     assert final["step"] == 9 and sum(final["realised_total"]["samples"]) == 9 * 4
+    assert final["eval"]["eval_loss"] == trainer.state.log_history[-2]["eval_loss"] > 0  # the last evaluation
     # the Trainer fetches one batch ahead: the first re-weighted batch is global_step b + 2
     assert [r["applies_from_step"] for r in ctl.history["stages"]] == [5, 8]
     for r in ctl.history["stages"]:
