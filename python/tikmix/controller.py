@@ -177,7 +177,8 @@ class Controller:
         rehearse: measure once at construction on one micro-batch (``batch_size`` rows, the first ones) of every
             domain and target, with per-sample mode's autograd self-check on, so that a model the controller cannot
             measure is reported before training. A passed rehearsal turns the self-check off for the boundaries
-            (it costs ~40% of per-sample time) unless the rehearsal saw a capture fall back (a warning).
+            (it costs ~40% of per-sample time) unless the rehearsal saw a capture fall back (a warning): then it is
+            on for the boundaries.
             ``history["rehearsal"]`` says what it checked; its cost is the next record's ``timing["rehearsal_s"]``.
             False skips it.
         decision: how the measured ``S`` becomes the solver's input (:class:`tikmix.decision.Decision`):
@@ -378,8 +379,10 @@ class Controller:
         for w in caught:  # show them once, outside the record
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         fell_back = any(issubclass(w.category, RuntimeWarning) for w in caught)
-        if per_sample and "verify" in saved and not fell_back:
-            infl.verify = False  # the rehearsal ran the self-check; boundaries need not repeat it
+        if per_sample and "verify" in saved:
+            # a passed self-check need not be repeated at the boundaries; a capture that fell back to torch.func in
+            # the rehearsal may fall back again on other batches, so the boundaries keep checking
+            infl.verify = fell_back
         # the cost goes into the next record's timing (like every other duration, it is not part of the decision)
         self._rehearsal_s = time.perf_counter() - t0
         return {"verified": per_sample, "self_check_at_boundaries": bool(getattr(infl, "verify", False)) and per_sample}
