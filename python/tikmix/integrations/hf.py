@@ -83,6 +83,13 @@ class TikmixCallback(TrainerCallback):
         self.resume_from: str | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # the checks MixtureTrainer makes at construction, for a callback used with another Trainer subclass
+        if args.max_steps is not None and args.max_steps > 0:
+            self.controller.set_total_steps(args.max_steps)
+        loader = kwargs.get("train_dataloader")
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None and hasattr(dataset, "__getitem__"):
+            check_dataset(self.controller, dataset, "the Trainer's train dataset")
         if state.global_step > 0:
             folder = self.resume_from or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             load_state(self.controller, folder)
