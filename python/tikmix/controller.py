@@ -63,14 +63,14 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from . import _distributed
+from . import _distributed, formats
 from ._validation import check_int, to_float64_array
 from .decision import Decision
 
 __all__ = ["Controller", "HISTORY_FORMAT"]
 
-HISTORY_FORMAT = "tikmix.history/1"
-_STATE_FORMAT = "tikmix.controller/1"
+HISTORY_FORMAT = formats.HISTORY
+_STATE_FORMAT = formats.CONTROLLER_STATE
 #: Group mode's bootstrap resamples micro-batches: when the decision shrinks group-mode estimates, a domain's draw is
 #: split into at least this many of them (when it has that many samples), so that its interval has units to resample.
 MIN_BOOTSTRAP_UNITS = 8
