@@ -40,7 +40,7 @@ def check_two_stage_history(history: dict, sampler) -> list:
     assert weights[0] != weights[1] and weights[1] != weights[2]
     for r in hist:
         # the sampler realises the weights on its grid of 1 / lcm(batch_size, 10080)
-        assert sampler.weights_at(r["applies_from_step"]) == pytest.approx(r["weights"], abs=1.0 / 10080)
+        assert sampler.weights_at(r["applies_from_step"] - 1) == pytest.approx(r["weights"], abs=1.0 / 10080)
     return hist
 
 
@@ -70,3 +70,13 @@ def dict_collate(items):
 
 def state_of(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def tiny_gpt2(seed: int = 0, dropout: float = 0.1):
+    """A 1-layer GPT-2 from ``GPT2Config`` (no download) with ``dropout`` on embeddings, attention and residuals."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=32, n_layer=1, n_head=2, resid_pdrop=dropout,
+                     embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=0, eos_token_id=1)
+    return GPT2LMHeadModel(cfg)

@@ -343,7 +343,7 @@ def test_trainer_rejects_bad_setup(tmp_path):
         MixtureTrainer(controller=controller, model=trainer.model, train_dataset=trainer.train_dataset,
                        args=TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2,
                                               gradient_accumulation_steps=2, use_cpu=True, report_to="none"))
-    with pytest.raises(ValueError, match="domain_sizes"):
+    with pytest.raises(ValueError, match="train_dataset has 48 samples but the controller's domains"):
         MixtureTrainer(controller=controller, model=trainer.model, args=args,
                        train_dataset=domains()["low"])
     with pytest.raises(TypeError, match="tikmix.Controller"):

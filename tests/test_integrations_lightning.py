@@ -31,6 +31,17 @@ class LlamaModule(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=3e-3)
 
 
+class _StopAt(L.Callback):
+    """Stop training after optimizer step ``step`` (the run's max_steps stays the full run's)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *a):
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
 def _setup(max_steps, tmp_path, seed=0, callbacks=()):
     model = tiny_llama(seed=seed)
     doms = domains()
@@ -57,7 +68,7 @@ def test_lightning_three_stages_and_exact_resume(tmp_path):
     ref = torch.stack([train[int(i)]["input_ids"] for i in expected])
     assert torch.equal(torch.cat(module.seen), ref)  # one sampler step per optimizer step, in order
 
-    t1, m1, l1, _, _, _ = _setup(4, tmp_path / "part")
+    t1, m1, l1, _, _, _ = _setup(9, tmp_path / "part", callbacks=[_StopAt(4)])
     t1.fit(m1, l1)
     ckpt = tmp_path / "part" / "step=4.ckpt"
     assert ckpt.is_file()

@@ -74,8 +74,9 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(tmp_path):
     p = _run(configs["killed"], "--kill-after-step", "6")
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     assert steps() == [4]
-    # 2. during the influence measurement of the boundary at step 16 (the boundary at 8 is the first call)
-    p = _run(configs["killed"], "--kill-in-influence-call", "2", resume=True)
+    # 2. during the influence measurement of the boundary at step 16 (the controller's rehearsal is the first call,
+    # the boundary at 8 the second)
+    p = _run(configs["killed"], "--kill-in-influence-call", "3", resume=True)
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     assert steps() == [12, 8]
     # 3. half-way through writing the checkpoint of step 20: the older two stay intact

@@ -184,3 +184,20 @@ def test_iterable_dataset_argument_errors():
 class _Unsized:
     def __iter__(self):
         return iter(range(4))
+
+
+def test_sampler_built_before_the_process_group_binds_at_first_use(monkeypatch):
+    """No process group at construction: rank/world size are read when first needed; before a group exists under a
+    multi-process launcher (WORLD_SIZE > 1) the error says what to do."""
+    from tikmix.data import MixtureSampler
+
+    s = MixtureSampler([5, 7], [0.5, 0.5], batch_size=4, seed=0)
+    assert s._world_size is None  # unbound until used
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="before torch.distributed is initialised, but WORLD_SIZE=2 .* initialise "
+                                           "the process group first"):
+        iter(s).__next__()
+    monkeypatch.delenv("WORLD_SIZE")
+    assert (s.rank, s.world_size) == (0, 1) and len(list(s.local_indices(0, 2))) == 8
+    explicit = MixtureSampler([5, 7], [0.5, 0.5], batch_size=4, seed=0, rank=1, world_size=2)
+    assert explicit.world_size == 2 and explicit.local_batch_size == 2

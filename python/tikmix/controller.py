@@ -24,6 +24,22 @@ At each stage boundary the controller
 4. schedules the new weights on the sampler from the next step not yet produced;
 5. appends a record to :attr:`Controller.history` and (on rank 0) writes the JSON history file.
 
+**The measurement policy** is the controller's, whatever loop calls it (a plain loop, ``tikmix run``, the
+Hugging Face and Lightning callbacks, the demo):
+
+* while influence is measured the model is in eval mode (no dropout: ``S`` is a function of the weights, not of a
+  dropout draw, and per-sample gradients need a deterministic forward); every submodule's ``training`` flag is
+  restored exactly afterwards. ``measure_mode="train"`` measures in the caller's mode instead; the history records
+  which (``history["measure"]``);
+* a boundary consumes and changes no training random stream: the torch CPU generator, every CUDA device's
+  generator, Python's :mod:`random` and numpy's global state are saved before the boundary and restored after it;
+  the controller's own draws (influence samples, sketch, bootstrap, TiKMiX-M) come from generators seeded by
+  ``seed`` and the stage index;
+* :meth:`Controller.step` handles every boundary ``<= step`` not yet handled, once each, in order, so a loop that
+  calls it less often than every step (or jumps over a boundary) still triggers each boundary exactly once;
+* with ``rehearse=True`` (default) the constructor measures once on one micro-batch per domain and per target, with
+  per-sample mode's autograd self-check on, so a model the controller cannot measure fails before any training.
+
 Everything the controller decides is a function of the model, the seed and the stage index, so a run
 resumed from :meth:`Controller.state_dict` (which embeds the sampler's state) reproduces the history and the
 final mixture of an uninterrupted run.
@@ -31,10 +47,13 @@ final mixture of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import random
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,18 +63,19 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from . import _distributed
+from . import _distributed, formats
 from ._validation import check_int, to_float64_array
 from .decision import Decision
 
 __all__ = ["Controller", "HISTORY_FORMAT"]
 
-HISTORY_FORMAT = "tikmix.history/1"
-_STATE_FORMAT = "tikmix.controller/1"
+HISTORY_FORMAT = formats.HISTORY
+_STATE_FORMAT = formats.CONTROLLER_STATE
 #: Group mode's bootstrap resamples micro-batches: when the decision shrinks group-mode estimates, a domain's draw is
 #: split into at least this many of them (when it has that many samples), so that its interval has units to resample.
 MIN_BOOTSTRAP_UNITS = 8
 _SOLVERS = ("direct", "regression")
+MEASURE_MODES = ("eval", "train")
 
 
 def _jsonable(value: Any) -> Any:
@@ -146,7 +166,21 @@ class Controller:
         device: where batches go (default: the device of the model's first parameter).
         history_path: JSON file rewritten after every boundary (rank 0 only); None = keep in memory.
         seed: seeds the influence samples, the sketch and TiKMiX-M.
-        total_steps: optional; a boundary at or after it is rejected (it would never be reached).
+        total_steps: optimizer steps of the whole run; a boundary at or after it is rejected (it would never be
+            reached, or would choose a mixture nothing trains on). When None, the framework integrations take it
+            from the trainer's ``max_steps`` (:meth:`set_total_steps`); a plain loop that never sets it gets a
+            warning at the first :meth:`step`.
+        measure_mode: ``"eval"`` (default): the model is in eval mode while influence is measured (every
+            submodule's ``training`` flag restored afterwards); ``"train"``: measured in whatever mode the caller
+            left the model (dropout noise enters ``S``; per-sample mode then fails its self-check on models with
+            dropout). Recorded in ``history["measure"]``.
+        rehearse: measure once at construction on one micro-batch (``batch_size`` rows, the first ones) of every
+            domain and target, with per-sample mode's autograd self-check on, so that a model the controller cannot
+            measure is reported before training. A passed rehearsal turns the self-check off for the boundaries
+            (it costs ~40% of per-sample time) unless the rehearsal saw a capture fall back (a warning): then it is
+            on for the boundaries.
+            ``history["rehearsal"]`` says what it checked; its cost is the next record's ``timing["rehearsal_s"]``.
+            False skips it.
         decision: how the measured ``S`` becomes the solver's input (:class:`tikmix.decision.Decision`):
             None or ``"robust"`` (default: per-sample estimates shrunk by their uncertainty, smoothing across
             boundaries, a ``max_shift`` and a ``min_r2`` default; it beat the paper's decision on the
@@ -156,8 +190,23 @@ class Controller:
             factors, the ``S`` the solver saw).
 
     Attributes:
-        history: the run's JSON-ready history dict (``"format"``, ``"domains"``, ``"targets"``, ``"stages"``:
-            one record per boundary, ``"metrics"``: what :meth:`log_metrics` recorded, ``"final"``).
+        history: the run's JSON-ready history dict: ``"format"``, ``"domains"``, ``"targets"``, ``"measure"``
+            (``{"mode": "eval" | "train", "training_rng": "preserved"}``), ``"rehearsal"`` (None when skipped, else
+            ``{"verified", "self_check_at_boundaries"}``; its seconds are in the next record's ``timing``), ``"stages"``: one record per boundary,
+            ``"metrics"``: what :meth:`log_metrics` recorded, ``"final"``: what :meth:`finish` recorded.
+
+    **Step convention.** Steps are counted from 1: step ``s`` is the ``s``-th optimizer step, and
+    ``controller.step(s)`` is called after it (the Hugging Face ``state.global_step``, Lightning's
+    ``trainer.global_step``, ``tikmix run``'s step after the update). A stage record's ``"step"`` is the boundary
+    ``b`` (measured after step ``b``); ``"applies_from_step"`` is the first step whose batch is drawn with the new
+    mixture: ``b + 1`` in a loop that fetches a batch only when it trains on it, later when the DataLoader had
+    already fetched batches ahead (the Hugging Face Trainer fetches one batch ahead: ``b + 2``). The sampler's
+    0-based step index of that batch is ``applies_from_step - 1`` (``sampler.weights_at(applies_from_step - 1)``).
+
+    **Checks at construction.** The domains' sizes must be the sampler's ``domain_sizes`` in order; token ids that
+    the model's input embedding cannot look up are refused when the model has ``get_input_embeddings`` (Hugging
+    Face models) and the data's largest id is cheap to know (tensors, arrays, datasets of up to 100,000 items);
+    then the rehearsal (``rehearse``) measures once.
     """
 
     def __init__(
@@ -183,6 +232,8 @@ class Controller:
         seed: int = 0,
         total_steps: int | None = None,
         decision: Any = None,
+        measure_mode: str = "eval",
+        rehearse: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -213,6 +264,10 @@ class Controller:
         check_int(batch_size, "batch_size", minimum=1)
         if target_samples is not None:
             check_int(target_samples, "target_samples", minimum=1)
+        if measure_mode not in MEASURE_MODES:
+            raise ValueError(f"measure_mode must be one of {MEASURE_MODES}, got {measure_mode!r}")
+        if not isinstance(rehearse, bool):
+            raise TypeError(f"rehearse must be True or False, got {rehearse!r}")
 
         self.model = model
         self.sampler = sampler
@@ -234,7 +289,12 @@ class Controller:
         self.stage_unit = stage_unit
         self.boundaries = self._boundary_steps(stages, stage_unit, tokens_per_step, total_steps)
         self.stage_spec = [int(s) for s in stages]
-        self.total_steps = total_steps
+        self.total_steps = None if total_steps is None else check_int(total_steps, "total_steps", minimum=1)
+        self.measure_mode = measure_mode
+        self._check_domain_sizes()
+        from .integrations._common import check_vocabulary
+
+        check_vocabulary(self, model)
         self.decision = Decision.from_options(decision)
         self._influence = self._make_influence(influence)
         import tikmix.solvers  # noqa: F401  (import scipy/LightGBM now, not inside the first solve's timing)
@@ -259,12 +319,98 @@ class Controller:
             "stage_boundaries": {"unit": stage_unit, "values": self.stage_spec, "steps": self.boundaries},
             "tokens_per_step": tokens_per_step,
             "initial_weights": [float(x) for x in sampler.weights_at(0)],
+            "measure": {"mode": measure_mode, "training_rng": "preserved"},
+            "rehearsal": None,
             "stages": [],
             "metrics": [],
             "final": None,
         }
+        self._warned_total_steps = False
+        self._rehearsal_s = 0.0
+        if rehearse:
+            self.history["rehearsal"] = self._rehearse()
 
     # ------------------------------------------------------------------ construction helpers
+    def _check_domain_sizes(self) -> None:
+        """The domains must be the sampler's, in its order: the new weights go to the sampler's domain ``j``."""
+        sizes = getattr(self.sampler, "domain_sizes", None)
+        if sizes is None:
+            return
+        mine = [len(d) for d in self._domains.values()]
+        if list(mine) != [int(n) for n in sizes]:
+            listed = ", ".join(f"{n}={k}" for n, k in zip(self.domain_names, mine))
+            raise ValueError(
+                f"domains do not match the sampler: domains has sizes ({listed}) in this order, the sampler's "
+                f"domain_sizes are {[int(n) for n in sizes]}; pass the domains in the sampler's order (the order "
+                "of tikmix.concat_domains)"
+            )
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Set (or confirm) the run's length in optimizer steps, e.g. from a trainer's ``max_steps``.
+
+        Raises ValueError if ``total_steps`` was already set to another value, or if a boundary is at or after
+        it (it would never be reached)."""
+        total_steps = check_int(total_steps, "total_steps", minimum=1)
+        if self.total_steps is not None and self.total_steps != total_steps:
+            raise ValueError(f"the controller was built with total_steps={self.total_steps}, but the trainer runs "
+                             f"max_steps={total_steps}: make them equal (or leave total_steps unset)")
+        self._boundary_steps(self.stage_spec, self.stage_unit, self.tokens_per_step, total_steps)
+        self.total_steps = total_steps
+
+    def _rehearse(self) -> dict[str, Any]:
+        """Measure once on one micro-batch per domain and target (self-check on) before any training."""
+        infl = self._influence
+        per_sample = getattr(infl, "mode", None) == "per_sample"
+        saved = {a: getattr(infl, a) for a in ("verify", "n_bootstrap", "progress") if hasattr(infl, a)}
+        for attr, value in (("verify", True), ("n_bootstrap", 0), ("progress", False)):
+            if attr in saved:
+                setattr(infl, attr, value)
+        domain_batches = {n: self._batches(d, np.arange(min(self.batch_size, len(d))))
+                          for n, d in self._domains.items()}
+        target_batches = {}
+        for n, d in self._targets.items():
+            rows = len(d) if self.target_samples is None else min(len(d), self.target_samples)
+            target_batches[n] = self._batches(d, np.arange(min(self.batch_size, rows)))
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings(record=True) as caught, self._measuring():
+                warnings.simplefilter("always")
+                infl.compute(domain_batches, target_batches)
+        except Exception as exc:
+            raise RuntimeError(
+                "the controller's rehearsal (one influence measurement on one micro-batch per domain and target, "
+                f"run before training so that a model it cannot measure fails now, not at the first boundary) "
+                f"failed: {type(exc).__name__}: {exc}  -- fix the model or the influence options (e.g. "
+                "influence={'mode': 'group'}); Controller(rehearse=False) skips this check"
+            ) from exc
+        finally:
+            for attr, value in saved.items():
+                setattr(infl, attr, value)
+        for w in caught:  # show them once, outside the record
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        fell_back = any(issubclass(w.category, RuntimeWarning) for w in caught)
+        if per_sample and "verify" in saved:
+            # a passed self-check need not be repeated at the boundaries; a capture that fell back to torch.func in
+            # the rehearsal may fall back again on other batches, so the boundaries keep checking
+            infl.verify = fell_back
+        # the cost goes into the next record's timing (like every other duration, it is not part of the decision)
+        self._rehearsal_s = time.perf_counter() - t0
+        return {"verified": per_sample, "self_check_at_boundaries": bool(getattr(infl, "verify", False)) and per_sample}
+
+    @contextlib.contextmanager
+    def _measuring(self):
+        """The measurement policy: eval mode (unless ``measure_mode="train"``) and untouched training RNG streams."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        state = _rng_state()
+        try:
+            if self.measure_mode == "eval":
+                self.model.eval()
+            yield
+        finally:
+            for m, training in modes:
+                m.training = training
+            _set_rng_state(state)
+
     def _model_device(self) -> torch.device:
         for p in self.model.parameters():
             return p.device
@@ -388,11 +534,15 @@ class Controller:
 
     # ------------------------------------------------------------------ the hook
     def step(self, step: int) -> dict[str, Any] | None:
-        """Call once after every optimizer step with the number of steps completed (1-based).
+        """Call after every optimizer step with the number of steps completed (1-based).
 
-        Between boundaries this only keeps the training-time clock. At a boundary it measures influence,
-        solves, re-weights the sampler and returns the new history record (else returns None). A boundary
-        already handled (e.g. before a resume) is not handled again.
+        Handles every stage boundary ``b <= step`` not handled yet, once each, oldest first: measure influence
+        on the model as it is now (in eval mode, training RNG untouched: see the module docs), solve, re-weight
+        the sampler from its next free step. A boundary already handled (e.g. before a resume) is not handled
+        again. Between boundaries this only keeps the training-time clock.
+
+        Returns the history record of the last boundary handled by this call (all of them are appended to
+        ``history["stages"]``), or None when no boundary was due.
         """
         check_int(step, "step (optimizer steps completed)", minimum=0)
         now = time.perf_counter()
@@ -400,17 +550,33 @@ class Controller:
             self._train_s += now - self._last_wall
         self._last_wall = now
         step = int(step)
-        if step not in self.boundaries or step in self._done:
-            return None
-        record = self._boundary(step, self.boundaries.index(step))
-        self._last_wall = time.perf_counter()
+        if self.total_steps is None and not self._warned_total_steps:
+            self._warned_total_steps = True
+            warnings.warn("Controller: total_steps is not set, so a stage boundary after the end of training "
+                          "cannot be detected; pass total_steps=... (the integrations take the trainer's max_steps)",
+                          UserWarning, stacklevel=2)
+        # boundaries are handled in order, so the first `stages_done` are the handled ones
+        pending = [b for b in self.boundaries[len(self._done):] if b <= step]
+        record = None
+        for b in pending:
+            record = self._boundary(b, self.boundaries.index(b))
+        if pending:
+            self._last_wall = time.perf_counter()
         return record
 
     def _boundary(self, step: int, stage: int) -> dict[str, Any]:
+        rng = _rng_state()
+        try:
+            return self._boundary_body(step, stage)
+        finally:
+            _set_rng_state(rng)
+
+    def _boundary_body(self, step: int, stage: int) -> dict[str, Any]:
         t_start = time.perf_counter()
-        domain_batches, target_batches = self._influence_inputs(stage)
-        t0 = time.perf_counter()
-        result = self._influence.compute(domain_batches, target_batches)
+        with self._measuring():
+            domain_batches, target_batches = self._influence_inputs(stage)
+            t0 = time.perf_counter()
+            result = self._influence.compute(domain_batches, target_batches)
         t_influence = time.perf_counter() - t0
         S = to_float64_array(result.S, "influence S")
         w_prior = np.asarray(self.sampler.weights_at(step), dtype=np.float64)
@@ -431,7 +597,7 @@ class Controller:
             "stage": stage,
             "step": step,
             "tokens": step * self.tokens_per_step if self.tokens_per_step else None,
-            "applies_from_step": at_step,
+            "applies_from_step": at_step + 1,  # 1-based: the step whose batch is the first one re-weighted
             "weights_prior": w_prior.tolist(),
             "weights": [float(x) for x in weights],
             "S": S.tolist(),
@@ -447,9 +613,11 @@ class Controller:
                 "influence_s": t_influence,
                 "solve_s": t_solve,
                 "controller_s": time.perf_counter() - t_start,
+                "rehearsal_s": self._rehearsal_s,
             },
         }
         self._train_s = 0.0
+        self._rehearsal_s = 0.0
         self._done.append(step)
         self.history["stages"].append(record)
         self._write_history()
@@ -519,6 +687,7 @@ class Controller:
             "stage_steps": self.boundaries,
             "seed": self.seed,
             "decision": self.decision.options(),
+            "measure_mode": self.measure_mode,
         }
 
     def state_dict(self, step: int | None = None) -> dict[str, Any]:
@@ -543,8 +712,9 @@ class Controller:
             raise ValueError(f"state_dict is not a tikmix controller state (format {_STATE_FORMAT!r})")
         config = state_dict.get("config", {})
         mine = self._config()
-        # "decision" joined the config later: a state saved without it is not refused for lacking it
-        diff = [k for k in mine if config.get(k) != mine[k] and (k in config or k != "decision")]
+        # "decision" and "measure_mode" joined the config later: a state saved without them is not refused for that
+        # (an older state measured in eval mode through the integrations, or in the caller's mode in a plain loop)
+        diff = [k for k in mine if config.get(k) != mine[k] and (k in config or k not in ("decision", "measure_mode"))]
         if diff:
             raise ValueError(
                 "state_dict comes from a different controller configuration: "
@@ -565,6 +735,24 @@ class Controller:
     def stages_done(self) -> int:
         """Number of boundaries handled so far."""
         return len(self._done)
+
+
+def _rng_state() -> dict[str, Any]:
+    """The training random streams: torch CPU, every initialised CUDA device, Python ``random``, numpy's global."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`_rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if state.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,6 +99,24 @@ def _per_domain(value: Any, name: str, d: int, *, minimum: int, allow_none: bool
     return out
 
 
+def _resolve_rank_world(rank: Any, world_size: Any, bsz: int) -> tuple[int, int]:
+    """Validated ``(rank, world_size)``; a None is taken from ``torch.distributed`` (rank 0 of 1 without it)."""
+    if world_size is None:
+        world_size = _distributed.world_size()
+    world_size = check_int(world_size, "world_size", minimum=1)
+    if rank is None:
+        rank = _distributed.rank()
+    rank = check_int(rank, "rank")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} is out of range for world_size={world_size}: expected 0 <= rank < {world_size}")
+    if bsz % world_size:
+        raise ValueError(
+            f"batch_size={bsz} must be divisible by world_size={world_size}: batch_size is the global "
+            "batch and every rank takes batch_size // world_size samples of each step"
+        )
+    return rank, world_size
+
+
 # ---------------------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class RealisedCounts:
@@ -185,19 +204,11 @@ class MixtureBase:
         if num_steps is not None:
             num_steps = check_int(num_steps, "num_steps", minimum=0)
         tps = _per_domain(tokens_per_sample, "tokens_per_sample", d, minimum=0, allow_none=False)
-        if world_size is None:
-            world_size = _distributed.world_size()
-        world_size = check_int(world_size, "world_size", minimum=1)
-        if rank is None:
-            rank = _distributed.rank()
-        rank = check_int(rank, "rank")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} is out of range for world_size={world_size}: expected 0 <= rank < {world_size}")
-        if bsz % world_size:
-            raise ValueError(
-                f"batch_size={bsz} must be divisible by world_size={world_size}: batch_size is the global "
-                "batch and every rank takes batch_size // world_size samples of each step"
-            )
+        # Built before the process group exists (e.g. before TrainingArguments under torchrun): the rank and world
+        # size are bound at first use instead (_bind).
+        self._rank_given = rank is not None or world_size is not None
+        if self._rank_given or _distributed.is_initialized():
+            rank, world_size = _resolve_rank_world(rank, world_size, bsz)
         w = check_weights(weights, d)
         stage = make_stage(0, w, bsz)
         warn_unslotted(w, stage.units, bsz, "weights", stacklevel=4)  # -> _setup -> __init__ -> caller
@@ -253,15 +264,37 @@ class MixtureBase:
     @property
     def local_batch_size(self) -> int:
         """Samples per step on this rank (``batch_size // world_size``)."""
-        return self._batch_size // self._world_size
+        return self._batch_size // self.world_size
 
     @property
     def rank(self) -> int:
-        return self._rank
+        """This process's slot (given, or from ``torch.distributed`` when first used)."""
+        return self._bind()[0]
 
     @property
     def world_size(self) -> int:
-        return self._world_size
+        """Number of processes (given, or from ``torch.distributed`` when first used)."""
+        return self._bind()[1]
+
+    def _bind(self) -> tuple[int, int]:
+        """``(rank, world_size)``; when neither was given and no process group existed at construction, they are
+        taken from ``torch.distributed`` at the first use that needs them."""
+        if self._world_size is None:
+            if not _distributed.is_initialized() and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+                raise RuntimeError(
+                    f"this {self._KIND} is used before torch.distributed is initialised, but WORLD_SIZE="
+                    f"{os.environ['WORLD_SIZE']} says this is a multi-process run, so its rank and world size are "
+                    "not known yet: initialise the process group first (torch.distributed.init_process_group, or "
+                    "create the TrainingArguments / Trainer), or pass rank= and world_size= explicitly"
+                )
+            self._rank, self._world_size = _resolve_rank_world(None, None, self._batch_size)
+        elif not self._rank_given and _distributed.is_initialized() and _distributed.world_size() != self._world_size:
+            raise RuntimeError(
+                f"this {self._KIND} was bound to world_size={self._world_size} at its first use, but the process "
+                f"group now has {_distributed.world_size()} processes: initialise torch.distributed before the "
+                "first iteration (or pass rank= and world_size= explicitly)"
+            )
+        return self._rank, self._world_size  # type: ignore[return-value]
 
     @property
     def seed(self) -> int:
@@ -309,7 +342,8 @@ class MixtureBase:
         return seg.counts_at(step)
 
     def _local_share(self, seg: Segment) -> tuple[int, int]:
-        return MixturePlan.slice_bounds(seg.size, self._rank, self._world_size)
+        rank, world = self._bind()
+        return MixturePlan.slice_bounds(seg.size, rank, world)
 
     def _position(self) -> tuple[int, int]:
         off = self._row_skip
@@ -399,7 +433,7 @@ class MixtureBase:
             "format": STATE_FORMAT,
             "step": step,
             "offset": offset,
-            "world_size": self._world_size,
+            "world_size": self.world_size,
             "schedule": [[s.start, list(s.weights), list(s.units)] for s in self._stages],
             "config": self._config(),
         }
@@ -432,11 +466,11 @@ class MixtureBase:
         stages = self._parse_schedule(state_dict["schedule"])
         plan = self._make_plan(stages)
         if offset:
-            if saved_ws != self._world_size:
+            if saved_ws != self.world_size:
                 raise ValueError(
                     f"state_dict['offset'] = {offset}: it was saved in the middle of step {step} with "
                     f"world_size={saved_ws}, and resuming mid-step needs the same world size (this has "
-                    f"{self._world_size}); save at a step boundary, e.g. state_dict(step=...)"
+                    f"{self.world_size}); save at a step boundary, e.g. state_dict(step=...)"
                 )
             seg = plan.segment_at(step)
             share = 0
@@ -523,7 +557,7 @@ class MixtureBase:
                 lo, _ = self._local_share(seg)
                 dom, _ = self._plan.layout(seg, np.array([cur]), lo, lo + off)
                 partial = np.bincount(dom.ravel(), minlength=self.num_domains).astype(np.int64)
-            if self._world_size > 1 and _distributed.world_size() == self._world_size:
+            if self.world_size > 1 and _distributed.world_size() == self.world_size:
                 t = torch.from_numpy(partial)
                 _distributed.all_reduce_sum_([t])
                 partial = t.numpy()

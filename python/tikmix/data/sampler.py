@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,32 +41,48 @@ class DomainConcatDataset(ConcatDataset):
     """``ConcatDataset`` of per-domain map-style datasets, in domain order, matching :class:`MixtureSampler`.
 
     Global index ``offset_j + i`` is sample ``i`` of domain ``j``. ``domain_sizes`` feeds the sampler;
-    :meth:`locate` maps a global index back to ``(domain, local index)``.
+    ``domain_names`` (when built from a mapping name -> dataset, else None) lets a trainer check that the
+    :class:`tikmix.Controller`'s domains are these, in this order; :meth:`locate` maps a global index back to
+    ``(domain, local index)``.
     """
 
-    def __init__(self, datasets: Sequence[Dataset]) -> None:
+    def __init__(self, datasets: Sequence[Dataset] | Mapping[str, Dataset]) -> None:
+        names: tuple[str, ...] | None = None
+        if isinstance(datasets, Mapping):
+            names = tuple(str(n) for n in datasets)
+            datasets = list(datasets.values())
+        elif isinstance(datasets, (str, bytes)) or not isinstance(datasets, (Sequence, Iterable)):
+            raise TypeError("datasets must be a mapping name -> dataset or a sequence of datasets, got "
+                            f"{type(datasets).__name__}")
         datasets = list(datasets)
         if not datasets:
             raise ValueError("datasets is empty: at least one domain dataset is needed")
+        label = (lambda j: f"datasets[{names[j]!r}]") if names is not None else (lambda j: f"datasets[{j}]")
         for j, ds in enumerate(datasets):
             if isinstance(ds, IterableDataset):
                 raise TypeError(
-                    f"datasets[{j}] is an IterableDataset; use MixtureIterableDataset for streaming domains"
+                    f"{label(j)} is an IterableDataset; use MixtureIterableDataset for streaming domains"
                 )
             if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__"):
-                raise TypeError(f"datasets[{j}] must be a map-style dataset with __len__ and __getitem__")
+                raise TypeError(f"{label(j)} must be a map-style dataset with __len__ and __getitem__")
             if len(ds) == 0:
-                raise ValueError(f"datasets[{j}] is empty: every domain needs at least one sample")
+                raise ValueError(f"{label(j)} is empty: every domain needs at least one sample")
         super().__init__(datasets)
         self.domain_sizes: tuple[int, ...] = tuple(len(ds) for ds in datasets)
+        self.domain_names: tuple[str, ...] | None = names
 
     def locate(self, index: Any) -> Any:
         """``(domain, local index)`` of a global index (int or int array); see :func:`locate_index`."""
         return locate_index(index, self.domain_sizes)
 
 
-def concat_domains(datasets: Sequence[Dataset]) -> DomainConcatDataset:
-    """Concatenate per-domain datasets for :class:`MixtureSampler` (``MixtureSampler(ds.domain_sizes, ...)``)."""
+def concat_domains(datasets: Sequence[Dataset] | Mapping[str, Dataset]) -> DomainConcatDataset:
+    """Concatenate per-domain datasets for :class:`MixtureSampler` (``MixtureSampler(ds.domain_sizes, ...)``).
+
+    Pass the same mapping name -> dataset as the controller's ``domains``: the result then carries
+    ``domain_names`` (and always ``domain_sizes``), and :class:`~tikmix.integrations.hf.MixtureTrainer` and the
+    Lightning callback refuse a controller whose domains differ in names, order or sizes.
+    """
     return DomainConcatDataset(datasets)
 
 
@@ -79,7 +95,8 @@ class MixtureSampler(MixtureBase, Sampler[int]):
         weights: initial mixture, one non-negative finite weight per domain (normalised; zeros allowed).
         batch_size: the *global* batch: samples per step over all ranks. Each step is one block.
         seed: any int; the whole stream is a function of it.
-        rank: this process's slot; default from ``torch.distributed`` when initialised, else 0.
+        rank: this process's slot; default from ``torch.distributed``: when no process group exists yet, the rank
+            and world size are taken at first use (iteration), so the sampler may be built before the group.
         world_size: number of processes; default from ``torch.distributed`` when initialised, else 1.
             ``batch_size`` must be divisible by ``world_size``.
         drop_last: whether a final partial block (only possible when domains run out under ``max_epochs``)

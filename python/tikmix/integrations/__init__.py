@@ -6,10 +6,12 @@ submodule), so ``import tikmix`` never imports ``transformers`` or ``lightning``
 * :mod:`tikmix.integrations.lightning` -- ``lightning.pytorch.Trainer``:
   :class:`~tikmix.integrations.lightning.TikmixCallback` (extra ``tikmix[lightning]``).
 
-Both run a :class:`tikmix.Controller` at its stage boundaries with the rule *every boundary ``b <= step`` not yet
-handled is handled once, in order* (:func:`advance`), so a loop that jumps over a boundary between two calls still
-triggers it exactly once, and both save and restore the controller (and the sampler inside it) with the framework's
-checkpoints.
+Both call :meth:`tikmix.Controller.step` after every optimizer step, which handles every boundary ``<= step`` not
+yet handled, once, in order, under the controller's measurement policy (eval mode, training RNG untouched): the
+integrations hold no policy of their own. They check the setup before step 1 (the trainer's ``max_steps`` against
+the controller's ``total_steps``, the training dataset's domains against the controller's), call
+:meth:`tikmix.Controller.finish` when training ends, and save and restore the controller (and the sampler inside
+it) with the framework's checkpoints. :func:`advance` is ``controller.step`` returning the records it added.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the framework callbacks share: the ``>=`` boundary rule and the controller's state file."""
+"""What the framework callbacks share: collecting the records of a controller step, and the controller's state file."""
 from __future__ import annotations
 
 import json
@@ -6,47 +6,112 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_controller", "advance", "STATE_FILE", "save_state", "load_state"]
+__all__ = ["check_controller", "check_dataset", "check_vocabulary", "max_token_id", "advance", "STATE_FILE",
+           "save_state", "load_state"]
 
 STATE_FILE = "tikmix_controller.json"
 
 
 def check_controller(controller: Any) -> Any:
     """``controller`` if it has what the framework callbacks use, else a TypeError naming what is missing."""
-    for attr in ("boundaries", "stages_done", "step", "state_dict", "load_state_dict", "sampler", "model"):
+    for attr in ("boundaries", "stages_done", "step", "state_dict", "load_state_dict", "sampler", "model", "history"):
         if not hasattr(controller, attr):
             raise TypeError(f"controller must be a tikmix.Controller; it has no {attr!r}")
     return controller
 
 
-def advance(controller: Any, step: int) -> list[dict[str, Any]]:
-    """Handle every stage boundary ``b <= step`` that ``controller`` has not handled yet, oldest first.
+def check_dataset(controller: Any, dataset: Any, what: str) -> None:
+    """Refuse a training dataset whose domains are not the controller's, in names, order and sizes.
 
-    Each boundary is handled exactly once, by ``controller.step(b)``: influence is measured on the model as it is
-    now (at ``step``), and the new mixture starts at the sampler's next free step (``applies_from_step`` in the
-    history). Between boundaries this only keeps the controller's training-time clock. The model is put in eval
-    mode while influence is measured (no dropout: per-sample gradients need a deterministic forward) and then
-    restored. Returns the new history records (usually none).
+    ``dataset`` is the concatenation the sampler indexes (:func:`tikmix.concat_domains`); built from a mapping it
+    carries ``domain_names``, and always ``domain_sizes``. Without them only the total size can be compared.
     """
-    step = int(step)
-    # The controller handles boundaries in order, so the first `stages_done` are the handled ones.
-    pending = [b for b in controller.boundaries[controller.stages_done :] if b <= step]
-    if not pending:
-        controller.step(step)  # keeps the train-time clock; a no-op otherwise
-        return []
-    model = controller.model
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    records = []
-    try:
-        for b in pending:
-            record = controller.step(b)
-            if record is not None:
-                records.append(record)
-    finally:
-        for m, training in modes:
-            m.training = training
-    return records
+    names = list(controller.domain_names)
+    sizes = [len(d) for d in controller._domains.values()]
+    theirs_n = getattr(dataset, "domain_names", None)
+    theirs_s = getattr(dataset, "domain_sizes", None)
+
+    def listing(ns: Any, ss: Any) -> str:
+        if ns is None:
+            return "(" + ", ".join(f"domain {j}={k}" for j, k in enumerate(ss)) + ")"
+        return "(" + ", ".join(f"{n}={k}" for n, k in zip(ns, ss)) + ")"
+
+    hint = ("build it with tikmix.concat_domains(domains) from the same mapping name -> dataset as the "
+            "controller's domains")
+    if theirs_n is not None and list(theirs_n) != names:
+        raise ValueError(f"{what} holds the domains {listing(theirs_n, theirs_s)} in this order, but the "
+                         f"controller's domains are {listing(names, sizes)}: {hint}")
+    if theirs_s is not None and [int(k) for k in theirs_s] != sizes:
+        raise ValueError(f"{what} holds domains of sizes {listing(theirs_n, theirs_s)}, but the controller's "
+                         f"domains are {listing(names, sizes)}: {hint}")
+    if theirs_s is None and hasattr(dataset, "__len__") and len(dataset) != sum(sizes):
+        raise ValueError(f"{what} has {len(dataset)} samples but the controller's domains {listing(names, sizes)} "
+                         f"sum to {sum(sizes)}: {hint}")
+
+
+def check_vocabulary(controller: Any, model: Any) -> None:
+    """Refuse token ids the model's input embedding cannot look up, before step 1 (not an IndexError inside it).
+
+    Checks the controller's domains and targets where their largest id is cheap to know (tensors, numpy arrays,
+    datasets with ``max_token_id`` or of at most :data:`SCAN_LIMIT` items, scanned once)."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    vocab = getattr(emb, "num_embeddings", None)
+    if vocab is None:
+        return
+    for kind, sets in (("domains", controller._domains), ("targets", controller._targets)):
+        for name, data in sets.items():
+            top = max_token_id(data)
+            if top is not None and top >= vocab:
+                raise ValueError(
+                    f"{kind}[{name!r}] holds token id {top}, but the model's input embedding has {vocab} rows "
+                    f"(ids 0..{vocab - 1}): the tokenizer's vocabulary is larger than the model's; build the model "
+                    f"with vocab_size >= {top + 1}"
+                )
+
+
+#: Map-style datasets of at most this many items are scanned for their largest token id.
+SCAN_LIMIT = 100_000
+
+
+def max_token_id(data: Any) -> int | None:
+    """The largest token id in ``data`` (tensor rows, numpy rows, or a dataset of such items or dicts with
+    ``input_ids``), or None when it is not cheap to know."""
+    import numpy as np
+    import torch
+
+    top = getattr(data, "max_token_id", None)
+    if isinstance(top, (int, np.integer)):
+        return int(top)
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if isinstance(data, torch.Tensor):
+        return int(data.max()) if data.numel() and not data.is_floating_point() else None
+    if not hasattr(data, "__len__") or len(data) > SCAN_LIMIT:
+        return None
+    best: int | None = None
+    for i in range(len(data)):
+        item = data[i]
+        ids = item.get("input_ids") if isinstance(item, dict) else item
+        if isinstance(ids, np.ndarray):
+            ids = torch.from_numpy(ids)
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.numel() == 0:
+            return None
+        m = int(ids.max())
+        best = m if best is None else max(best, m)
+    return best
+
+
+def advance(controller: Any, step: int) -> list[dict[str, Any]]:
+    """``controller.step(step)``, returning the history records of the boundaries it handled (usually none).
+
+    The rule (every boundary ``<= step`` not handled yet, once, in order) and the measurement policy (eval mode,
+    training RNG untouched) are the controller's own (:meth:`tikmix.Controller.step`); this only collects what a
+    call appended to ``controller.history["stages"]``.
+    """
+    before = len(controller.history["stages"])
+    controller.step(int(step))
+    return list(controller.history["stages"][before:])
 
 
 def save_state(controller: Any, step: int, folder: str | os.PathLike[str]) -> Path:

@@ -21,15 +21,29 @@ pass-through (the same treatment ``transformers`` gives its own rank-aware sampl
 infinite (``exhaustion="wrap"``) or at least ``max_steps`` long: ``max_steps`` must be set and decides the end of
 training; "epochs" do not exist for it.
 
-**Boundaries.** :class:`TikmixCallback` calls :func:`tikmix.integrations.advance` after every optimizer step with
-``state.global_step``: every stage boundary ``<= global_step`` not yet handled is handled once (measure influence on
-the model in eval mode, solve, re-weight the sampler from its next free step).
+**Boundaries.** :class:`TikmixCallback` calls :meth:`tikmix.Controller.step` after every optimizer step with
+``state.global_step``; the controller handles every stage boundary ``<= global_step`` not yet handled, once, with
+its measurement policy (eval mode, training RNG untouched; see :mod:`tikmix.controller`). The Trainer's DataLoader
+fetches one batch ahead, so the new mixture applies from ``global_step + 2`` (``applies_from_step`` in the history).
+At the end of training the callback calls :meth:`tikmix.Controller.finish` (``history["final"]``: realised counts,
+the last evaluation's metrics when there is one).
+
+**Checks before step 1.** The Trainer's ``max_steps`` becomes the controller's ``total_steps`` (a different
+``total_steps`` or a boundary at or after ``max_steps`` is refused); ``train_dataset`` must hold the controller's
+domains in its order and sizes (:func:`tikmix.concat_domains` of the same mapping carries the names). The
+controller itself refuses token ids the model's input embedding cannot look up, when it is built.
 
 **Resume.** On every checkpoint save the callback writes ``tikmix_controller.json`` (controller history, handled
 boundaries, the sampler's schedule and position at ``global_step``) into the checkpoint folder; on
 ``train(resume_from_checkpoint=...)`` it loads it from that folder, so the resumed run continues the same sample
 stream and mixture schedule as an uninterrupted one. The Trainer's own data skipping on resume is turned off
-(``ignore_data_skip=True``): it would replay and discard batches of a sampler that already resumes itself.
+(``ignore_data_skip=True``): it would replay and discard batches of a sampler that already resumes itself. The train
+DataLoader draws its worker base seed from its own generator (seeded by ``args.seed``), not from torch's global
+one: the Trainer restores the checkpoint's RNG state before it creates the DataLoader iterator, so a draw from the
+global generator there would shift every later dropout mask of a resumed run.
+
+**torchrun.** The sampler and controller may be built before the process group exists (before
+``TrainingArguments``): the sampler takes its rank and world size from ``torch.distributed`` at first use.
 """
 from __future__ import annotations
 
@@ -42,10 +56,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tikmix.integrations.hf needs transformers >= 4.45: pip install 'tikmix[hf]'") from exc
 
-from ..losses import causal_lm_loss
-from ._common import STATE_FILE, advance, check_controller, load_state, save_state
+import torch
 
-__all__ = ["MixtureTrainer", "TikmixCallback", "causal_lm_loss", "unshard_dataloader"]
+from ..losses import causal_lm_loss
+from ._common import STATE_FILE, advance, check_controller, check_dataset, load_state, save_state
+
+__all__ = ["MixtureTrainer", "TikmixCallback", "causal_lm_loss", "own_generator", "unshard_dataloader"]
 
 
 class TikmixCallback(TrainerCallback):
@@ -67,6 +83,13 @@ class TikmixCallback(TrainerCallback):
         self.resume_from: str | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # the checks MixtureTrainer makes at construction, for a callback used with another Trainer subclass
+        if args.max_steps is not None and args.max_steps > 0:
+            self.controller.set_total_steps(args.max_steps)
+        loader = kwargs.get("train_dataloader")
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None and hasattr(dataset, "__getitem__"):
+            check_dataset(self.controller, dataset, "the Trainer's train dataset")
         if state.global_step > 0:
             folder = self.resume_from or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             load_state(self.controller, folder)
@@ -74,6 +97,12 @@ class TikmixCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.records.extend(advance(self.controller, state.global_step))
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        evals = [row for row in state.log_history if any(str(k).startswith("eval_") for k in row)]
+        last = {k: v for k, v in evals[-1].items() if isinstance(v, (int, float))} if evals else None
+        self.controller.finish(state.global_step, eval=last)
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -95,6 +124,17 @@ def unshard_dataloader(dataloader: Any, sampler: Any) -> Any:
     if inner is not None and getattr(inner, "sampler", None) is sampler and hasattr(shard, "num_processes"):
         shard.num_processes = 1
         shard.process_index = 0
+    return dataloader
+
+
+def own_generator(dataloader: Any, seed: int) -> Any:
+    """Give ``dataloader`` its own ``torch.Generator`` (seeded by ``seed``) for the base seed it draws when an
+    iterator is created, so that creating one leaves torch's global generator (dropout's) untouched. Returns
+    ``dataloader``."""
+    target = getattr(dataloader, "base_dataloader", dataloader)  # accelerate's DataLoaderShard wraps a DataLoader
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    target.generator = generator
     return dataloader
 
 
@@ -128,11 +168,6 @@ class MixtureTrainer(Trainer):
         if self.train_dataset is None or not hasattr(self.train_dataset, "__getitem__"):
             raise ValueError("MixtureTrainer needs a map-style train_dataset: the concatenation of the domains "
                              "(tikmix.concat_domains) that the controller's sampler indexes")
-        n = len(self.train_dataset)
-        total = sum(int(s) for s in sampler.domain_sizes)
-        if n != total:
-            raise ValueError(f"train_dataset has {n} samples but the sampler's domain_sizes sum to {total}: pass "
-                             "tikmix.concat_domains(domains) in the controller's domain order")
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         if sampler.batch_size != per_step:
             raise ValueError(
@@ -142,16 +177,21 @@ class MixtureTrainer(Trainer):
             )
         if sampler.world_size != args.world_size:
             raise ValueError(f"the sampler was built for world_size={sampler.world_size}, the Trainer runs "
-                             f"{args.world_size} processes")
+                             f"{args.world_size} processes: build the MixtureSampler without rank=/world_size= (it "
+                             "then takes them from torch.distributed at first use, so it may be built before "
+                             "TrainingArguments), or pass the Trainer's")
         end = getattr(sampler, "end_step", None)
         if end is not None and end < args.max_steps:
             raise ValueError(f"the sampler's stream ends at step {end}, before max_steps={args.max_steps}")
+        check_dataset(self.controller, self.train_dataset, "train_dataset")
+        self.controller.set_total_steps(args.max_steps)
 
     def _get_train_sampler(self, *args: Any, **kwargs: Any):
         return self.controller.sampler
 
     def get_train_dataloader(self):
-        return unshard_dataloader(super().get_train_dataloader(), self.controller.sampler)
+        return own_generator(unshard_dataloader(super().get_train_dataloader(), self.controller.sampler),
+                             self.args.seed)
 
     def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint is True:
