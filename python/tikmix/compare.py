@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .formats import EVAL, HISTORY
+from .formats import EVAL, HISTORY, HISTORY_READABLE
 
 __all__ = ["CompareError", "RunResult", "load_run", "compare", "improvement", "paired_bootstrap", "format_table",
            "plot_curves", "compare_figure"]
@@ -86,7 +86,7 @@ def load_run(path: str | Path) -> RunResult:
     if not isinstance(ev, dict) or ev.get("format") != EVAL:
         raise CompareError(f"{folder / 'eval.json'}: format is {ev.get('format') if isinstance(ev, dict) else None!r}, "
                            f"expected {EVAL!r}")
-    if not isinstance(hist, dict) or hist.get("format") != HISTORY:
+    if not isinstance(hist, dict) or hist.get("format") not in HISTORY_READABLE:
         raise CompareError(f"{folder / 'history.json'}: format is "
                            f"{hist.get('format') if isinstance(hist, dict) else None!r}, expected {HISTORY!r}")
     try:

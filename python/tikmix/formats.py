@@ -5,12 +5,16 @@ not know instead of guessing. The version goes up when a field changes meaning o
 """
 from __future__ import annotations
 
-__all__ = ["VERSION", "HISTORY", "CONTROLLER_STATE", "MIXTURE_STATE", "EVAL", "DEMO"]
+__all__ = ["VERSION", "HISTORY", "HISTORY_READABLE", "CONTROLLER_STATE", "MIXTURE_STATE", "EVAL", "DEMO"]
 
 #: The tikmix package version.
 VERSION = "0.1.0"
 #: ``history.json``: a run's stage records (weights, S, decision, timings), metrics and final summary.
-HISTORY = "tikmix.history/1"
+#: Version 2: ``applies_from_step`` is 1-based (the first optimizer step whose batch is drawn with the new mixture).
+HISTORY = "tikmix.history/2"
+#: History versions the readers (``tikmix report``, ``tikmix compare``) accept; in version 1 ``applies_from_step``
+#: was the 0-based sampler step, one less.
+HISTORY_READABLE = ("tikmix.history/1", HISTORY)
 #: :meth:`tikmix.Controller.state_dict`: handled boundaries, the history and the sampler's state.
 CONTROLLER_STATE = "tikmix.controller/1"
 #: :meth:`tikmix.MixtureSampler.state_dict`: the mixture schedule and the stream position.

@@ -6,7 +6,7 @@ Two JSON files are understood:
   against the baseline and an index of the run folders (``"runs": {method: folder}``, relative to the report);
   each folder is a ``tikmix run`` output (``history.json`` + ``eval.json``) and is read back with
   :func:`tikmix.compare.load_run`, the one reader of run folders;
-* a **controller history** (``"format": "tikmix.history/1"``), as written by ``Controller(history_path=...)``
+* a **controller history** (``"format": "tikmix.history/2"``), as written by ``Controller(history_path=...)``
   and ``tikmix run``: one run's stages (S, weights, realised tokens, solver report, timings) and the
   metrics it logged.
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from ._extras import pyplot
 from .compare import CompareError, RunResult, improvement, load_run
-from .formats import DEMO, HISTORY
+from .formats import DEMO, HISTORY, HISTORY_READABLE
 
 __all__ = ["load", "with_runs", "run_summary", "format_tables", "plot_all", "render", "improvement"]
 
@@ -43,7 +43,7 @@ def load(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
     fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt not in (DEMO, HISTORY):
+    if fmt != DEMO and fmt not in HISTORY_READABLE:
         raise ValueError(f"{path}: unknown format {fmt!r}; expected {DEMO!r} or {HISTORY!r}")
     return with_runs(data, path.parent) if fmt == DEMO else data
 
