@@ -296,14 +296,14 @@ class Controller:
 
         check_vocabulary(self, model)
         self.decision = Decision.from_options(decision)
-        self._influence = self._make_influence(influence)
+        # a run without boundaries (a fixed mixture) never measures: no influence machinery, no rehearsal
+        self._influence = self._make_influence(influence) if self.boundaries else None
         import tikmix.solvers  # noqa: F401  (import scipy/LightGBM now, not inside the first solve's timing)
         # ranks that disagree are refused here, naming the setting, before any training or collective they would
         # take in disagreement (a different seed or k would give other decisions; other boundaries would hang)
         _distributed.check_same_on_all_ranks({
             **self._config(), "stage_unit": stage_unit, "tokens_per_step": tokens_per_step, "total_steps": total_steps,
-            "solver_options": self.solver_options, "influence": self._influence.settings()
-            if hasattr(self._influence, "settings") else type(self._influence).__qualname__,
+            "solver_options": self.solver_options, "influence": _influence_settings(self._influence),
             "samples_per_domain": samples_per_domain, "target_samples": target_samples, "batch_size": batch_size,
             "domain_sizes": [len(d) for d in self._domains.values()],
             "target_sizes": [len(t) for t in self._targets.values()],
@@ -327,7 +327,7 @@ class Controller:
         }
         self._warned_total_steps = False
         self._rehearsal_s = 0.0
-        if rehearse:
+        if rehearse and self._influence is not None:
             self.history["rehearsal"] = self._rehearse()
 
     # ------------------------------------------------------------------ construction helpers
@@ -753,6 +753,13 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     if state.get("cuda") is not None:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _influence_settings(influence: Any) -> Any:
+    """What of the influence measurement the ranks must agree on (None when the controller never measures)."""
+    if influence is None:
+        return None
+    return influence.settings() if hasattr(influence, "settings") else type(influence).__qualname__
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

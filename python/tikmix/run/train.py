@@ -241,6 +241,8 @@ class _Loop:
                            dynamic_ncols=True) if self.progress and rank0 else None
         tb = self._tensorboard() if cfg.log == "tensorboard" and rank0 else None
         end = t.steps if stop_at is None else min(stop_at, t.steps)
+        if self.start == 0:  # the curves start where training starts
+            self._evaluate(0, None, tb)
         self.wrapped.train()
         for step in range(self.start + 1, end + 1):
             loss = self._train_step(step)
@@ -250,13 +252,7 @@ class _Loop:
             if rec is not None:
                 self._boundary(rec, tb)
             if step % t.eval_every == 0 or step == t.steps:
-                t0 = time.perf_counter()
-                losses = evaluate(self.model, self.test, self.device, self.loss_fn)
-                self.eval_s += time.perf_counter() - t0
-                if tb is not None:
-                    for k, v in losses.items():
-                        tb.add_scalar(f"loss/target/{k}", v, step)
-                self.controller.log_metrics(step, {"train_loss": loss, **{f"target/{k}": v for k, v in losses.items()}})
+                self._evaluate(step, loss, tb)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
@@ -267,6 +263,18 @@ class _Loop:
         if tb is not None:
             tb.close()
         return end
+
+    def _evaluate(self, step: int, train_loss: float | None, tb: Any) -> None:
+        """Target test losses at ``step`` into the history's metrics (and TensorBoard), with the step's training
+        loss when there is one (not at step 0)."""
+        t0 = time.perf_counter()
+        losses = evaluate(self.model, self.test, self.device, self.loss_fn)
+        self.eval_s += time.perf_counter() - t0
+        if tb is not None:
+            for k, v in losses.items():
+                tb.add_scalar(f"loss/target/{k}", v, step)
+        row = {} if train_loss is None else {"train_loss": train_loss}
+        self.controller.log_metrics(step, {**row, **{f"target/{k}": v for k, v in losses.items()}})
 
     def _tensorboard(self) -> Any:
         from torch.utils.tensorboard import SummaryWriter
