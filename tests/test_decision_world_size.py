@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from dist_testing import end_worker, free_port
 from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
-from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+from tikmix.models import GPT, GPTConfig, sequence_loss
 
 SEQ = 12
 BATCH = 4

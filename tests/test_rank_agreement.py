@@ -20,7 +20,7 @@ from dist_testing import free_port
 from tikmix import _distributed
 from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
-from tikmix.demo.model import GPT, GPTConfig, sequence_loss
+from tikmix.models import GPT, GPTConfig, sequence_loss
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 

@@ -144,7 +144,7 @@ class Controller:
         targets: target name -> target examples (tensor/array of rows or map-style dataset); ``S`` has one
             row per target, in this order. All examples are used, up to ``target_samples``.
         loss_fn: ``loss_fn(model, batch) -> Tensor[B]`` per-sequence losses (the :class:`tikmix.GroupInfluence`
-            protocol), e.g. :func:`tikmix.demo.model.sequence_loss`.
+            protocol), e.g. :func:`tikmix.models.sequence_loss`.
         stages: stage boundaries, strictly increasing positive ints, in ``stage_unit``. At each boundary the
             mixture for the following stage is chosen. The first stage uses the sampler's initial weights.
         stage_unit: ``"steps"`` (default) or ``"tokens"`` (then ``tokens_per_step`` is required; a boundary

@@ -91,7 +91,7 @@ class GroupInfluence:
             also after an error). Its train/eval mode is used as the caller left it (``model.eval()`` is the usual
             choice: no dropout). All selected parameters must be on one device; batches are moved there.
         loss_fn: ``loss_fn(model, batch) -> Tensor[B]``, the per-sequence loss of every sample in the batch (e.g. the
-            mean token cross-entropy of each sequence; :func:`tikmix.demo.model.sequence_loss`). It must return a
+            mean token cross-entropy of each sequence; :func:`tikmix.models.sequence_loss`). It must return a
             1-D float tensor with one finite loss per sample, computed with autograd (not under ``no_grad``).
         k: sketch dimension (int ≥ 1), or None for the exact setting: no projection, flat float64 gradients (small
             models and tests). How ``k`` splits between Kronecker and dense blocks: :mod:`.sketch_space`.

@@ -1,7 +1,7 @@
-"""The model ``tikmix run`` trains and its per-sequence loss: the demo GPT, a Hugging Face causal LM, or a factory.
+"""The model ``tikmix run`` trains and its per-sequence loss: the built-in GPT (tikmix.models), a Hugging Face causal LM, or a factory.
 
-* demo (default): :class:`tikmix.demo.model.GPT` sized by the ``model`` section; loss
-  :func:`tikmix.demo.model.sequence_loss`.
+* built-in (default): :class:`tikmix.models.GPT` sized by the ``model`` section; loss
+  :func:`tikmix.models.sequence_loss`.
 * ``model.hf``: ``AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))`` or
   ``from_pretrained(path, local_files_only=True)``; loss :func:`tikmix.losses.causal_lm_loss` on the token rows.
 * ``model.factory: "pkg.module:fn"``: ``fn(vocab_size=V, seq_len=T)`` returns ``(model, loss_fn)`` with
@@ -37,18 +37,18 @@ def rows_causal_lm_loss(model: torch.nn.Module, rows: torch.Tensor) -> torch.Ten
 
 
 def _key(cfg: RunConfig) -> str:
-    return f"model.{cfg.model.kind}" if cfg.model.kind != "demo" else "model"
+    return f"model.{cfg.model.kind}" if cfg.model.kind != "builtin" else "model"
 
 
 def build_model(cfg: RunConfig, vocab: int, device: torch.device) -> tuple[torch.nn.Module, LossFn]:
     """A freshly initialised model (seeded by the caller) on ``device`` and its per-sequence loss.
 
     Initialised on the CPU and moved, so a seed gives the same weights on every device. On the ``meta`` device
-    (shapes only, for the checks before training) the demo GPT and ``model.hf.config`` are built there directly.
+    (shapes only, for the checks before training) the built-in GPT (tikmix.models) and ``model.hf.config`` are built there directly.
     """
     kind = cfg.model.kind
     on_meta = torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
-    if kind == "demo":
+    if kind == "builtin":
         from tikmix.models import GPT, GPTConfig, sequence_loss
 
         m = cfg.model

@@ -314,8 +314,8 @@ class ModelConfig(_Section):
 
     @property
     def kind(self) -> str:
-        """``"demo"``, ``"hf"`` or ``"factory"``."""
-        return "hf" if self.hf is not None else "factory" if self.factory is not None else "demo"
+        """``"builtin"``, ``"hf"`` or ``"factory"``."""
+        return "hf" if self.hf is not None else "factory" if self.factory is not None else "builtin"
 
 
 class TrainConfig(_Section):
