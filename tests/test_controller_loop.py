@@ -82,7 +82,7 @@ def test_boundaries_reweight_sampler_and_write_history(tmp_path):
     _train(model, opt, sampler, ctrl, rows, 0, STEPS)
     ctrl.finish(STEPS)
     h = json.loads((tmp_path / "history.json").read_text())
-    assert h["format"] == "tikmix.history/1"
+    assert h["format"] == "tikmix.history/2"
     assert h["domains"] == ["good", "bad", "noise"] and h["targets"] == ["t"]
     assert [s["step"] for s in h["stages"]] == BOUNDARIES
     for s in h["stages"]:

@@ -92,7 +92,8 @@ def mutations(draw, cfg):
                 parent = parent[part]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation replaced a parent
-        if not isinstance(parent, (dict, list)) or (isinstance(parent, list) and path[-1] >= len(parent)):
+        if not isinstance(parent, (dict, list)) or (isinstance(parent, list) and (not isinstance(path[-1], int)
+                                                                              or path[-1] >= len(parent))):
             continue
         action = draw(st.sampled_from(["replace", "replace", "replace", "delete", "add"]))
         if action == "replace" or isinstance(parent, list):

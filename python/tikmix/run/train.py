@@ -20,7 +20,7 @@ from tikmix._extras import progress_bar
 from tikmix.formats import EVAL
 
 from .checkpoint import checkpoint_dir, list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
-from .schema import ConfigError, RunConfig, TrainConfig
+from .schema import ConfigError, RunConfig, TrainConfig, config_differences
 from .model import build_model, check_model, import_callable
 from .parallel import load_sharded, prune_sharded, save_sharded, wrap_model
 from .prepare import PreparedRun, prepare
