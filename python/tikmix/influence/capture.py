@@ -231,6 +231,7 @@ class PerSampleCapture:
         self._collect = False
         self._error: Optional[BaseException] = None
         self._eps = 0.0  # machine epsilon of the forward's floating dtype (the checks' tolerance)
+        self._expected_b: Optional[int] = None  # the batch's sample count, known before its forward
 
     def _check_sharded_sources(self) -> None:
         if not self.shards:
@@ -268,16 +269,26 @@ class PerSampleCapture:
         self._rebuild_module_map(self._owners)
         self.__enter__()
 
-    def _forward_hook(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+    def _forward_hook(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> Optional[torch.Tensor]:
         if not self._active or not isinstance(output, torch.Tensor) or not output.requires_grad:
-            return
+            return None
         slots = self._module_slots.get(module)
         if not slots or not inputs or not isinstance(inputs[0], torch.Tensor):
-            return
+            return None
         x = inputs[0].detach()  # shares storage with what autograd saves anyway: no extra memory
         if x.is_floating_point():  # the forward's precision (bf16 under mixed precision) sets the check's tolerance
             self._eps = max(self._eps, torch.finfo(x.dtype).eps)
         rule = hook_rule(module)
+        replaced = None
+        b = self._expected_b
+        if rule.kind == "embedding" and b is not None and b > 1 and x.dim() >= 1 and x.shape[0] == 1 \
+                and output.dim() >= 1 and output.shape[0] == 1:
+            # A lookup made once and broadcast over the batch (GPT-2's position embeddings: position_ids [1, T]).
+            # Its output gradient would arrive summed over the samples; handing the rest of the forward a [B, ...]
+            # view of the same values instead (what broadcasting computes anyway) makes every sample's output
+            # gradient reach the hook separately, so the rule stays exact without torch.func.
+            replaced = output = output.expand(b, *output.shape[1:])
+            x = x.expand(b, *x.shape[1:])
 
         def on_grad(g: torch.Tensor, module=module, x=x, rule=rule, slots=slots) -> None:
             if self._collect and self._error is None:
@@ -287,6 +298,7 @@ class PerSampleCapture:
                     self._error = exc
 
         output.register_hook(on_grad)
+        return replaced
 
     def _contribute(self, module: nn.Module, rule: HookRule, slots: Dict[str, Slot], x: torch.Tensor,
                     g: torch.Tensor) -> None:
@@ -411,6 +423,7 @@ class PerSampleCapture:
     def _run_once(self, batch: Any, where: str, verify: bool, real: bool = True):
         self._checks, self._error, self._unbatched = {}, None, set()
         self._eps = 0.0
+        self._expected_b = _leading_size(batch)
         self._active = True
         probe_grads: List[Optional[torch.Tensor]] = []
         nonzero_before, self.projector.nonzero = self.projector.nonzero, set()
