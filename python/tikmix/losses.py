@@ -59,9 +59,18 @@ def causal_lm_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch
     is (the model's own loss is not needed). Labels are shifted as in ``transformers``: position ``t``'s logits
     predict ``labels[t + 1]``.
 
-    The loss of sequence ``b`` is the mean over its ``n_b`` counted tokens, so the token-weighted mean
-    ``Σ_b n_b·loss_b / Σ_b n_b`` equals the batch loss a ``transformers`` causal LM computes from the same batch
-    (logits upcast to float32, as there). A sequence with no counted token has no defined loss: ValueError.
+    Padding: with an ``attention_mask``, positions ``mask.cumsum(1) - 1`` are passed as ``position_ids`` (unless
+    the batch has its own, or the model's ``forward`` takes none), and a label predicted from a padding position
+    (``attention_mask[t] == 0``) is not counted. So a left-padded row has the loss — and the gradient, hence the
+    influence — of the same row right-padded, and the width a row is padded to changes nothing. A left-padded
+    batch for a model whose ``forward`` takes no ``position_ids`` is refused (ValueError), since its positions
+    would count the padding.
+
+    The loss of sequence ``b`` is the mean over its ``n_b`` counted tokens, so for right-padded (or unpadded)
+    batches the token-weighted mean ``Σ_b n_b·loss_b / Σ_b n_b`` equals the batch loss a ``transformers`` causal LM
+    computes from the same batch (logits upcast to float32, as there); on a left-padded row ``transformers`` also
+    counts the first real token, predicted from padding. A sequence with no counted token has no defined loss:
+    ValueError.
     """
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
         got = sorted(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
