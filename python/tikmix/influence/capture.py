@@ -16,8 +16,12 @@ output gradients into per-sample sketches without materialising per-sample weigh
 A module is hooked only when its class uses the stock ``forward`` of these types. Every other selected parameter
 (custom modules, parameters used directly in ``forward``) gets per-sample gradients from ``torch.func``
 (``vmap(grad(...))`` over the samples, one extra vectorised forward/backward). The first training micro-batch is
-*verified* against plain autograd on the same graph: per-sample gradients must sum to the batch gradient, and those
-of two probe samples (first and last) to the gradient of their summed losses (one extra backward). A hooked parameter
+*verified* against plain autograd: per-sample gradients must sum to the batch gradient, and those of two probe
+samples (first and last; the first alone in a batch of two) to the gradient of their summed losses. In eval mode that
+reference comes from the probe samples' own forward and backward (2/B of the micro-batch's cost); with a module in
+train mode (where a second forward would draw new dropout masks), from one more backward through the batch's graph.
+2-D weights above 256 entries are compared through 8 x 8 check sketches ``C_rᵀ W C_c`` (a JL estimate of the
+difference, tolerance doubled) rather than whole gradients, so the check costs no weight-gradient GEMM. A hooked parameter
 that fails (e.g. a weight also used functionally, as ``nn.MultiheadAttention`` does with ``out_proj.weight``) is
 moved to ``torch.func`` with a warning and the micro-batch is redone; a ``torch.func`` parameter that fails means the
 loss couples samples (batch norm in train mode, in-batch terms, ``scale_grad_by_freq``), and per-sample influence is
@@ -449,8 +453,8 @@ class PerSampleCapture:
     def run(self, batch: Any, where: str, verify: bool, real: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-sample sketches ``[B, dim]`` and the losses of one micro-batch.
 
-        With ``verify``, two checks per parameter against plain autograd on the same graph: per-sample gradients sum
-        to the batch gradient, and those of the probe samples (first and last) sum to the gradient of their losses.
+        With ``verify``, two checks per parameter against plain autograd: per-sample gradients sum to the batch
+        gradient, and those of the probe samples sum to the gradient of their losses (module docstring).
         On sharded parameters the first check compares sketches of the two sums over all ranks, and the second is
         not made (one backward per forward under FSDP). ``real=False``: a padding pass of a sharded model (its loss
         is zero-weighted; the rows are zero and to be dropped).
