@@ -93,8 +93,9 @@ def test_native_kron_op_and_torch_path_agree():
     slot = next(s for s in lay.slots if s.name == "fc1.weight")
     a, g = torch.randn(4, 5, 16), torch.randn(4, 5, 32)
     native = Projector(lay, 11, torch.device("cpu"))
+    native._kron_op = True  # the CPU default is the torch path (faster there); the kernel must agree with it
     torch_path = Projector(lay, 11, torch.device("cpu"))
-    torch_path._kron_op = False
+    assert not torch_path._kron_op
     y1, y2 = native.zeros(4), torch_path.zeros(4)
     native.add_linear(y1, slot, a, g)
     torch_path.add_linear(y2, slot, a, g)

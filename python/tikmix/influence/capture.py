@@ -16,8 +16,12 @@ output gradients into per-sample sketches without materialising per-sample weigh
 A module is hooked only when its class uses the stock ``forward`` of these types. Every other selected parameter
 (custom modules, parameters used directly in ``forward``) gets per-sample gradients from ``torch.func``
 (``vmap(grad(...))`` over the samples, one extra vectorised forward/backward). The first training micro-batch is
-*verified* against plain autograd on the same graph: per-sample gradients must sum to the batch gradient, and those
-of two probe samples (first and last) to the gradient of their summed losses (one extra backward). A hooked parameter
+*verified* against plain autograd: per-sample gradients must sum to the batch gradient, and those of two probe
+samples (first and last; the first alone in a batch of two) to the gradient of their summed losses. In eval mode that
+reference comes from the probe samples' own forward and backward (2/B of the micro-batch's cost); with a module in
+train mode (where a second forward would draw new dropout masks), from one more backward through the batch's graph.
+2-D weights above 256 entries are compared through 8 x 8 check sketches ``C_rᵀ W C_c`` (a JL estimate of the
+difference, tolerance doubled) rather than whole gradients, so the check costs no weight-gradient GEMM. A hooked parameter
 that fails (e.g. a weight also used functionally, as ``nn.MultiheadAttention`` does with ``out_proj.weight``) is
 moved to ``torch.func`` with a warning and the micro-batch is redone; a ``torch.func`` parameter that fails means the
 loss couples samples (batch norm in train mode, in-batch terms, ``scale_grad_by_freq``), and per-sample influence is
@@ -39,7 +43,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from .. import _distributed as dist_utils
 from .sharding import ShardSpec, local_tensor
 from .hook_rules import HookRule, hook_rule, is_factorable
-from .sketch_space import Projector, Slot
+from .sketch_space import Projector, Slot, kron_seed, sign_tile
 
 __all__ = [
     "select_parameters",
@@ -54,6 +58,12 @@ __all__ = [
 ]
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+# The self-check compares 2-D weights above _CHECK_MIN_NUMEL entries through 8 x 8 check sketches (seeded apart from
+# the influence sketch), not whole gradients.
+_CHECK_WIDTH = 8
+_CHECK_MIN_NUMEL = 256
+_CHECK_SEED = 0xC4EC_5EED
 
 # ---- parameter selection -----------------------------------------------------------------------------------------
 def select_parameters(model: nn.Module, params: Any) -> List[Tuple[str, nn.Parameter]]:
@@ -231,6 +241,8 @@ class PerSampleCapture:
         self._collect = False
         self._error: Optional[BaseException] = None
         self._eps = 0.0  # machine epsilon of the forward's floating dtype (the checks' tolerance)
+        self._tiles: Dict[Tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}  # self-check tiles
+        self._expected_b: Optional[int] = None  # the batch's sample count, known before its forward
 
     def _check_sharded_sources(self) -> None:
         if not self.shards:
@@ -268,16 +280,26 @@ class PerSampleCapture:
         self._rebuild_module_map(self._owners)
         self.__enter__()
 
-    def _forward_hook(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+    def _forward_hook(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> Optional[torch.Tensor]:
         if not self._active or not isinstance(output, torch.Tensor) or not output.requires_grad:
-            return
+            return None
         slots = self._module_slots.get(module)
         if not slots or not inputs or not isinstance(inputs[0], torch.Tensor):
-            return
+            return None
         x = inputs[0].detach()  # shares storage with what autograd saves anyway: no extra memory
         if x.is_floating_point():  # the forward's precision (bf16 under mixed precision) sets the check's tolerance
             self._eps = max(self._eps, torch.finfo(x.dtype).eps)
         rule = hook_rule(module)
+        replaced = None
+        b = self._expected_b
+        if rule.kind == "embedding" and b is not None and b > 1 and x.dim() >= 1 and x.shape[0] == 1 \
+                and output.dim() >= 1 and output.shape[0] == 1:
+            # A lookup made once and broadcast over the batch (GPT-2's position embeddings: position_ids [1, T]).
+            # Its output gradient would arrive summed over the samples; handing the rest of the forward a [B, ...]
+            # view of the same values instead (what broadcasting computes anyway) makes every sample's output
+            # gradient reach the hook separately, so the rule stays exact without torch.func.
+            replaced = output = output.expand(b, *output.shape[1:])
+            x = x.expand(b, *x.shape[1:])
 
         def on_grad(g: torch.Tensor, module=module, x=x, rule=rule, slots=slots) -> None:
             if self._collect and self._error is None:
@@ -287,6 +309,7 @@ class PerSampleCapture:
                     self._error = exc
 
         output.register_hook(on_grad)
+        return replaced
 
     def _contribute(self, module: nn.Module, rule: HookRule, slots: Dict[str, Slot], x: torch.Tensor,
                     g: torch.Tensor) -> None:
@@ -304,10 +327,10 @@ class PerSampleCapture:
                 slot = slots["weight"]
                 if rule.kind == "linear":  # weight [out, in]: Σ_t g_t a_tᵀ
                     self.projector.add_linear(rows, slot, a3, g3)
-                    self._record(slot, lambda sel: _outer_total(g3[sel], a3[sel]))
+                    self._record(slot, lambda sel: self._outer_total(slot, g3[sel], a3[sel]))
                 else:  # weight [in, out] (GPT-2 Conv1D): Σ_t a_t g_tᵀ, the same product with the roles swapped
                     self.projector.add_linear(rows, slot, g3, a3)
-                    self._record(slot, lambda sel: _outer_total(a3[sel], g3[sel]))
+                    self._record(slot, lambda sel: self._outer_total(slot, a3[sel], g3[sel]))
             if "bias" in slots:
                 self._add_materialised(slots["bias"], g3.sum(1))
         elif rule.kind == "embedding":
@@ -317,7 +340,7 @@ class PerSampleCapture:
                 g3 = g3 * (idx != module.padding_idx).unsqueeze(-1).to(g3.dtype)
             slot = slots["weight"]
             self.projector.add_embedding(rows, slot, idx, g3)
-            self._record(slot, lambda sel: _lookup_total(slot.shape, idx[sel], g3[sel]))
+            self._record(slot, lambda sel: self._lookup_total(slot, idx[sel], g3[sel]))
         else:  # norm: weight gradient Σ_t g_t ⊙ x̂_t with x̂ the normalised input
             x = rule.normalize(module, x)
             nd = len(next(iter(slots.values())).shape)
@@ -343,7 +366,67 @@ class PerSampleCapture:
         assert self._rows is not None
         self.projector.add_grad(self._rows, slot, per_sample)
         flat = per_sample.reshape(per_sample.shape[0], -1)
-        self._record(slot, lambda sel: (flat[sel].sum(0), float(flat[sel].norm(dim=1).sum())))
+        self._record(slot, lambda sel: (self._to_check_space(slot, flat[sel].sum(0)),
+                                        float(flat[sel].norm(dim=1).sum())))
+
+    # -- the self-check's space --
+    def _sketched_check(self, slot: Slot) -> bool:
+        """Whether ``slot``'s self-check compares 64-column check sketches ``C_rᵀ W C_c`` instead of whole
+        gradients: 2-D weights above a few hundred entries, where forming ``Σ_t g_t a_tᵀ`` would cost a
+        weight-gradient GEMM per verified micro-batch. (Sharded models compare their own sketches.)"""
+        return not self.shards and len(slot.shape) == 2 and slot.numel > _CHECK_MIN_NUMEL
+
+    def _check_tiles(self, slot: Slot, dtype: torch.dtype, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``C_r [rows, 8]``, ``C_c [cols, 8]``: signs scaled by 1/√8, so ``‖C_rᵀ W C_c‖ ≈ ‖W‖`` (a JL estimate)."""
+        out = []
+        for tag, n in enumerate(slot.shape):
+            key = (n, tag, dtype, device)
+            t = self._tiles.get(key)
+            if t is None:
+                seed = kron_seed(self.projector.seed ^ _CHECK_SEED, n, tag)
+                t = self._tiles[key] = (sign_tile(n, _CHECK_WIDTH, seed) / _CHECK_WIDTH ** 0.5).to(device, dtype)
+            out.append(t)
+        return out[0], out[1]
+
+    def _to_check_space(self, slot: Slot, w: torch.Tensor) -> torch.Tensor:
+        """A whole gradient ``w`` (``slot.shape`` or flat) in the check's space."""
+        if not self._sketched_check(slot):
+            return w.reshape(-1)
+        w = w.reshape(slot.shape).to(torch.float64)
+        cr, cc = self._check_tiles(slot, torch.float64, w.device)
+        return (cr.t() @ w @ cc).reshape(-1)
+
+    def _outer_total(self, slot: Slot, left: torch.Tensor, right: torch.Tensor) -> Tuple[torch.Tensor, float]:
+        """``Σ_{n,t} left[n,t] right[n,t]ᵀ`` in the check's space, and ``Σ_{n,t} ‖left‖‖right‖`` (a bound on the
+        per-sample norms)."""
+        fl, fr = left.reshape(-1, left.shape[-1]), right.reshape(-1, right.shape[-1])
+        if fl.dtype in (torch.float16, torch.bfloat16):
+            fl, fr = fl.float(), fr.float()
+        bound = float((fl.norm(dim=1) * fr.norm(dim=1)).sum())
+        if not self._sketched_check(slot):
+            return fl.t() @ fr, bound
+        cr, cc = self._check_tiles(slot, fl.dtype, fl.device)
+        return (fl @ cr).t() @ (fr @ cc), bound
+
+    def _lookup_total(self, slot: Slot, idx: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, float]:
+        """``Σ_{n,t} e_{idx[n,t]} g[n,t]ᵀ`` in the check's space, and ``Σ_{n,t} ‖g‖``."""
+        fi, fg = idx.reshape(-1), g.reshape(-1, g.shape[-1])
+        if fg.dtype in (torch.float16, torch.bfloat16):
+            fg = fg.float()
+        bound = float(fg.norm(dim=1).sum())
+        if not self._sketched_check(slot):
+            return torch.zeros(slot.shape, dtype=fg.dtype, device=fg.device).index_add_(0, fi, fg), bound
+        cr, cc = self._check_tiles(slot, fg.dtype, fg.device)
+        return cr[fi].t() @ (fg @ cc), bound
+
+    def _probe_batch(self, batch: Any, b: int) -> Any:
+        """The probe samples as a batch of their own, or None where that cannot be formed (a tensor without the
+        sample dimension first) or would not be comparable (a module in train mode: dropout draws anew)."""
+        if b < 2 or _leading_size(batch) != b or any(m.training for m in self.model.modules()):
+            return None
+        index = self._probe.to("cpu")
+        return tree_map(lambda t: t.index_select(0, index.to(t.device))
+                        if isinstance(t, torch.Tensor) and t.dim() >= 1 else t, batch)
 
     # -- torch.func path --
     def _func_grads(self, batch: Any, slots: List[Slot]) -> Dict[str, torch.Tensor]:
@@ -370,8 +453,8 @@ class PerSampleCapture:
     def run(self, batch: Any, where: str, verify: bool, real: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-sample sketches ``[B, dim]`` and the losses of one micro-batch.
 
-        With ``verify``, two checks per parameter against plain autograd on the same graph: per-sample gradients sum
-        to the batch gradient, and those of the probe samples (first and last) sum to the gradient of their losses.
+        With ``verify``, two checks per parameter against plain autograd: per-sample gradients sum to the batch
+        gradient, and those of the probe samples sum to the gradient of their losses (module docstring).
         On sharded parameters the first check compares sketches of the two sums over all ranks, and the second is
         not made (one backward per forward under FSDP). ``real=False``: a padding pass of a sharded model (its loss
         is zero-weighted; the rows are zero and to be dropped).
@@ -411,28 +494,45 @@ class PerSampleCapture:
     def _run_once(self, batch: Any, where: str, verify: bool, real: bool = True):
         self._checks, self._error, self._unbatched = {}, None, set()
         self._eps = 0.0
+        self._expected_b = _leading_size(batch)
         self._active = True
         probe_grads: List[Optional[torch.Tensor]] = []
+        probe_batch: Any = None
         nonzero_before, self.projector.nonzero = self.projector.nonzero, set()
         try:
             losses = run_loss(self.model, self.loss_fn, batch, where)
             b = losses.shape[0]
             self._batch_size = b
-            self._probe = torch.tensor(sorted({0, b - 1}), device=losses.device)
+            # the probe: a proper subset of the samples (a sum over all of them cannot show per-sample errors that
+            # cancel, such as samples coupled by a batch statistic); one sample alone has nothing to separate
+            self._probe = torch.tensor(sorted({0, b - 1}) if b > 2 else [0], device=losses.device)
             self._rows = rows = self.projector.zeros(b)
             if verify:
                 for s in self.slots:
-                    self._checks[s.index] = {key: [torch.zeros(s.numel, dtype=torch.float64, device=rows.device), 0.0]
+                    size = _CHECK_WIDTH ** 2 if self._sketched_check(s) else s.numel
+                    self._checks[s.index] = {key: [torch.zeros(size, dtype=torch.float64, device=rows.device), 0.0]
                                              for key in ("all", "probe")}
                 if not self.shards:
                     self._collect = False
-                    probe_grads = list(torch.autograd.grad(losses[self._probe].sum(), [s.param for s in self.slots],
-                                                           retain_graph=True, allow_unused=True))
+                    probe_batch = self._probe_batch(batch, b)
+                    if probe_batch is None and b > 1:  # the probe's losses through the batch's graph: a backward
+                        probe_grads = list(torch.autograd.grad(losses[self._probe].sum(),
+                                                               [s.param for s in self.slots],
+                                                               retain_graph=True, allow_unused=True))
             self._collect = True
             if self.shards:
                 grads = sharded_group_pass(losses if real else losses * 0.0, self.all_params, self.slots)
             else:
                 grads = group_pass(losses, self.slots)
+            self._collect = self._active = False
+            if verify and b == 1 and not self.shards:  # the probe is the whole batch
+                probe_grads = list(grads)
+            if probe_batch is not None:
+                # the probe samples' own forward and backward (2/B of the batch's cost): in eval mode their losses
+                # do not depend on the other samples, so the gradient of their sum is the reference
+                probe_losses = run_loss(self.model, self.loss_fn, probe_batch, where + " (self-check)")
+                probe_grads = list(torch.autograd.grad(probe_losses.sum(), [s.param for s in self.slots],
+                                                       allow_unused=True))
         except BaseException:
             self.projector.nonzero |= nonzero_before
             raise
@@ -527,23 +627,16 @@ class PerSampleCapture:
     def _matches(self, slot: Slot, key: str, grad: Optional[torch.Tensor]) -> bool:
         """Recorded per-sample gradients summed over ``key``'s samples equal autograd's, to the dtype's rounding."""
         total, norms = self._checks[slot.index][key]
-        ref = torch.zeros_like(total) if grad is None else grad.to_dense().reshape(-1).to(torch.float64)
+        if grad is None:
+            ref, ref_norm = torch.zeros_like(total), 0.0
+        else:
+            dense = grad.to_dense().to(torch.float64)
+            ref, ref_norm = self._to_check_space(slot, dense), float(dense.norm())
         diff = float((total - ref).norm())
         rtol = max(1e-3, 8 * torch.finfo(slot.param.dtype).eps, 8 * self._eps)
-        return diff <= rtol * (norms + float(ref.norm())) + 1e-30
-
-
-def _outer_total(g: torch.Tensor, a: torch.Tensor) -> Tuple[torch.Tensor, float]:
-    """``Σ_{n,t} g[n,t] a[n,t]ᵀ`` and ``Σ_{n,t} ‖g‖‖a‖`` (a bound on the per-sample norms)."""
-    fg, fa = g.reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1])
-    return fg.t() @ fa, float((fg.norm(dim=1) * fa.norm(dim=1)).sum())
-
-
-def _lookup_total(shape: Tuple[int, ...], idx: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, float]:
-    """``Σ_{n,t} e_{idx[n,t]} g[n,t]ᵀ`` and ``Σ_{n,t} ‖g‖``."""
-    fi, fg = idx.reshape(-1), g.reshape(-1, g.shape[-1])
-    total = torch.zeros(shape, dtype=fg.dtype, device=fg.device).index_add_(0, fi, fg)
-    return total, float(fg.norm(dim=1).sum())
+        if self._sketched_check(slot):  # a JL estimate of the difference: allow a factor 2 for the projection
+            rtol *= 2
+        return diff <= rtol * (norms + ref_norm) + 1e-30
 
 
 def iter_batches(iterable: Iterable[Any], name: str, kind: str):

@@ -38,8 +38,20 @@ _N_COUNTS = 4
 
 
 def default_token_count(batch: Any) -> int:
-    """Tokens in a batch: ``numel`` of ``batch["input_ids"]`` if present, else of the first integer tensor; -1 if none."""
+    """Tokens in a batch, padding excluded; -1 if it cannot tell.
+
+    A dict batch: the nonzero entries of ``attention_mask`` if present, else the entries of ``labels`` other than
+    ``-100`` if present, else ``input_ids.numel()``. Any other batch: ``numel`` of its first integer tensor (a plain
+    token tensor has no padding marker).
+    """
+    from ..losses import IGNORE_INDEX
+
     if isinstance(batch, Mapping) and isinstance(batch.get("input_ids"), torch.Tensor):
+        mask, labels = batch.get("attention_mask"), batch.get("labels")
+        if isinstance(mask, torch.Tensor):
+            return int(mask.ne(0).sum())
+        if isinstance(labels, torch.Tensor):
+            return int(labels.ne(IGNORE_INDEX).sum())
         return int(batch["input_ids"].numel())
     for leaf in tree_flatten(batch)[0]:
         if isinstance(leaf, torch.Tensor) and not leaf.is_floating_point() and not leaf.is_complex() \
