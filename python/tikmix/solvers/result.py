@@ -97,7 +97,8 @@ class MixtureResult(dict):
     score, score_w0 : float
         ``score_fn`` measured at ``weights`` and at ``w0`` (``nan`` if ``evaluate_final=False``).
     fit : dict
-        Surrogate quality on held-out candidates: ``{"r2", "spearman", "n_train", "n_test"}``.
+        Surrogate quality on held-out candidates: ``{"r2", "spearman", "n_train", "n_test"}`` (and ``"n_trees"``, the
+        boosting rounds kept, for the default LightGBM surrogate).
     candidates, labels : ndarray [C, m], [C]
         The labelled candidates and their scores.
     trace : list of dict
