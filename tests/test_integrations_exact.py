@@ -216,3 +216,33 @@ def test_resume_with_dropout_is_exact(tmp_path, loop, stop_at, ga):
     second = run(tmp_path / "part", dropout=0.1, ga=ga, resume=stop_at)
     second["losses"] = first["losses"] + second["losses"]
     _compare(full, second, f"{loop} resumed at step {stop_at}")
+
+
+def test_tikmix_m_on_gpt2_with_dropout_in_hf(tmp_path):
+    """TiKMiX-M (per-sample influence) on a GPT-2 config with dropout 0.1, fed the Trainer's attention-mask
+    batches, handles both boundaries; its rehearsal ran the per-sample self-check before the first step."""
+    from transformers import TrainingArguments
+
+    from tikmix.integrations.hf import MixtureTrainer
+
+    model = tiny_gpt2(seed=0, dropout=0.1)
+    doms = domains()
+    train = tikmix.concat_domains(doms)
+    sampler = tikmix.MixtureSampler(train.domain_sizes, [1 / 3] * 3, batch_size=PER_DEVICE * 2, seed=5)
+    ctl = tikmix.Controller(model, sampler, domains=doms, targets=targets(), loss_fn=causal_lm_loss,
+                            collate=dict_collate, stages=STAGES, samples_per_domain=6, batch_size=3,
+                            influence={"k": 128, "n_bootstrap": 20}, solver="regression", seed=1,
+                            solver_options={"regression": {"n_candidates": 64, "rounds": 2,
+                                                           "samples_per_round": 256, "top_k": 8}})
+    assert ctl.history["rehearsal"]["verified"] is True
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=PER_DEVICE,
+                             gradient_accumulation_steps=2, max_steps=STEPS, learning_rate=3e-3, save_strategy="no",
+                             report_to="none", use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    MixtureTrainer(controller=ctl, model=model, args=args, train_dataset=train, data_collator=dict_collate).train()
+    records = ctl.history["stages"]
+    assert [r["step"] for r in records] == STAGES
+    for r in records:
+        assert r["solver"]["used"].startswith("tikmix-")
+        assert np.all(np.isfinite(np.asarray(r["S"])))
+        assert sum(r["weights"]) == pytest.approx(1.0)
+    assert ctl.history["final"] is not None

@@ -155,8 +155,9 @@ def test_gpt2_conv1d_rule_exact():
     paths = res.layout["parameter_paths"]
     assert paths["transformer.h.0.attn.c_attn.weight"] == "exact <- hook rule 'conv1d'"
     assert paths["transformer.h.0.mlp.c_proj.bias"] == "exact <- hook rule 'conv1d'"
-    # positions are looked up once and broadcast over the batch: no per-sample hook can see them
-    assert paths["transformer.wpe.weight"] == "exact <- torch.func"
+    # positions are looked up once as [1, T]: the embedding rule hands the forward a [B, T, d] view, so its hook sees
+    # every sample's gradient (no torch.func, which fails on transformers' attention-mask control flow)
+    assert paths["transformer.wpe.weight"] == "exact <- hook rule 'embedding'"
     params = [p for _, p in model.named_parameters()]
     g = torch.cat([per_sample_ref(model, b, params) for b in doms.values()])
     t = per_sample_ref(model, tgts["t"], params).mean(0)

@@ -14,7 +14,7 @@ DOMAINS, TARGETS = ["a", "b", "c"], ["t1", "t2"]
 
 
 def _history(weights, S_scale=1.0):
-    stages = [{"step": s, "applies_from_step": s, "weights": w, "S": (np.eye(2, 3) * S_scale + 0.1 * k).tolist(),
+    stages = [{"step": s, "applies_from_step": s + 1, "weights": w, "S": (np.eye(2, 3) * S_scale + 0.1 * k).tolist(),
                "timing": {"train_s": 1.0, "influence_s": 0.1, "solve_s": 0.01, "controller_s": 0.12}}
               for k, (s, w) in enumerate(zip([10, 20], weights))]
     return {"format": HISTORY, "domains": DOMAINS, "targets": TARGETS, "solver": "tikmix-d",
@@ -66,7 +66,10 @@ def test_tables_use_one_sign_and_short_times():
 
 def test_stage_ranges_and_groups():
     r = _report()
-    assert rep._stage_ranges(r["methods"]["tikmix-d"]["history"]) == [(0, 10), (10, 20), (20, 30)]
+    assert rep._stage_ranges(r["methods"]["tikmix-d"]["history"]) == [(1, 10), (11, 20), (21, 30)]
+    v1 = {**r["methods"]["tikmix-d"]["history"], "format": "tikmix.history/1"}
+    v1["stages"] = [{**st, "applies_from_step": st["step"]} for st in v1["stages"]]  # 0-based in version 1
+    assert rep._stage_ranges(v1) == [(1, 10), (11, 20), (21, 30)]
     runs = {n: m["history"] for n, m in r["methods"].items() if m["history"]}
     groups = rep._same_runs(runs, lambda h: [w for _, w in rep._stage_weights(h)], atol=1e-6)
     assert [names for names, _ in groups] == [["tikmix-d", "tikmix-m"], ["other"]]
@@ -78,8 +81,8 @@ def test_mixture_ticks_name_the_step_ranges():
     plt = rep.pyplot()
     fig, ax = plt.subplots()
     rep._mixture_plot(ax, _report()["methods"]["tikmix-d"]["history"], DOMAINS, "x")
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["stage 1\nsteps 0–10", "stage 2\nsteps 10–20",
-                                                            "stage 3\nsteps 20–30"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["stage 1\nsteps 1–10", "stage 2\nsteps 11–20",
+                                                            "stage 3\nsteps 21–30"]
     plt.close(fig)
 
 

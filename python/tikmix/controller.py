@@ -377,11 +377,14 @@ class Controller:
                 warnings.simplefilter("always")
                 infl.compute(domain_batches, target_batches)
         except Exception as exc:
+            hint = ("fix the model or the influence options (e.g. influence={'mode': 'group'})"
+                    if not isinstance(exc, IndexError) else
+                    "an IndexError in the forward usually means token ids at or above the model's vocabulary size "
+                    "(its embedding rows): make the model's vocabulary cover the data's largest id")
             raise RuntimeError(
                 "the controller's rehearsal (one influence measurement on one micro-batch per domain and target, "
                 f"run before training so that a model it cannot measure fails now, not at the first boundary) "
-                f"failed: {type(exc).__name__}: {exc}  -- fix the model or the influence options (e.g. "
-                "influence={'mode': 'group'}); Controller(rehearse=False) skips this check"
+                f"failed: {type(exc).__name__}: {exc}  -- {hint}; Controller(rehearse=False) skips this check"
             ) from exc
         finally:
             for attr, value in saved.items():

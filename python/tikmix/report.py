@@ -117,9 +117,16 @@ def _seconds(value: float) -> str:
     return f"{value:.2f}" if value < 1 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
+def _stage_starts(history: Mapping[str, Any]) -> list[int]:
+    """The first optimizer step (1-based) of every stage: step 1, then each record's ``applies_from_step`` (one more
+    in a version-1 history, where it was the 0-based sampler step)."""
+    shift = 1 if history.get("format") == HISTORY_READABLE[0] else 0
+    return [1] + [int(s["applies_from_step"]) + shift for s in history.get("stages", [])]
+
+
 def _stage_weights(history: Mapping[str, Any]) -> list[tuple[str, list[float]]]:
     """(label, weights) for every stage of a controller history, first stage = the initial mixture."""
-    steps = [0] + [int(s["applies_from_step"]) for s in history.get("stages", [])]
+    steps = _stage_starts(history)
     ws = [list(history.get("initial_weights", []))] + [list(s["weights"]) for s in history.get("stages", [])]
     return [(f"stage {i + 1} (from step {st})", w) for i, (st, w) in enumerate(zip(steps, ws))]
 
@@ -219,11 +226,11 @@ _STYLES = [("-", "o", "full"), ("--", "s", "none"), (":", "^", "none"), ("-.", "
 
 
 def _stage_ranges(history: Mapping[str, Any]) -> list[tuple[int, int | None]]:
-    """``[(first step, end step)]`` of every stage (end exclusive; None if the run's end is unknown)."""
-    starts = [0] + [int(s["applies_from_step"]) for s in history.get("stages", [])]
-    final = history.get("final") or {}
-    end = final.get("step")
-    return [(a, b) for a, b in zip(starts, starts[1:] + [int(end) if end is not None else None])]
+    """``[(first step, last step)]`` of every stage, both 1-based and inclusive (last None if the run's end is
+    unknown)."""
+    starts = _stage_starts(history)
+    end = (history.get("final") or {}).get("step")
+    return [(a, b - 1) for a, b in zip(starts, starts[1:])] + [(starts[-1], int(end) if end is not None else None)]
 
 
 def _same_runs(runs: Mapping[str, Mapping[str, Any]], key: Any, atol: float) -> list[tuple[list[str], Mapping[str, Any]]]:

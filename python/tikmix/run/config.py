@@ -142,7 +142,9 @@ def parse_config(raw: Any, base_dir: str | os.PathLike[str] = ".") -> RunConfig:
         problems = sorted((_describe(e) for e in exc.errors(include_url=False)), key=lambda p: p[0])
         _, key, message = problems[0]
         if len(problems) > 1:
-            message += f" (and {len(problems) - 1} more: {', '.join(k for _, k, _ in problems[1:])})"
+            message += "; also " + "; ".join(f"{k}: {m}" for _, k, m in problems[1:3])
+            if len(problems) > 3:
+                message += f" (and {len(problems) - 3} more)"
         raise ConfigError(key, message) from None
     check_surroundings(cfg)
     return cfg

@@ -15,7 +15,6 @@ it refuses (:func:`blame`).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from tikmix._validation import did_you_mean
 from tikmix.defaults import INFLUENCE
 
 from .schema import (
@@ -41,12 +41,6 @@ from .sources import config_sources, needed_vocab, open_token_file, text_source_
 __all__ = ["check_surroundings", "check_config", "check_out", "check_device", "check_files", "check_hf_config",
            "check_solver", "warn_overlap", "load_run_tokenizer", "check_vocab", "check_influence", "check_data",
            "blame", "did_you_mean"]
-
-
-def did_you_mean(word: str, known: Sequence[str]) -> str:
-    """`` (did you mean X?)`` for the closest known word, or ``""``."""
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def blame(keys: Sequence[str], fails: Callable[[list[str]], Exception | None]) -> tuple[str, Exception] | None:

@@ -76,6 +76,9 @@ def train(
         loop = _Loop(cfg, rank, world, local_rank, progress=progress, log=log, on_boundary=on_boundary)
         if resume:
             loop.resume()
+        elif list_checkpoints(loop.out):
+            loop.say(f"[tikmix] warning: {checkpoint_dir(loop.out)} holds checkpoints of an earlier run; this run "
+                     "starts at step 0 and replaces them (tikmix run --resume, or train(resume=True), continues it)")
         end = loop.run_stages(stop_at)
         if end == config.train.steps:
             loop.finish()

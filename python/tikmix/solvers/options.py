@@ -5,7 +5,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from .._validation import check_int
+from .._validation import check_int, did_you_mean
 from ._validate import nonneg_scalar
 from .constraints import CONSTRAINT_OPTIONS, domain_bounds
 from .direct import _SETTINGS_CHECKS, _check_settings, solve_direct
@@ -19,7 +19,8 @@ def _unknown(options: Mapping[str, Any], fn: Callable[..., Any], positional: set
     params = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k not in positional}
     unknown = sorted(set(options) - set(params))
     if unknown:
-        raise TypeError(f"unknown {where} option(s) {unknown}; known: {sorted(params)}")
+        hints = "".join(did_you_mean(u, list(params)) for u in unknown)
+        raise TypeError(f"unknown {where} option(s) {unknown}{hints}; known: {sorted(params)}")
     return {**params, **options}
 
 
