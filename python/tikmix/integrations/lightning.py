@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .. import _distributed
 from ..controller import _rng_state, _set_rng_state
-from ._common import advance, check_controller, check_dataset
+from ._common import advance, check_controller, check_dataset, check_step_batch
 
 __all__ = ["TikmixCallback"]
 
@@ -101,13 +101,9 @@ class TikmixCallback(Callback):
         loader = trainer.train_dataloader
         bs = getattr(loader, "batch_size", None)
         if bs is not None:
-            per_step = bs * trainer.accumulate_grad_batches * trainer.world_size
-            if sampler.batch_size != per_step:
-                raise ValueError(
-                    f"the sampler's batch_size ({sampler.batch_size}) must be the samples of one optimizer step: "
-                    f"DataLoader batch_size ({bs}) x accumulate_grad_batches ({trainer.accumulate_grad_batches}) "
-                    f"x world_size ({trainer.world_size}) = {per_step}"
-                )
+            check_step_batch(sampler, [("DataLoader batch_size", bs),
+                                       ("accumulate_grad_batches", trainer.accumulate_grad_batches),
+                                       ("world_size", trainer.world_size)])
         if sampler.world_size != trainer.world_size:
             raise ValueError(f"the sampler runs with world_size={sampler.world_size}, the Trainer with "
                              f"{trainer.world_size} processes: build the MixtureSampler without rank=/world_size= "
