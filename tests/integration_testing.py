@@ -95,3 +95,21 @@ def train_steps(model, opt, sampler, ctrl, rows, start: int, stop: int, *, batch
         loss.backward()
         opt.step()
         ctrl.step(step)
+
+
+def hf_stop_callbacks(stop_at: int | None) -> list:
+    """The ``callbacks`` of a transformers Trainer that stops after global step ``stop_at`` and saves a checkpoint
+    there (none for None: the run goes to max_steps)."""
+    from transformers import TrainerCallback
+
+    if stop_at is None:
+        return []
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == stop_at:
+                control.should_training_stop = True
+                control.should_save = True
+            return control
+
+    return [Stop()]
