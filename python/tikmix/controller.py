@@ -80,16 +80,10 @@ MEASURE_MODES = ("eval", "train")
 
 def _jsonable(value: Any) -> Any:
     """Convert numpy / torch values (recursively) into JSON-serialisable Python objects."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
+    return _distributed.plain_tree(value, _json_leaf)
+
+
+def _json_leaf(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if value is None or isinstance(value, (bool, int, str)):
