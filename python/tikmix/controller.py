@@ -51,7 +51,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -63,7 +62,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from . import _distributed, formats
+from . import _distributed, _rng, formats
 from ._validation import check_int, to_float64_array
 from .decision import Decision
 
@@ -395,7 +394,7 @@ class Controller:
     def _measuring(self):
         """The measurement policy: eval mode (unless ``measure_mode="train"``) and untouched training RNG streams."""
         modes = [(m, m.training) for m in self.model.modules()]
-        state = _rng_state()
+        state = _rng.rng_state()
         try:
             if self.measure_mode == "eval":
                 self.model.eval()
@@ -403,7 +402,7 @@ class Controller:
         finally:
             for m, training in modes:
                 m.training = training
-            _set_rng_state(state)
+            _rng.set_rng_state(state)
 
     def _model_device(self) -> torch.device:
         for p in self.model.parameters():
@@ -559,11 +558,11 @@ class Controller:
         return record
 
     def _boundary(self, step: int, stage: int) -> dict[str, Any]:
-        rng = _rng_state()
+        rng = _rng.rng_state()
         try:
             return self._boundary_body(step, stage)
         finally:
-            _set_rng_state(rng)
+            _rng.set_rng_state(rng)
 
     def _boundary_body(self, step: int, stage: int) -> dict[str, Any]:
         t_start = time.perf_counter()
@@ -729,24 +728,6 @@ class Controller:
     def stages_done(self) -> int:
         """Number of boundaries handled so far."""
         return len(self._done)
-
-
-def _rng_state() -> dict[str, Any]:
-    """The training random streams: torch CPU, every initialised CUDA device, Python ``random``, numpy's global."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": np.random.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`_rng_state` saved."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if state.get("cuda") is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _influence_settings(influence: Any) -> Any:
