@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["check_controller", "check_dataset", "check_step_batch", "check_vocabulary", "max_token_id", "advance", "STATE_FILE",
-           "save_state", "load_state"]
+__all__ = ["check_controller", "check_dataset", "check_step_batch", "check_vocabulary", "max_token_id", "advance",
+           "STATE_FILE", "save_state", "load_state"]
 
 STATE_FILE = "tikmix_controller.json"
 
