@@ -20,6 +20,16 @@ def write_demo_domains(root: Path, *, seq_len: int, train_sequences: int):
     return corpus
 
 
+def write_demo_run_data(root: Path, *, seq_len: int, train_sequences: int):
+    """:func:`write_demo_domains` plus the ``lookup`` target: its dev and test splits as ``root/dev.tokens`` and
+    ``root/test.tokens``, and both in one source as ``root/lookup.tokens``; return the corpus."""
+    corpus = write_demo_domains(root, seq_len=seq_len, train_sequences=train_sequences)
+    write_token_file(root / "dev.tokens", corpus.target_dev["lookup"].reshape(-1), vocab_size=256)
+    write_token_file(root / "test.tokens", corpus.target_test["lookup"].reshape(-1), vocab_size=256)
+    write_token_file(root / "lookup.tokens", lookup_dev_and_test(corpus), vocab_size=256)
+    return corpus
+
+
 def lookup_dev_and_test(corpus) -> np.ndarray:
     """The ``lookup`` target's dev tokens followed by its test tokens (one source holding both splits)."""
     return np.concatenate([corpus.target_dev["lookup"].reshape(-1), corpus.target_test["lookup"].reshape(-1)])

@@ -1,9 +1,10 @@
-"""Helpers for tests with distributed worker processes (mp.spawn or torchrun): a free port, and how a worker ends once
-its results are written."""
+"""Helpers for tests with distributed worker processes (mp.spawn or torchrun): a free port, how a worker ends once
+its results are written, and a torchrun launch that must succeed."""
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from typing import NoReturn
 
@@ -30,3 +31,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def torchrun(world: int, *args: str) -> subprocess.CompletedProcess:
+    """Run ``torchrun --standalone --nproc_per_node=<world> <args>`` on CPU threads (``OMP_NUM_THREADS=1``), assert
+    that it exits with status 0 (showing the ends of its stdout and stderr otherwise) and return the process."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}", *args],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

@@ -49,6 +49,23 @@ class TinyLM(nn.Module):
         return self.head(self.ln_f(x))
 
 
+
+class FunctionalTie(nn.Module):
+    """Embedding -> a ``width x width`` Linear whose weight is also used outside its forward (``tie_scale`` times a
+    functional call: hooks alone would miss that use) -> a head over VOCAB."""
+
+    def __init__(self, width: int = 8, tie_scale: float = 1.0):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, width)
+        self.lin = nn.Linear(width, width)
+        self.out = nn.Linear(width, VOCAB)
+        self.tie_scale = tie_scale
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        x = self.lin(x) + self.tie_scale * F.linear(torch.tanh(x), self.lin.weight)
+        return self.out(x)
+
 def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Per-sequence mean next-token cross-entropy; ``batch``: ``[B, T+1]`` token ids."""
     logits = model(batch[:, :-1])

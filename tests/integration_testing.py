@@ -1,10 +1,13 @@
-"""Shared helpers of the framework-integration tests: a tiny Llama built from a config and three token domains."""
+"""Shared helpers of the framework-integration tests: a tiny Llama built from a config, three token
+domains and a plain training loop driving a Controller."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+
+from tikmix.models import sequence_loss
 
 VOCAB = 96
 SEQ = 16
@@ -80,3 +83,33 @@ def tiny_gpt2(seed: int = 0, dropout: float = 0.1):
     cfg = GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=32, n_layer=1, n_head=2, resid_pdrop=dropout,
                      embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=0, eos_token_id=1)
     return GPT2LMHeadModel(cfg)
+
+
+def train_steps(model, opt, sampler, ctrl, rows, start: int, stop: int, *, batch_size: int) -> None:
+    """Plain training loop over global steps ``start + 1 .. stop``: one ``sequence_loss`` step on a batch the sampler
+    picks from ``rows``, then ``ctrl.step(step)``."""
+    loader = iter(DataLoader(rows, batch_size=batch_size, sampler=sampler))
+    for step in range(start + 1, stop + 1):
+        loss = sequence_loss(model, next(loader)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ctrl.step(step)
+
+
+def hf_stop_callbacks(stop_at: int | None) -> list:
+    """The ``callbacks`` of a transformers Trainer that stops after global step ``stop_at`` and saves a checkpoint
+    there (none for None: the run goes to max_steps)."""
+    from transformers import TrainerCallback
+
+    if stop_at is None:
+        return []
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == stop_at:
+                control.should_training_stop = True
+                control.should_save = True
+            return control
+
+    return [Stop()]

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +14,11 @@ import torch
 import yaml
 
 from tikmix.cli import main
-from tikmix.data import write_token_file
 from tikmix.run import ConfigError, ConfigWarning, load_config, train, validate_config
 from tikmix.run.checkpoint import FORMAT, CheckpointError, checkpoint_dir, list_checkpoints
 
-from demo_testing import lookup_dev_and_test, write_demo_domains
+from demo_testing import write_demo_run_data
+from dist_testing import torchrun
 
 SEQ = 16
 
@@ -30,8 +27,7 @@ SEQ = 16
 def data_dir(tmp_path_factory) -> Path:
     """Token files for three demo domains and one target, and a text folder for a fourth domain."""
     root = tmp_path_factory.mktemp("data")
-    corpus = write_demo_domains(root, seq_len=SEQ, train_sequences=96)
-    write_token_file(root / "lookup.tokens", lookup_dev_and_test(corpus), vocab_size=256)
+    corpus = write_demo_run_data(root, seq_len=SEQ, train_sequences=96)
     folders = corpus.write_text_folders(root / "text")
     assert (folders["prose"] / "part0.txt").stat().st_size == 96 * (SEQ + 1)
     return root
@@ -393,13 +389,7 @@ def test_two_process_gloo_run(tmp_path, data_dir):
                    progress=False, log=lambda *a: None)
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump(_config(data_dir, tmp_path / "two", solver=solver)))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "tikmix", "run", str(cfg_path), "--no-progress"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(2, "-m", "tikmix", "run", str(cfg_path), "--no-progress")
     two = json.loads((tmp_path / "two" / "history.json").read_text())
     assert [s["step"] for s in two["stages"]] == [8, 16]
     # the global batch is the same, so the realised per-domain counts of the first stage are identical

@@ -15,7 +15,7 @@ from tikmix.formats import HISTORY
 from tikmix.data import write_token_file
 from tikmix.run import ConfigError, train, validate_config
 
-from demo_testing import lookup_dev_and_test, write_demo_domains
+from demo_testing import write_demo_run_data
 
 SEQ = 16
 
@@ -23,10 +23,7 @@ SEQ = 16
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cmpdata")
-    corpus = write_demo_domains(root, seq_len=SEQ, train_sequences=64)
-    write_token_file(root / "dev.tokens", corpus.target_dev["lookup"].reshape(-1), vocab_size=256)
-    write_token_file(root / "test.tokens", corpus.target_test["lookup"].reshape(-1), vocab_size=256)
-    write_token_file(root / "both.tokens", lookup_dev_and_test(corpus), vocab_size=256)
+    corpus = write_demo_run_data(root, seq_len=SEQ, train_sequences=64)
     # a test source whose 5th row (rows are tokens [i*SEQ, (i+1)*SEQ + 1)) is the dev source's 3rd row
     dev, test = corpus.target_dev["lookup"].reshape(-1), corpus.target_test["lookup"].reshape(-1)
     leak = np.concatenate([test[: 4 * SEQ], dev[2 * SEQ : 3 * SEQ + 1]])
@@ -209,7 +206,7 @@ def test_overlapping_dev_and_test_are_refused(data_dir, tmp_path):
 
 
 def test_one_source_target_falls_back_to_halves_and_says_so(data_dir, tmp_path):
-    target = {"token_file": str(data_dir / "both.tokens")}
+    target = {"token_file": str(data_dir / "lookup.tokens")}
     cfg = validate_config(_cfg(data_dir, tmp_path / "halves", {"name": "static", "weights": "uniform"}, target=target))
     said: list[str] = []
     train(cfg, progress=False, log=lambda *a, **k: said.append(" ".join(map(str, a))))

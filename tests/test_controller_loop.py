@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
+from integration_testing import train_steps
 from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
 from tikmix.decision import Decision
@@ -57,16 +57,6 @@ def _setup(tmp_path=None, solver: str = "direct", decision="paper"):
     return model, opt, sampler, ctrl, rows
 
 
-def _train(model, opt, sampler, ctrl, rows, start: int, stop: int) -> None:
-    loader = iter(DataLoader(rows, batch_size=BATCH, sampler=sampler))
-    for step in range(start + 1, stop + 1):
-        loss = sequence_loss(model, next(loader)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ctrl.step(step)
-
-
 def _strip_timing(history: dict) -> dict:
     h = json.loads(json.dumps(history))
     for s in h["stages"]:
@@ -79,7 +69,7 @@ def _strip_timing(history: dict) -> dict:
 def test_boundaries_reweight_sampler_and_write_history(tmp_path):
     model, opt, sampler, ctrl, rows = _setup(tmp_path)
     assert ctrl.step(0) is None
-    _train(model, opt, sampler, ctrl, rows, 0, STEPS)
+    train_steps(model, opt, sampler, ctrl, rows, 0, STEPS, batch_size=BATCH)
     ctrl.finish(STEPS)
     h = json.loads((tmp_path / "history.json").read_text())
     assert h["format"] == "tikmix.history/2"
@@ -110,14 +100,14 @@ def test_boundaries_reweight_sampler_and_write_history(tmp_path):
 def test_resume_reproduces_history_and_weights():
     # uninterrupted
     model, opt, sampler, ctrl, rows = _setup()
-    _train(model, opt, sampler, ctrl, rows, 0, STEPS)
+    train_steps(model, opt, sampler, ctrl, rows, 0, STEPS, batch_size=BATCH)
     ctrl.finish(STEPS)
     full = _strip_timing(ctrl.history)
     full_params = [p.detach().clone() for p in model.parameters()]
 
     # interrupted after step 15 (between the boundaries), saved, rebuilt from scratch, resumed
     model, opt, sampler, ctrl, rows = _setup()
-    _train(model, opt, sampler, ctrl, rows, 0, 15)
+    train_steps(model, opt, sampler, ctrl, rows, 0, 15, batch_size=BATCH)
     saved = {
         "model": {k: v.clone() for k, v in model.state_dict().items()},
         "opt": opt.state_dict(),
@@ -129,7 +119,7 @@ def test_resume_reproduces_history_and_weights():
     opt.load_state_dict(saved["opt"])
     ctrl.load_state_dict(saved["ctrl"])
     assert ctrl.stages_done == 1
-    _train(model, opt, sampler, ctrl, rows, 15, STEPS)
+    train_steps(model, opt, sampler, ctrl, rows, 15, STEPS, batch_size=BATCH)
     ctrl.finish(STEPS)
     resumed = _strip_timing(ctrl.history)
 
@@ -141,7 +131,7 @@ def test_resume_reproduces_history_and_weights():
 
 def test_boundary_is_not_repeated():
     model, opt, sampler, ctrl, rows = _setup()
-    _train(model, opt, sampler, ctrl, rows, 0, 10)
+    train_steps(model, opt, sampler, ctrl, rows, 0, 10, batch_size=BATCH)
     assert ctrl.stages_done == 1
     assert ctrl.step(10) is None  # the same boundary again does nothing
     assert ctrl.stages_done == 1
@@ -215,7 +205,7 @@ def test_load_state_dict_refuses_a_changed_decision_and_accepts_older_states():
 def test_regression_solver_meets_pareto_and_records_both_solvers():
     model, opt, sampler, ctrl, rows = _setup(solver="regression")
     ctrl.solver_options = {"regression": {"n_candidates": 64, "rounds": 2, "top_k": 8, "samples_per_round": 256}}
-    _train(model, opt, sampler, ctrl, rows, 0, 12)
+    train_steps(model, opt, sampler, ctrl, rows, 0, 12, batch_size=BATCH)
     (rec,) = ctrl.history["stages"]
     assert rec["solver"]["regression"]["solver"] == "tikmix-m"
     assert rec["solver"]["direct"]["solver"] == "tikmix-d"

@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils.data import DataLoader
 
 from dist_testing import end_worker, free_port
+from integration_testing import train_steps
 from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
 from tikmix.models import GPT, GPTConfig, sequence_loss
@@ -73,16 +73,6 @@ def _setup(solver: str, decision: str):
     return model, opt, sampler, ctrl, rows
 
 
-def _train(model, opt, sampler, ctrl, rows, start: int, stop: int) -> None:
-    loader = iter(DataLoader(rows, batch_size=BATCH, sampler=sampler))
-    for step in range(start + 1, stop + 1):
-        loss = sequence_loss(model, next(loader)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ctrl.step(step)
-
-
 def _weights(ctrl) -> list[list[float]]:
     return [rec["weights"] for rec in ctrl.history["stages"]]
 
@@ -94,11 +84,11 @@ def _run_all(out_dir: str, resume_from: str | None) -> dict:
     for solver, decision in COMBOS:
         key = f"{solver}-{decision}"
         model, opt, sampler, ctrl, rows = _setup(solver, decision)
-        _train(model, opt, sampler, ctrl, rows, 0, SAVE_AT)
+        train_steps(model, opt, sampler, ctrl, rows, 0, SAVE_AT, batch_size=BATCH)
         if not dist.is_initialized() or dist.get_rank() == 0:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ctrl": ctrl.state_dict(step=SAVE_AT)},
                        os.path.join(out_dir, f"{key}.ckpt"))
-        _train(model, opt, sampler, ctrl, rows, SAVE_AT, STEPS)
+        train_steps(model, opt, sampler, ctrl, rows, SAVE_AT, STEPS, batch_size=BATCH)
         out[key] = {"full": _weights(ctrl), "used": [rec["solver"].get("used") if isinstance(rec["solver"], dict)
                                                      else None for rec in ctrl.history["stages"]]}
         if resume_from is not None:
@@ -107,7 +97,7 @@ def _run_all(out_dir: str, resume_from: str | None) -> dict:
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["opt"])
             ctrl.load_state_dict(saved["ctrl"])
-            _train(model, opt, sampler, ctrl, rows, SAVE_AT, STEPS)
+            train_steps(model, opt, sampler, ctrl, rows, SAVE_AT, STEPS, batch_size=BATCH)
             out[key]["resumed"] = _weights(ctrl)
     return out
 

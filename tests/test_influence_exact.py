@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from influence_testing import (TinyLM, assert_unchanged, influence_ref, lm_loss, make_data, one_thread,  # noqa: F401
-                               params_of, per_sample_grads_ref, snapshot)
+from influence_testing import (FunctionalTie, TinyLM, assert_unchanged, influence_ref, lm_loss, make_data,  # noqa: F401
+                               one_thread, params_of, per_sample_grads_ref, snapshot)
 from tikmix.influence import GroupInfluence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,24 +86,9 @@ def test_per_sample_falls_back_to_torch_func_where_hooks_cannot_see_samples():
     torch.testing.assert_close(res.S, influence_ref(model, lm_loss, doms, tgts), rtol=1e-9, atol=1e-12)
 
 
-class _FunctionalTie(nn.Module):
-    """A Linear whose weight is also used outside its forward: hooks alone would miss that use."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(32, 8)
-        self.lin = nn.Linear(8, 8)
-        self.out = nn.Linear(8, 32)
-
-    def forward(self, idx):
-        x = self.emb(idx)
-        x = self.lin(x) + torch.nn.functional.linear(torch.tanh(x), self.lin.weight)
-        return self.out(x)
-
-
 def test_functional_weight_use_is_detected_and_handled():
     torch.manual_seed(1)
-    model = _FunctionalTie().double().eval()
+    model = FunctionalTie().double().eval()
     doms, tgts = make_data(n_domains=2, n_targets=1)
     gi = GroupInfluence(model, lm_loss, k=None, mode="per_sample", progress=False, n_bootstrap=0)
     with pytest.warns(RuntimeWarning, match="lin.weight"):

@@ -6,25 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from influence_testing import influence_ref, lm_loss, make_data, one_thread  # noqa: F401
+from influence_testing import FunctionalTie, influence_ref, lm_loss, make_data, one_thread  # noqa: F401
 from tikmix.influence import GroupInfluence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class _WideFunctionalTie(nn.Module):
-    """A 32x32 Linear (checked through its check sketch) whose weight is also used outside its forward."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(32, 32)
-        self.lin = nn.Linear(32, 32)
-        self.out = nn.Linear(32, 32)
-
-    def forward(self, idx):
-        x = self.emb(idx)
-        x = self.lin(x) + 0.5 * torch.nn.functional.linear(torch.tanh(x), self.lin.weight)
-        return self.out(x)
 
 
 class _BatchCoupled(nn.Module):
@@ -42,7 +27,7 @@ class _BatchCoupled(nn.Module):
 
 def test_sketched_check_detects_a_weight_used_outside_its_module():
     torch.manual_seed(1)
-    model = _WideFunctionalTie().double().eval()
+    model = FunctionalTie(width=32, tie_scale=0.5).double().eval()
     doms, tgts = make_data(n_domains=2, n_targets=1)
     gi = GroupInfluence(model, lm_loss, k=None, mode="per_sample", progress=False, n_bootstrap=0)
     with pytest.warns(RuntimeWarning, match="lin.weight"):
@@ -62,7 +47,7 @@ def test_samples_coupled_in_eval_mode_are_refused():
 
 def test_probe_reference_is_its_own_small_batch_in_eval_mode():
     torch.manual_seed(0)
-    model = _WideFunctionalTie()
+    model = FunctionalTie(width=32, tie_scale=0.5)
     model.lin.weight.requires_grad_(False)  # no functional use left among the selected parameters
     model.eval()
     doms, tgts = make_data(n_domains=2, n_targets=1, batch_size=4)

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 import tikmix  # noqa: E402
 from tikmix.losses import causal_lm_loss  # noqa: E402
 
-from integration_testing import dict_collate, domains, targets, tiny_gpt2  # noqa: E402
+from integration_testing import dict_collate, domains, hf_stop_callbacks, targets, tiny_gpt2  # noqa: E402
 
 STAGES = [3, 6]
 STEPS = 9
@@ -92,7 +92,7 @@ def run_plain(folder, *, dropout, lr=3e-3, ga=2, stop_at=None, resume=False):
 
 
 def run_hf(folder, *, dropout, lr=3e-3, ga=2, stop_at=None, resume=False):
-    from transformers import TrainerCallback, TrainingArguments
+    from transformers import TrainingArguments
 
     from tikmix.integrations.hf import MixtureTrainer
 
@@ -104,15 +104,8 @@ def run_hf(folder, *, dropout, lr=3e-3, ga=2, stop_at=None, resume=False):
                              save_strategy="steps", save_steps=100, logging_steps=1000, report_to="none",
                              use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0)
 
-    class Stop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == stop_at:
-                control.should_training_stop = True
-                control.should_save = True
-            return control
-
     trainer = MixtureTrainer(controller=ctl, model=model, args=args, train_dataset=train,
-                             data_collator=dict_collate, callbacks=[Stop()] if stop_at else [])
+                             data_collator=dict_collate, callbacks=hf_stop_callbacks(stop_at))
     losses = []
     orig = trainer.training_step
 

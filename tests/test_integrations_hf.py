@@ -18,7 +18,9 @@ import tikmix  # noqa: E402
 from tikmix.influence import hook_rules  # noqa: E402
 from tikmix.losses import causal_lm_loss  # noqa: E402
 
-from integration_testing import VOCAB, check_two_stage_history, dict_collate, domains, state_of, targets, tiny_llama  # noqa: E402
+from integration_testing import (  # noqa: E402
+    VOCAB, check_two_stage_history, dict_collate, domains, hf_stop_callbacks, state_of, targets, tiny_llama,
+)
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -245,7 +247,7 @@ def test_register_hook_rule_and_fallback_report():
 
 # ---------------------------------------------------------------------------------------------- Trainer
 def _trainer(tmp_path, *, max_steps=9, stop_at=None, save_steps=4, ga=2, seed=0):
-    from transformers import TrainerCallback, TrainingArguments
+    from transformers import TrainingArguments
 
     from tikmix.integrations.hf import MixtureTrainer
 
@@ -261,17 +263,8 @@ def _trainer(tmp_path, *, max_steps=9, stop_at=None, save_steps=4, ga=2, seed=0)
                              save_strategy="steps", save_steps=save_steps, logging_steps=1000, report_to="none",
                              use_cpu=True, disable_tqdm=True, seed=seed, dataloader_num_workers=0,
                              lr_scheduler_type="linear")
-    callbacks = []
-    if stop_at is not None:
-        class Stop(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step == stop_at:
-                    control.should_training_stop = True
-                    control.should_save = True
-                return control
-        callbacks.append(Stop())
     trainer = MixtureTrainer(controller=controller, model=model, args=args, train_dataset=train,
-                             data_collator=dict_collate, callbacks=callbacks)
+                             data_collator=dict_collate, callbacks=hf_stop_callbacks(stop_at))
     return trainer, controller, sampler
 
 

@@ -10,7 +10,7 @@
 3. tests/cpp/reduce_emu_harness.cpp does the same for csrc/cuda/segment.cu and mixture.cu and compares them bit for
    bit with the CPU kernels of csrc/cpu (the shared contract order of reduce_kernels.h).
 This file compiles both with g++ (cached by source hash), runs them and checks every line they print; sign rows are
-re-derived here with an independent Python hash.
+re-derived with the pure-Python hash of tikmix_ext.reference.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from tikmix_ext.reference import sign_word_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT / "tests" / "cpp" / "mma_layout_harness.cpp"
@@ -74,22 +76,6 @@ CHECKS = (
     "chunk_bytes",
     "plan_invariants",
 )
-
-_MASK = (1 << 64) - 1
-_G = 0x9E3779B97F4A7C15
-
-
-def _mix64(z: int) -> int:
-    z &= _MASK
-    z ^= z >> 30
-    z = (z * 0xBF58476D1CE4E5B9) & _MASK
-    z ^= z >> 27
-    z = (z * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
-
-
-def _sign_word(seed: int, row: int, block: int) -> int:
-    return _mix64(_mix64(seed + _G) + ((block << 44) + row) * _G)
 
 
 def _build_and_run(name: str, main: Path, sources: list, extra_flags: list, extra_units: tuple = ()) -> str:
@@ -160,7 +146,7 @@ def test_fragment_signs_match_python_hash(harness_output: str) -> None:
     seed, row0, block = int(seed), int(row0), int(block)
     assert len(rows) == 32
     for r, hexbits in enumerate(rows):
-        assert int(hexbits, 16) == _sign_word(seed, row0 + r, block), f"row {r}"
+        assert int(hexbits, 16) == sign_word_ref(seed, row0 + r, block), f"row {r}"
 
 
 def test_plan_of_benchmark_shapes(harness_output: str) -> None:

@@ -4,7 +4,6 @@ under a process group (the global batch's mean, whatever the number of ranks).""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from tikmix.data import write_token_file
 from tikmix.run import train, validate_config
 from tikmix.run.prepare import PreparedRun, prepare
 
-from demo_testing import DEMO_DOMAINS, write_demo_domains
+from demo_testing import DEMO_DOMAINS, write_demo_run_data
+from dist_testing import torchrun
 
 SEQ = 16
 
@@ -25,9 +24,7 @@ SEQ = 16
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loopdata")
-    corpus = write_demo_domains(root, seq_len=SEQ, train_sequences=64)
-    write_token_file(root / "dev.tokens", corpus.target_dev["lookup"].reshape(-1), vocab_size=256)
-    write_token_file(root / "test.tokens", corpus.target_test["lookup"].reshape(-1), vocab_size=256)
+    write_demo_run_data(root, seq_len=SEQ, train_sequences=64)
     return root
 
 
@@ -78,13 +75,7 @@ def test_two_process_run_records_the_global_training_loss(data_dir, tmp_path):
     single = train(validate_config(_raw(data_dir, tmp_path / "one")), progress=False, log=_quiet)
     cfg_path = tmp_path / "two.yaml"
     cfg_path.write_text(yaml.safe_dump(_raw(data_dir, tmp_path / "two")))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "tikmix", "run", str(cfg_path), "--no-progress"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(2, "-m", "tikmix", "run", str(cfg_path), "--no-progress")
     two = json.loads((tmp_path / "two" / "history.json").read_text())
     one_loss = [m["train_loss"] for m in single["metrics"] if "train_loss" in m]
     two_loss = [m["train_loss"] for m in two["metrics"] if "train_loss" in m]

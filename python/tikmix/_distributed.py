@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -29,6 +29,7 @@ __all__ = [
     "all_gather_objects",
     "check_same_on_all_ranks",
     "fingerprint",
+    "plain_tree",
     "rendezvous",
     "rendezvous_timeout",
     "share",
@@ -136,18 +137,22 @@ def all_gather_objects(obj: Any) -> List[Any]:
     return out
 
 
-def _canonical(value: Any) -> Any:
-    """A JSON-ready stand-in for ``value`` that is equal on every rank when the values are: containers recursively,
-    arrays and tensors as lists, callables by their qualified name and other objects by their type (never a repr,
-    which may hold a memory address)."""
+def plain_tree(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` as plain Python containers, recursively: mappings as dicts with str keys, lists and tuples as lists,
+    tensors, numpy arrays and numpy scalars (anything with ``tolist``) as lists and Python scalars; every other
+    value becomes ``leaf(value)``."""
     if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
+        return {str(k): plain_tree(v, leaf) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
+        return [plain_tree(v, leaf) for v in value]
     if isinstance(value, torch.Tensor):
-        return _canonical(value.detach().cpu().tolist())
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
-        return _canonical(value.tolist())
+        return plain_tree(value.detach().cpu().tolist(), leaf)
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return plain_tree(value.tolist(), leaf)
+    return leaf(value)
+
+
+def _canonical_leaf(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if value is None or isinstance(value, (bool, int, str)):
@@ -157,6 +162,13 @@ def _canonical(value: Any) -> Any:
     if callable(value):
         return f"<callable {getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__qualname__)}>"
     return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-ready stand-in for ``value`` that is equal on every rank when the values are: containers recursively,
+    arrays and tensors as lists, callables by their qualified name and other objects by their type (never a repr,
+    which may hold a memory address)."""
+    return plain_tree(value, _canonical_leaf)
 
 
 def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:

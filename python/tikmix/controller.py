@@ -51,7 +51,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -63,7 +62,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from . import _distributed, formats
+from . import _distributed, _rng, formats
 from ._validation import check_int, to_float64_array
 from .decision import Decision
 
@@ -80,16 +79,10 @@ MEASURE_MODES = ("eval", "train")
 
 def _jsonable(value: Any) -> Any:
     """Convert numpy / torch values (recursively) into JSON-serialisable Python objects."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
+    return _distributed.plain_tree(value, _json_leaf)
+
+
+def _json_leaf(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if value is None or isinstance(value, (bool, int, str)):
@@ -404,7 +397,7 @@ class Controller:
     def _measuring(self):
         """The measurement policy: eval mode (unless ``measure_mode="train"``) and untouched training RNG streams."""
         modes = [(m, m.training) for m in self.model.modules()]
-        state = _rng_state()
+        state = _rng.rng_state()
         try:
             if self.measure_mode == "eval":
                 self.model.eval()
@@ -412,7 +405,7 @@ class Controller:
         finally:
             for m, training in modes:
                 m.training = training
-            _set_rng_state(state)
+            _rng.set_rng_state(state)
 
     def _model_device(self) -> torch.device:
         for p in self.model.parameters():
@@ -568,11 +561,11 @@ class Controller:
         return record
 
     def _boundary(self, step: int, stage: int) -> dict[str, Any]:
-        rng = _rng_state()
+        rng = _rng.rng_state()
         try:
             return self._boundary_body(step, stage)
         finally:
-            _set_rng_state(rng)
+            _rng.set_rng_state(rng)
 
     def _boundary_body(self, step: int, stage: int) -> dict[str, Any]:
         t_start = time.perf_counter()
@@ -738,24 +731,6 @@ class Controller:
     def stages_done(self) -> int:
         """Number of boundaries handled so far."""
         return len(self._done)
-
-
-def _rng_state() -> dict[str, Any]:
-    """The training random streams: torch CPU, every initialised CUDA device, Python ``random``, numpy's global."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": np.random.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`_rng_state` saved."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if state.get("cuda") is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _influence_settings(influence: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -344,6 +344,22 @@ class MixtureBase:
     def _local_share(self, seg: Segment) -> tuple[int, int]:
         rank, world = self._bind()
         return MixturePlan.slice_bounds(seg.size, rank, world)
+
+    def _play_row(self, row: list[Any], generation: int) -> Generator[Any, None, bool]:
+        """Yield ``row``, what is left of step :attr:`step`'s local slice, keeping the position that
+        :meth:`state_dict` reads up to date; True once the step is done, False when a position reset (a new
+        ``generation``) ended it."""
+        self._row_list = row
+        self._row_len = len(row)
+        self._row_it = it = iter(row)
+        yield from it
+        if generation != self._generation:
+            return False
+        self._step += 1
+        self._row_skip = 0
+        self._row_list = None
+        self._row_it = None
+        return True
 
     def _position(self) -> tuple[int, int]:
         off = self._row_skip

@@ -286,16 +286,8 @@ class MixtureIterableDataset(MixtureBase, IterableDataset):
                     break
                 skip = self._row_skip
                 row = self._fetch(readers, dom[r, skip:], draw[r, skip:])
-                self._row_list = row
-                self._row_len = len(row)
-                self._row_it = it = iter(row)
-                yield from it
-                if generation != self._generation:
+                if not (yield from self._play_row(row, generation)):
                     return
-                self._step += 1
-                self._row_skip = 0
-                self._row_list = None
-                self._row_it = None
 
     def _iterate_worker(self, start: int, offset: int, worker: int, num_workers: int, first: int) -> Iterator[Any]:
         readers = self._readers()

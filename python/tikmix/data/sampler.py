@@ -257,13 +257,5 @@ class MixtureSampler(MixtureBase, Sampler[int]):
                     break  # position reset, or the schedule changed: recompute from the current step
                 if self._row_skip:
                     del row[: self._row_skip]
-                self._row_list = row
-                self._row_len = len(row)
-                self._row_it = it = iter(row)
-                yield from it
-                if generation != self._generation:
+                if not (yield from self._play_row(row, generation)):
                     return
-                self._step += 1
-                self._row_skip = 0
-                self._row_list = None
-                self._row_it = None

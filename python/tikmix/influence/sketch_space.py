@@ -109,16 +109,16 @@ def _factor(share: int, n_in: int, n_out: int) -> Tuple[int, int]:
     return k_in, k_out
 
 
+@dataclass(eq=False, repr=False)
 class Layout:
     """The column layout of a sketch space (see the module docstring). Build with :meth:`build`."""
 
-    def __init__(self, slots: List[Slot], dim: int, kron_dim: int, dense_dim: int, exact: bool, k: Optional[int]):
-        self.slots = slots
-        self.dim = dim
-        self.kron_dim = kron_dim
-        self.dense_dim = dense_dim
-        self.exact = exact
-        self.k = k
+    slots: List[Slot]
+    dim: int
+    kron_dim: int
+    dense_dim: int
+    exact: bool
+    k: Optional[int]
 
     @classmethod
     def build(

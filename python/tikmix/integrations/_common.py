@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["check_controller", "check_dataset", "check_vocabulary", "max_token_id", "advance", "STATE_FILE",
-           "save_state", "load_state"]
+__all__ = ["check_controller", "check_dataset", "check_step_batch", "check_vocabulary", "max_token_id", "advance",
+           "STATE_FILE", "save_state", "load_state"]
 
 STATE_FILE = "tikmix_controller.json"
 
@@ -47,6 +48,21 @@ def check_dataset(controller: Any, dataset: Any, what: str) -> None:
     if theirs_s is None and hasattr(dataset, "__len__") and len(dataset) != sum(sizes):
         raise ValueError(f"{what} has {len(dataset)} samples but the controller's domains {listing(names, sizes)} "
                          f"sum to {sum(sizes)}: {hint}")
+
+
+def check_step_batch(sampler: Any, factors: Sequence[tuple[str, int]]) -> None:
+    """Refuse a sampler whose ``batch_size`` is not the samples of one optimizer step.
+
+    ``factors`` are the framework's ``(setting name, value)`` pairs whose product is that number (micro-batch size,
+    accumulation steps, world size); the error shows the product term by term.
+    """
+    per_step = math.prod(int(v) for _, v in factors)
+    if sampler.batch_size != per_step:
+        formula = " x ".join(f"{name} ({value})" for name, value in factors)
+        raise ValueError(
+            f"the sampler's batch_size ({sampler.batch_size}) must be the samples of one optimizer step: "
+            f"{formula} = {per_step}"
+        )
 
 
 def check_vocabulary(controller: Any, model: Any) -> None:

@@ -59,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import torch
 
 from ..losses import causal_lm_loss
-from ._common import STATE_FILE, advance, check_controller, check_dataset, load_state, save_state
+from ._common import STATE_FILE, advance, check_controller, check_dataset, check_step_batch, load_state, save_state
 
 __all__ = ["MixtureTrainer", "TikmixCallback", "causal_lm_loss", "own_generator", "unshard_dataloader"]
 
@@ -168,13 +168,9 @@ class MixtureTrainer(Trainer):
         if self.train_dataset is None or not hasattr(self.train_dataset, "__getitem__"):
             raise ValueError("MixtureTrainer needs a map-style train_dataset: the concatenation of the domains "
                              "(tikmix.concat_domains) that the controller's sampler indexes")
-        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        if sampler.batch_size != per_step:
-            raise ValueError(
-                f"the sampler's batch_size ({sampler.batch_size}) must be the samples of one optimizer step: "
-                f"per_device_train_batch_size ({args.per_device_train_batch_size}) x gradient_accumulation_steps "
-                f"({args.gradient_accumulation_steps}) x world_size ({args.world_size}) = {per_step}"
-            )
+        check_step_batch(sampler, [("per_device_train_batch_size", args.per_device_train_batch_size),
+                                   ("gradient_accumulation_steps", args.gradient_accumulation_steps),
+                                   ("world_size", args.world_size)])
         if sampler.world_size != args.world_size:
             raise ValueError(f"the sampler was built for world_size={sampler.world_size}, the Trainer runs "
                              f"{args.world_size} processes: build the MixtureSampler without rank=/world_size= (it "

@@ -34,36 +34,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 try:
     from lightning.pytorch.callbacks import Callback
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tikmix.integrations.lightning needs lightning >= 2.2: pip install 'tikmix[lightning]'") from exc
 
-from .. import _distributed
-from ..controller import _rng_state, _set_rng_state
-from ._common import advance, check_controller, check_dataset
+from .. import _distributed, _rng
+from ._common import advance, check_controller, check_dataset, check_step_batch
 
 __all__ = ["TikmixCallback"]
-
-
-def _portable_rng(state: dict[str, Any]) -> dict[str, Any]:
-    """RNG states as tensors and plain Python values (a checkpoint loaded with ``weights_only=True`` takes them)."""
-    out = dict(state)
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    out["numpy"] = [str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
-    out["python"] = [state["python"][0], list(state["python"][1]), state["python"][2]]
-    return out
-
-
-def _native_rng(state: dict[str, Any]) -> dict[str, Any]:
-    out = dict(state)
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    out["numpy"] = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
-    version, internal, gauss = state["python"]
-    out["python"] = (version, tuple(internal), gauss)
-    return out
 
 
 class TikmixCallback(Callback):
@@ -101,13 +80,9 @@ class TikmixCallback(Callback):
         loader = trainer.train_dataloader
         bs = getattr(loader, "batch_size", None)
         if bs is not None:
-            per_step = bs * trainer.accumulate_grad_batches * trainer.world_size
-            if sampler.batch_size != per_step:
-                raise ValueError(
-                    f"the sampler's batch_size ({sampler.batch_size}) must be the samples of one optimizer step: "
-                    f"DataLoader batch_size ({bs}) x accumulate_grad_batches ({trainer.accumulate_grad_batches}) "
-                    f"x world_size ({trainer.world_size}) = {per_step}"
-                )
+            check_step_batch(sampler, [("DataLoader batch_size", bs),
+                                       ("accumulate_grad_batches", trainer.accumulate_grad_batches),
+                                       ("world_size", trainer.world_size)])
         if sampler.world_size != trainer.world_size:
             raise ValueError(f"the sampler runs with world_size={sampler.world_size}, the Trainer with "
                              f"{trainer.world_size} processes: build the MixtureSampler without rank=/world_size= "
@@ -119,7 +94,7 @@ class TikmixCallback(Callback):
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:
-            _set_rng_state(self._pending_rng)
+            _rng.set_rng_state(self._pending_rng)
             self._pending_rng = None
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -137,7 +112,7 @@ class TikmixCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         step = self._trainer.global_step if self._trainer is not None else None
         # every rank's streams: Lightning writes rank 0's checkpoint, but every rank draws its own dropout masks
-        rng = _distributed.all_gather_objects(_portable_rng(_rng_state()))
+        rng = _distributed.all_gather_objects(_rng.portable_rng(_rng.rng_state()))
         return {"controller": self.controller.state_dict(step=step), "rng": rng}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -150,4 +125,4 @@ class TikmixCallback(Callback):
             if len(rng) != world:
                 raise ValueError(f"the checkpoint holds the RNG states of {len(rng)} processes, this run has "
                                  f"{world}: resume with the same number of processes for an exact continuation")
-            self._pending_rng = _native_rng(rng[rank])
+            self._pending_rng = _rng.native_rng(rng[rank])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import random
 import re
 import zipfile
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .. import _rng
 
 __all__ = ["FORMAT", "CheckpointError", "checkpoint_dir", "list_checkpoints", "save_checkpoint", "load_checkpoint",
            "load_latest", "rng_state", "set_rng_state"]
@@ -123,29 +124,16 @@ def load_latest(out_dir: str | os.PathLike[str], map_location: torch.device | st
 # ---------------------------------------------------------------------------------------------- RNG
 def rng_state() -> dict[str, Any]:
     """This process's torch (CPU and CUDA), numpy and Python RNG states, as tensors and plain values."""
-    np_state = np.random.get_state(legacy=False)
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"bit_generator": np_state["bit_generator"],
-                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    state = _rng.rng_state()
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    state["numpy"] = {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state` output."""
-    torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    _rng.set_rng_state({**state, "numpy": (n["bit_generator"], n["key"].numpy().astype(np.uint32), n["pos"],
+                                           n["has_gauss"], n["gauss"])})
 

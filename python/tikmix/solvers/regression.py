@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import InitVar, dataclass
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -447,6 +448,7 @@ def solve_regression(
 # ----------------------------------------------------------------------------------------------------------
 # score_fn from per-sample influence rows
 # ----------------------------------------------------------------------------------------------------------
+@dataclass(eq=False, repr=False)
 class MixtureScoreFn:
     """``score_fn`` for :func:`solve_regression` built from per-sample influence rows (see :func:`mixture_score_fn`).
 
@@ -455,15 +457,19 @@ class MixtureScoreFn:
     expectation of the resampled scores), ``backend`` ("native" or "numpy"), ``draws``, ``seed``, ``aggregate``.
     """
 
-    def __init__(self, per_sample: np.ndarray, ids: np.ndarray, num_domains: int, draws: int, seed: int,
-                 aggregate: Any, backend: str, weights: Dict[str, float], normalize: str, eps: float) -> None:
-        self.per_sample = per_sample
-        self.ids = ids
-        self.num_domains = num_domains
-        self.draws = draws
-        self.seed = seed
-        self.aggregate = aggregate
-        self.backend = backend
+    per_sample: np.ndarray
+    ids: np.ndarray
+    num_domains: int
+    draws: int
+    seed: int
+    aggregate: Any
+    backend: str
+    weights: InitVar[Dict[str, float]]
+    normalize: InitVar[str]
+    eps: InitVar[float]
+
+    def __post_init__(self, weights: Dict[str, float], normalize: str, eps: float) -> None:
+        per_sample, ids, num_domains = self.per_sample, self.ids, self.num_domains
         self._weights = weights
         counts = np.bincount(ids, minlength=num_domains).astype(np.float64)
         sums = np.zeros((num_domains, per_sample.shape[1]))
