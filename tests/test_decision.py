@@ -149,7 +149,11 @@ def test_controller_applies_the_robust_decision_and_resumes_it_exactly():
 
     import torch
 
-    from test_controller_loop import STEPS, _setup, _strip_timing, _train
+    from integration_testing import train_steps
+    from test_controller_loop import BATCH, STEPS, _setup, _strip_timing
+
+    def _train(*args):
+        train_steps(*args, batch_size=BATCH)
 
     model, opt, sampler, ctrl, rows = _setup(decision="robust")
     _train(model, opt, sampler, ctrl, rows, 0, STEPS)
