@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="output folder (default ./tikmix-demo/seed<SEED>)")
     d.add_argument("--budget", type=int, default=None, metavar="TOKENS",
                    help="training tokens per method (default 3,072,000 = 1500 steps x 32 x 64)")
-    d.add_argument("--quick", action="store_true", help="a tiny budget for smoke tests (~1 min)")
+    d.add_argument("--quick", action="store_true", help="a tiny budget for smoke tests (~1-2 min)")
     d.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the numbers are reproducible as printed; the float sums of "
                         "matmuls depend on the thread count, so other counts give slightly different results)")
