@@ -348,3 +348,21 @@ def test_a_record_without_its_text_field_names_the_source(files):
     assert not list((files / "out" / "data").glob("domains_docs.*"))  # no partial token file is left
     with pytest.raises(ConfigError, match=r"^data.domains.docs.jsonl: .*no 'body' field"):
         validate_config(cfg, files)
+
+
+@pytest.mark.parametrize("solver,key,words", [
+    ({"name": "static", "weights": [1, -1, 1, 1]}, "solver.weights[1]", "greater than or equal to 0, got -1"),
+    ({"name": "static", "weights": {"web": 1, "code": -2}}, "solver.weights.code", "greater than or equal to 0"),
+    ({"name": "static", "weights": "unifrom"}, "solver.weights", "got 'unifrom' (did you mean uniform?)"),
+    ({"name": "direct", "decision": "robst"}, "solver.decision", "got 'robst' (did you mean robust?)"),
+])
+def test_a_value_no_union_member_accepts_gets_one_clear_error(files, capsys, solver, key, words):
+    """A value that fits no member of a union (a weight list, mapping or 'uniform'; a decision name or mapping) is
+    reported once, at the member it was shaped like, without pydantic's member names in the key."""
+    cfg = _config(files, solver=solver)
+    if solver["name"] == "static":
+        cfg.pop("stages")
+    got_key, message = _error(files, cfg, capsys)
+    assert got_key == key
+    assert words in message
+    assert "literal[" not in message and "list[" not in message and "dict[" not in message

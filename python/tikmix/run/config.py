@@ -14,6 +14,7 @@ keys come first and say which known key was probably meant.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,34 @@ __all__ = ["load_config", "parse_config", "validate_config"]
 
 
 # ---------------------------------------------------------------------------------------------- errors
+#: How pydantic names the members of a plain union (``int | list[float] | Literal[...]``) in an error's location.
+_UNION_MEMBER = re.compile(r"^(literal|list|dict|tuple|set|union|function-[a-z]+|constrained-[a-z]+)\[|"
+                           r"^(str|int|float|bool|none|constrained-(float|int|str))$")
+
+
+def _union_member(part: Any) -> bool:
+    return isinstance(part, str) and bool(_UNION_MEMBER.match(part))
+
+
+def _one_error_per_union(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A value that fits no member of a union gets one error per member; keep the most specific one (the deepest
+    location: the member whose shape the value had, e.g. the list branch for a list with a negative entry) and drop
+    the member names from its location."""
+    chosen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        at = next((i for i, part in enumerate(loc) if _union_member(part)), None)
+        if at is None:
+            out.append(err)
+            continue
+        err = {**err, "loc": tuple(p for p in loc if not _union_member(p))}
+        best = chosen.get(loc[:at])
+        if best is None or len(err["loc"]) > len(best["loc"]):
+            chosen[loc[:at]] = err
+    return out + list(chosen.values())
+
+
 def _dotted(loc: tuple[Any, ...]) -> str:
     key = ""
     for part in loc:
@@ -110,7 +139,10 @@ def _describe(err: dict[str, Any]) -> tuple[int, str, str]:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    return 1, key, f"{msg[:1].lower()}{msg[1:]}, got {_short(value)}"
+    hint = ""
+    if kind == "literal_error" and isinstance(value, str):
+        hint = did_you_mean(value, re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", ""))))
+    return 1, key, f"{msg[:1].lower()}{msg[1:]}, got {_short(value)}{hint}"
 
 
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -139,7 +171,8 @@ def parse_config(raw: Any, base_dir: str | os.PathLike[str] = ".") -> RunConfig:
     try:
         cfg = RunConfig.model_validate(raw, context={"base_dir": Path(base_dir)})
     except ValidationError as exc:
-        problems = sorted((_describe(e) for e in exc.errors(include_url=False)), key=lambda p: p[0])
+        problems = sorted((_describe(e) for e in _one_error_per_union(exc.errors(include_url=False))),
+                          key=lambda p: p[0])
         _, key, message = problems[0]
         if len(problems) > 1:
             message += "; also " + "; ".join(f"{k}: {m}" for _, k, m in problems[1:3])
