@@ -285,7 +285,7 @@ class Controller:
         self.total_steps = None if total_steps is None else check_int(total_steps, "total_steps", minimum=1)
         self.measure_mode = measure_mode
         self._check_domain_sizes()
-        from .integrations._common import check_vocabulary
+        from ._vocabulary import check_vocabulary
 
         check_vocabulary(self, model)
         self.decision = Decision.from_options(decision)
