@@ -39,7 +39,7 @@ from .model import build_model
 from .sources import config_sources, needed_vocab, open_token_file, text_source_args
 
 __all__ = ["check_surroundings", "check_config", "check_out", "check_device", "check_files", "check_hf_config",
-           "check_solver", "warn_overlap", "load_run_tokenizer", "check_vocab", "check_influence", "check_data",
+           "check_solver", "warn_overlap", "load_run_tokenizer", "check_vocab", "check_influence",
            "blame", "did_you_mean"]
 
 
@@ -331,22 +331,6 @@ def check_config(cfg: RunConfig) -> int:
     vocab = check_vocab(cfg, needs)
     check_influence(cfg, vocab)
     return vocab
-
-
-def check_data(cfg: RunConfig, tokenizer: Any = None) -> int:
-    """Every token file opens and the vocabulary covers every token id; returns the vocabulary size.
-
-    ``tokenizer``: the run's (:func:`load_run_tokenizer`), loaded if not given.
-    """
-    tok = tokenizer if tokenizer is not None else load_run_tokenizer(cfg)
-    needs = {}
-    for entry in config_sources(cfg):
-        if isinstance(entry.src, TokenFileSource):
-            ds = open_token_file(cfg, entry.key, entry.src.token_file, entry.src.dtype)
-            needs[entry.key] = needed_vocab(ds, cfg.data.vocab_size)
-        else:
-            needs[entry.key] = int(tok.vocab_size)
-    return check_vocab(cfg, needs)
 
 
 def check_surroundings(cfg: RunConfig) -> None:

@@ -28,11 +28,10 @@ from .schema import (
     ParquetSource,
     RunConfig,
     TextFolderSource,
-    TokenFileSource,
 )
 
 __all__ = ["SourceEntry", "config_sources", "open_token_file", "needed_vocab", "tokenized_path", "tokenize_source",
-           "text_source_args", "cap_rows", "split_targets", "open_sources", "source_vocab"]
+           "text_source_args", "cap_rows", "split_targets"]
 
 
 @dataclass(frozen=True)
@@ -166,29 +165,3 @@ def split_targets(
                  f"influence and the other {n - half if n > half else half} are evaluated; give data.targets.{name} "
                  "as {dev: ..., test: ...} to keep them apart")
     return dev, test
-
-
-def open_sources(cfg: RunConfig, section: str, rank: int = 0, tokenizer: Any = None) -> dict[str, Any]:
-    """``section`` (``"domains"`` or ``"targets"``) as name -> dataset, in config order; a target given as
-    ``{dev, test}`` becomes a ``(dev dataset, test dataset)`` pair. Prefer :func:`tikmix.run.prepare`, which opens
-    every source once and checks the vocabulary."""
-    from tikmix.data.tokenizers import load_tokenizer
-
-    datasets: dict[str, list[Any]] = {}
-    for entry in config_sources(cfg):
-        if entry.section != section:
-            continue
-        if isinstance(entry.src, TokenFileSource):
-            ds = open_token_file(cfg, entry.key, entry.src.token_file, entry.src.dtype)
-        else:
-            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
-            ds = open_token_file(cfg, entry.key, tokenize_source(cfg, entry, tokenizer, rank))
-        datasets.setdefault(entry.name, []).append(ds)
-    return {name: tuple(dss) if len(dss) == 2 else dss[0] for name, dss in datasets.items()}
-
-
-def source_vocab(cfg: RunConfig, section: str, name: str, src: Any, tokenizer: Any) -> int:
-    """The vocabulary a source needs (see :func:`needed_vocab`); a text source needs the tokenizer's."""
-    if not isinstance(src, TokenFileSource):
-        return int(tokenizer.vocab_size)
-    return needed_vocab(open_token_file(cfg, f"data.{section}.{name}", src.token_file, src.dtype), cfg.data.vocab_size)
