@@ -1,4 +1,4 @@
-"""Mixing quality on real text (``mixing_quality.py``): TiKMiX-D and TiKMiX-M vs a uniform mixture, one seed.
+"""Mixing quality on real text (``mixing_quality.py``): TiKMiX-D and TiKMiX-M vs a uniform mixture, one seed, target set A.
 
 Corpus, settings and runs come from ``mixing_quality.py`` (``build_corpus``, ``write_corpus``, ``settings_for`` via
 ``_run_one``: one :func:`tikmix.run.train` per run):
@@ -19,7 +19,8 @@ import mixing_quality as mq
 @pytest.fixture(scope="module")
 def quality_args(size: str, tmp_path_factory) -> argparse.Namespace:
     return argparse.Namespace(quick=size != "full", steps=1200, bytes_per_domain=4_000_000, threads=1,
-                              methods=["uniform", "tikmix-d", "tikmix-m"], jobs=1,
+                              methods=["uniform", "tikmix-d", "tikmix-m"], jobs=1, sets=["A"],
+                              proxies=16, proxy_fraction=8, target_samples=0,
                               out=tmp_path_factory.mktemp("mixing_quality"), report_only=False)
 
 
@@ -33,7 +34,7 @@ def data(quality_args: argparse.Namespace):
 def test_mixing_quality(measure, quality_args, data, method: str) -> None:
     mq._init_worker(data, quality_args.threads)
     # one untimed run first: the first run in a process also pays one-time start-up costs
-    run = measure(lambda: mq._run_one((quality_args, method, 0)), rounds=1, warmup=1,
+    run = measure(lambda: mq._run_one((quality_args, method, 0, "all" if method == "uniform" else "A", None)), rounds=1, warmup=1,
                   role="baseline" if method == "uniform" else "case", method=method,
                   group=f"mixing quality on real text, seed 0, {'quick' if quality_args.quick else 'full'} run")
     losses = run["final"]

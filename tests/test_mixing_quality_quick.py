@@ -29,6 +29,7 @@ def test_corpus_holds_out_target_files_and_sequences():
     mq = _load("mixing_quality_corpus")
     corpus, info = mq.build_corpus(32, 20_000, 32)
     assert set(corpus.target_test) == set(mq.TARGETS) and len(corpus.domains) >= 5
+    assert set(mq.TARGETS) == {t for targets in mq.TARGET_SETS.values() for t in targets}
     targets = {r.tobytes() for t in mq.TARGETS for r in (*corpus.target_dev[t], *corpus.target_test[t])}
     for name, rows in corpus.domains.items():
         assert rows.dtype == np.uint8 and rows.shape[1] == 33
@@ -36,6 +37,9 @@ def test_corpus_holds_out_target_files_and_sequences():
     for t in mq.TARGETS:  # dev and test come from different held-out files
         dev = {r.tobytes() for r in corpus.target_dev[t]}
         assert not any(r.tobytes() in dev for r in corpus.target_test[t])
+        # nor as a run reads them (rows of seq_len + 1 tokens at a stride of seq_len)
+        dev_rows = set(mq._windows(corpus.target_dev[t].reshape(-1), 32))
+        assert not dev_rows & set(mq._windows(corpus.target_test[t].reshape(-1), 32))
         assert info["held_out_files"][t] >= 2
 
 
@@ -54,16 +58,22 @@ def test_quick_benchmark_prints_the_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(tikmix.run, "train", counted)
     assert mq.main(["--quick", "--jobs", "1", "--out", str(tmp_path), "--methods", "uniform", "tikmix-d",
                     "tikmix-m:robust"]) == 0
-    assert [c.solver.name for c in calls] == ["static", "direct", "regression"]
-    assert calls[2].solver.decision == "robust"
+    # uniform once (evaluated on every target), each TiKMiX method once per target set (influence on its targets)
+    assert [c.solver.name for c in calls] == ["static", "direct", "direct", "regression", "regression"]
+    assert [sorted(c.data.targets) for c in calls[1:3]] == [sorted(mq.TARGET_SETS["A"]), sorted(mq.TARGET_SETS["B"])]
+    assert sorted(calls[0].data.targets) == sorted(mq.TARGETS)
+    assert calls[3].solver.decision == "robust"
     assert all((tmp_path / "runs" / f"{n}_seed0" / "eval.json").is_file()
-               for n in ("uniform", "tikmix-d", "tikmix-m_robust"))
+               for n in ("uniform", "tikmix-d_A", "tikmix-d_B", "tikmix-m_robust_A", "tikmix-m_robust_B"))
     out = capsys.readouterr().out
-    for text in ("| uniform |", "| tikmix-d |", "| tikmix-m:robust |", "mean vs uniform", "controller time"):
+    for text in ("| uniform |", "| tikmix-d |", "| tikmix-m:robust |", "vs uniform", "controller share",
+                 "Target set A", "Target set B", "Goals:"):
         assert text in out, out
     runs = [json.loads(x) for x in (tmp_path / "runs_quick.jsonl").read_text().splitlines()]
-    assert {r["method"] for r in runs} == {"uniform", "tikmix-d", "tikmix-m:robust"}
+    assert {(r["method"], r["set"]) for r in runs} == {("uniform", "all"), ("tikmix-d", "A"), ("tikmix-d", "B"),
+                                                      ("tikmix-m:robust", "A"), ("tikmix-m:robust", "B")}
     assert len({r["tokens"] for r in runs}) == 1  # equal tokens
+    assert all(set(r["dev"]) == set(r["targets"]) for r in runs)  # dev losses recorded for every run
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     again = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--report-only", "--out", str(tmp_path)],
                            capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -95,11 +105,12 @@ def test_method_suffix_gives_the_controllers_decision_and_solver_options():
     from tikmix.decision import Decision
 
     mq = _load("mixing_quality_spec")
-    assert mq.method_options("") == (None, {}) and mq.method_options("paper") == ("paper", {})
-    decision, solver = mq.method_options("robust,shrink=none,ema=0.7,alpha=4")
+    assert mq.method_options("") == (None, {}, {}) and mq.method_options("paper") == ("paper", {}, {})
+    decision, solver, overrides = mq.method_options("robust,shrink=none,ema=0.7,alpha=4,influence.k=512")
     assert decision == {"objective": "robust", "shrink": None, "ema": 0.7} and solver == {"alpha": 4.0}
+    assert overrides == {"influence.k": 512} and isinstance(overrides["influence.k"], int)
     assert Decision.from_options(decision).options()["max_shift"] == 0.3  # the rest keep robust's defaults
-    assert mq.method_options("robust,shrink=ci") == ({"objective": "robust", "shrink": "ci"}, {})
+    assert mq.method_options("robust,shrink=ci") == ({"objective": "robust", "shrink": "ci"}, {}, {})
     with pytest.raises(ValueError, match="expected key=value"):
         mq.method_options("robust,ema")
     with pytest.raises(ValueError, match="could not convert"):

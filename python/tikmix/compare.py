@@ -57,6 +57,7 @@ class RunResult:
     curve_mean: list[float]
     history: dict[str, Any] = field(default_factory=dict)
     eval_s: float | None = None  # wall-clock seconds spent evaluating (eval.json), if recorded
+    dev_losses: dict[str, float] | None = None  # final mean loss on each target's dev rows (eval.json), if recorded
 
     @property
     def final(self) -> dict[str, float]:
@@ -94,6 +95,7 @@ def load_run(path: str | Path) -> RunResult:
         steps, tps = int(ev["steps"]), int(ev["tokens_per_step"])
         sha = {str(k): str(v) for k, v in ev["test_sha1"].items()}
         eval_s = None if ev.get("eval_s") is None else float(ev["eval_s"])
+        dev = None if ev.get("dev_losses") is None else {str(k): float(v) for k, v in ev["dev_losses"].items()}
     except (KeyError, TypeError, ValueError) as exc:
         raise CompareError(f"{folder / 'eval.json'}: malformed ({exc!r})") from None
     for t, v in targets.items():
@@ -106,7 +108,7 @@ def load_run(path: str | Path) -> RunResult:
             xs.append(int(row["step"]))
             ys.append(float(np.mean(vals)))
     return RunResult(folder.name, folder, str(ev.get("solver", hist.get("solver", "?"))), steps, tps, targets, sha,
-                     xs, ys, hist, eval_s)
+                     xs, ys, hist, eval_s, dev)
 
 
 def _check_comparable(runs: Sequence[RunResult]) -> None:

@@ -302,14 +302,17 @@ class _Loop:
         cfg, steps = self.cfg, self.cfg.train.steps
         t0 = time.perf_counter()
         per_sequence = evaluate_sequences(self.model, self.test, self.device, self.loss_fn)
+        # the dev halves too: what a user (or a benchmark) may choose by; the test halves are for reporting only
+        dev = {k: float(v.mean()) for k, v in evaluate_sequences(self.model, self.dev, self.device,
+                                                                 self.loss_fn).items()}
         self.eval_s += time.perf_counter() - t0
         final = {k: float(v.mean()) for k, v in per_sequence.items()}
-        self.controller.finish(steps, test_losses=final)
+        self.controller.finish(steps, test_losses=final, dev_losses=dev)
         if self.rank != 0:
             return
         history = self.controller.history
         write_eval(self.out / "eval.json", per_sequence, self.test, history["solver"], steps, cfg.tokens_per_step,
-                   eval_s=self.eval_s)
+                   eval_s=self.eval_s, dev_losses=dev)
         from tikmix.report import format_tables, plot_all
 
         plots = plot_all(history, self.out)
@@ -364,9 +367,11 @@ def fixed_label(name: str, weights: list[float]) -> str:
 
 
 def write_eval(path: Any, per_sequence: Mapping[str, torch.Tensor], test_sets: Mapping[str, torch.Tensor],
-               solver: str, steps: int, tokens_per_step: int, eval_s: float | None = None) -> None:
-    """``eval.json``: the final per-sequence test losses, with a hash of each test set (``tikmix compare``), and the
-    wall-clock seconds this process spent evaluating (``eval_s``; None if not measured)."""
+               solver: str, steps: int, tokens_per_step: int, eval_s: float | None = None,
+               dev_losses: Mapping[str, float] | None = None) -> None:
+    """``eval.json``: the final per-sequence test losses, with a hash of each test set (``tikmix compare``), the
+    mean final loss on each target's dev rows (``dev_losses``: what to choose settings by, leaving the test halves for
+    reporting; None if not measured) and the wall-clock seconds this process spent evaluating (``eval_s``)."""
     import hashlib
     import json
     from pathlib import Path
@@ -380,5 +385,6 @@ def write_eval(path: Any, per_sequence: Mapping[str, torch.Tensor], test_sets: M
         "targets": {k: v.tolist() for k, v in per_sequence.items()},
         "test_sha1": {k: hashlib.sha1(test_sets[k].cpu().numpy().tobytes()).hexdigest() for k in per_sequence},
         "eval_s": None if eval_s is None else float(eval_s),
+        "dev_losses": None if dev_losses is None else {k: float(v) for k, v in dev_losses.items()},
     }
     Path(path).write_text(json.dumps(doc))
