@@ -273,9 +273,6 @@ class Controller:
         from .influence.adaptive import Sampling, check_influence
 
         self.sampling = Sampling.from_options(sampling)
-        if self.sampling is not None and self.sampling.min_samples > samples_per_domain:
-            raise ValueError(f"sampling['min_samples'] ({self.sampling.min_samples}) must not exceed "
-                             f"samples_per_domain ({samples_per_domain}), the most rows a domain takes")
 
         self.model = model
         self.sampler = sampler

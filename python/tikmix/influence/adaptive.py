@@ -46,7 +46,7 @@ class Sampling:
 
     Attributes:
         tolerance: stop a domain or target once its stability value is below this (``>= 0``; 0 never stops early).
-        min_samples: the floor: rows a domain or target takes before it may stop as stable.
+        min_samples: the floor: rows a domain or target takes before it may stop as stable (capped at its ceiling).
         round_samples: rows added per round to every domain and target still running (rounded up to whole
             micro-batches, so that group mode's bootstrap units are the fixed mode's).
     """
