@@ -186,7 +186,8 @@ class Controller:
             "round_samples"}`` (missing keys from :data:`tikmix.defaults.ADAPTIVE_SAMPLING`): the same draw taken in
             rounds of ``round_samples`` rows per domain and target, each stopping once stable (its bootstrap
             interval, or its last round's move of ``S``, below ``tolerance`` of its row's ``max |S|``) after at least
-            ``min_samples`` rows, or at the whole draw (:mod:`tikmix.influence.adaptive`). Needs ``n_bootstrap >= 1``
+            ``min_samples`` rows, or at the whole draw (:mod:`tikmix.influence.adaptive`; in group mode a domain's
+            draw is then cut into at least :data:`MIN_BOOTSTRAP_UNITS` micro-batches). Needs ``n_bootstrap >= 1``
             and a preconditioner other than ``"gauss_newton"``. Each record's ``"influence_sampling"`` states the rows
             each domain and target took and why it stopped (None in the fixed mode).
 
@@ -557,12 +558,15 @@ class Controller:
 
         self._check_boundary_settings(stage)
         draws = {name: self._domain_draw(stage, j) for j, name in enumerate(self.domain_names)}
-        # micro-batches (group mode's units) are cut as in the fixed mode: from the size of the whole draw
-        sizes = {name: self._domain_batch_size(len(idx)) for name, idx in draws.items()}
+        group = getattr(self._influence, "mode", "group") == "group"
+        # group mode: the stop rule reads micro-batch intervals, so every draw is cut into at least
+        # MIN_BOOTSTRAP_UNITS micro-batches (as when the decision shrinks by them), and a round takes whole ones
+        sizes = {name: max(1, min(self.batch_size, math.ceil(len(idx) / MIN_BOOTSTRAP_UNITS))) if group
+                 else self.batch_size for name, idx in draws.items()}
         return measure_in_rounds(
             self._influence, self.sampling, domain_rows=draws,
             target_rows={name: self._target_rows(name) for name in self.target_names},
-            domain_align=sizes, target_align=self.batch_size,
+            domain_align=sizes if group else dict.fromkeys(draws, 1), target_align=1,
             local_batches=lambda kind, name, rows: self._local_batches(
                 kind, name, rows, sizes[name] if kind == "domains" else None))
 

@@ -16,5 +16,5 @@ INFLUENCE = {
 ADAPTIVE_SAMPLING = {
     "tolerance": 0.1,           # stop once the stability value (relative to the row's max |S|) is below this
     "min_samples": 16,          # rows a domain or target takes before it may stop
-    "round_samples": 16,        # rows added per round (rounded up to whole micro-batches)
+    "round_samples": 16,        # rows added per round (group mode: rounded up to whole micro-batches)
 }

@@ -47,8 +47,8 @@ class Sampling:
     Attributes:
         tolerance: stop a domain or target once its stability value is below this (``>= 0``; 0 never stops early).
         min_samples: the floor: rows a domain or target takes before it may stop as stable (capped at its ceiling).
-        round_samples: rows added per round to every domain and target still running (rounded up to whole
-            micro-batches, so that group mode's bootstrap units are the fixed mode's).
+        round_samples: rows added per round to every domain and target still running (in group mode rounded up
+            to a domain's whole micro-batches, its bootstrap units).
     """
 
     tolerance: float
@@ -224,8 +224,9 @@ def measure_in_rounds(
         sampling: the round options.
         domain_rows: domain name -> the boundary's global draw of that domain's rows, in order (the ceiling).
         target_rows: target name -> the target's rows to use at most, in order (the ceiling).
-        domain_align: domain name -> its micro-batch size (a round takes whole micro-batches).
-        target_align: the targets' micro-batch size.
+        domain_align: domain name -> a domain round's row count is rounded up to a multiple of this (group mode:
+            its micro-batch size, so that a round takes whole bootstrap units; 1 otherwise).
+        target_align: the same for the targets.
         local_batches: ``(kind, name, rows) -> batches``: this rank's batches of the global ``rows`` of
             ``kind`` (``"domains"`` or ``"targets"``) ``name`` (its contiguous share, rank 0 the first).
 

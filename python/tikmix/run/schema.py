@@ -381,7 +381,7 @@ class AdaptiveSamplingConfig(_Section):
     min_samples: PositiveInt = Field(ADAPTIVE_SAMPLING["min_samples"],
                                      description="rows a domain or target takes before it may stop")
     round_samples: PositiveInt = Field(ADAPTIVE_SAMPLING["round_samples"],
-                                       description="rows added per round (rounded up to whole micro-batches)")
+                                       description="rows added per round (group mode: rounded up to whole micro-batches)")
 
 
 class InfluenceConfig(_Section):
