@@ -21,6 +21,7 @@ Each row is measured once: a round runs the backward passes of its new rows only
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +146,7 @@ class _Rounds:
 
     def result(self) -> InfluenceResult:
         """The measurement on the union of every round's rows (what one ``compute`` on them returns)."""
+        t0 = time.perf_counter()
         infl = self.infl
         assert self.tgt_sum is not None and self.tgt_counts is not None and self.dom_counts is not None
         result = infl._finish(self.projector, self.domains, self.targets, self.tgt_sum.clone(),
@@ -167,6 +169,7 @@ class _Rounds:
                                  result.S, reduction=infl.reduction, n_bootstrap=infl.n_bootstrap,
                                  confidence=infl.confidence, seed=infl.bootstrap_seed)
                 result.ci_low, result.ci_high, result.rank_stability = boot["low"], boot["high"], boot["rank_stability"]
+        self.timings["scores"] = self.timings.get("scores", 0.0) + time.perf_counter() - t0
         return result
 
     def finish(self, result: InfluenceResult) -> InfluenceResult:
