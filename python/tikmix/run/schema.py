@@ -372,6 +372,7 @@ class SolverConfig(_Section):
         "Decision): robust (default: CI shrinkage of per-sample S, smoothing, max_shift, min_r2), paper (S as measured), or a dict of "
         "its options")
 
+
 class AdaptiveSamplingConfig(_Section):
     """Influence rows measured in rounds until stable (:mod:`tikmix.influence.adaptive`)."""
 
