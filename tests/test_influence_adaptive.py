@@ -130,6 +130,13 @@ def test_two_processes_stop_at_the_rows_of_one_and_measure_the_same(tmp_path):
     ref = _measurements()
     stops = {s["stop"] for _, record in ref.values() for kind in ("domains", "targets") for s in record[kind].values()}
     assert stops == {"stable", "ceiling"}  # both outcomes are compared
+    for _, record in ref.values():
+        for kind in ("domains", "targets"):
+            for s in record[kind].values():  # each stop is the rule's: stable below the tolerance past the floor
+                if s["stop"] == "stable":
+                    assert s["stability"] < 0.2 and 3 <= s["rows"] < s["ceiling"], s
+                else:
+                    assert s["rows"] == s["ceiling"], s
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         for mode, (numbers, record) in ref.items():
