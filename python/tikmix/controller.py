@@ -181,6 +181,15 @@ class Controller:
             ``"paper"`` (the paper's decision, ``S`` as measured), or a dict of
             :class:`~tikmix.decision.Decision`'s options. Each record stores ``"decision"`` (options, shrink
             factors, the ``S`` the solver saw).
+        sampling: how many rows a boundary measures. None (default): the whole draw (``samples_per_domain`` rows
+            per domain, every target row up to ``target_samples``). A dict ``{"tolerance", "min_samples",
+            "round_samples"}`` (missing keys from :data:`tikmix.defaults.ADAPTIVE_SAMPLING`): the same draw taken in
+            rounds of ``round_samples`` rows per domain and target, each stopping once stable (its bootstrap
+            interval, or its last round's move of ``S``, below ``tolerance`` of its row's ``max |S|``) after at least
+            ``min_samples`` rows, or at the whole draw (:mod:`tikmix.influence.adaptive`; in group mode a domain's
+            draw is then cut into at least :data:`MIN_BOOTSTRAP_UNITS` micro-batches). Needs ``n_bootstrap >= 1``
+            and a preconditioner other than ``"gauss_newton"``. Each record's ``"influence_sampling"`` states the rows
+            each domain and target took and why it stopped (None in the fixed mode).
 
     Attributes:
         history: the run's JSON-ready history dict: ``"format"``, ``"domains"``, ``"targets"``, ``"measure"``
@@ -227,6 +236,7 @@ class Controller:
         decision: Any = None,
         measure_mode: str = "eval",
         rehearse: bool = True,
+        sampling: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -261,6 +271,9 @@ class Controller:
             raise ValueError(f"measure_mode must be one of {MEASURE_MODES}, got {measure_mode!r}")
         if not isinstance(rehearse, bool):
             raise TypeError(f"rehearse must be True or False, got {rehearse!r}")
+        from .influence.adaptive import Sampling, check_influence
+
+        self.sampling = Sampling.from_options(sampling)
 
         self.model = model
         self.sampler = sampler
@@ -291,6 +304,8 @@ class Controller:
         self.decision = Decision.from_options(decision)
         # a run without boundaries (a fixed mixture) never measures: no influence machinery, no rehearsal
         self._influence = self._make_influence(influence) if self.boundaries else None
+        if self.sampling is not None and self._influence is not None:
+            check_influence(self._influence)
         import tikmix.solvers  # noqa: F401  (import scipy/LightGBM now, not inside the first solve's timing)
         # ranks that disagree are refused here, naming the setting, before any training or collective they would
         # take in disagreement (a different seed or k would give other decisions; other boundaries would hang)
@@ -298,6 +313,7 @@ class Controller:
             **self._config(), "stage_unit": stage_unit, "tokens_per_step": tokens_per_step, "total_steps": total_steps,
             "solver_options": self.solver_options, "influence": _influence_settings(self._influence),
             "samples_per_domain": samples_per_domain, "target_samples": target_samples, "batch_size": batch_size,
+            "sampling": None if self.sampling is None else self.sampling.as_dict(),
             "domain_sizes": [len(d) for d in self._domains.values()],
             "target_sizes": [len(t) for t in self._targets.values()],
         }, "Controller settings")
@@ -484,21 +500,13 @@ class Controller:
         of samples over the ranks instead and micro-batches them locally. Group mode on sharded parameters, where a
         unit is one step of all ranks, splits every global micro-batch over the ranks instead when the decision
         shrinks by group-mode intervals (and every micro-batch but the last has a sample for each rank)."""
-        # Ranks must agree before the boundary's collectives; this also covers a Controller built before the
-        # process group existed (its construction-time check had no peers to compare with).
+        self._check_boundary_settings(stage)
         infl = self._influence
-        _distributed.check_same_on_all_ranks(
-            {**self._config(), "boundary": self.boundaries[stage],
-             "influence": infl.settings() if hasattr(infl, "settings") else type(infl).__qualname__},
-            f"the Controller settings at the boundary at step {self.boundaries[stage]}")
         per_sample = getattr(infl, "mode", "group") == "per_sample"
         domain_batches: dict[str, list[Any]] = {}
         for j, name in enumerate(self.domain_names):
             data = self._domains[name]
-            n = len(data)
-            rng = self._stage_rng(stage, j)
-            take = min(self.samples_per_domain, n)
-            idx = rng.choice(n, size=take, replace=False) if take < n else rng.permutation(n)
+            idx = self._domain_draw(stage, j)
             size = self._domain_batch_size(len(idx))
             if (getattr(infl, "units_span_ranks", False) and getattr(infl, "n_bootstrap", 0)
                     and self.decision.shrinks("micro-batch") and size >= _distributed.world_size()):
@@ -508,15 +516,59 @@ class Controller:
                 shares = [part[slice(*_distributed.share(len(part)))] for part in parts]
                 domain_batches[name] = [self._batches(data, sh, len(sh))[0] for sh in shares if len(sh)]
                 continue
-            a, b = _distributed.share(len(idx), 1 if per_sample else size)
-            domain_batches[name] = self._batches(data, idx[a:b], size)
-        target_batches: dict[str, list[Any]] = {}
-        for name in self.target_names:
-            data = self._targets[name]
-            n = len(data) if self.target_samples is None else min(len(data), self.target_samples)
-            a, b = _distributed.share(n, self.batch_size)
-            target_batches[name] = self._batches(data, np.arange(a, b))
+            domain_batches[name] = self._local_batches("domains", name, idx, size)
+        target_batches = {name: self._local_batches("targets", name, self._target_rows(name))
+                          for name in self.target_names}
         return domain_batches, target_batches
+
+    def _check_boundary_settings(self, stage: int) -> None:
+        # Ranks must agree before the boundary's collectives; this also covers a Controller built before the
+        # process group existed (its construction-time check had no peers to compare with).
+        infl = self._influence
+        _distributed.check_same_on_all_ranks(
+            {**self._config(), "boundary": self.boundaries[stage],
+             "influence": infl.settings() if hasattr(infl, "settings") else type(infl).__qualname__,
+             "sampling": None if self.sampling is None else self.sampling.as_dict()},
+            f"the Controller settings at the boundary at step {self.boundaries[stage]}")
+
+    def _domain_draw(self, stage: int, j: int) -> np.ndarray:
+        """Domain ``j``'s global draw at ``stage``, in order: the rows the boundary may measure."""
+        n = len(self._domains[self.domain_names[j]])
+        rng = self._stage_rng(stage, j)
+        take = min(self.samples_per_domain, n)
+        return rng.choice(n, size=take, replace=False) if take < n else rng.permutation(n)
+
+    def _target_rows(self, name: str) -> np.ndarray:
+        """The target's rows a boundary may measure: the first ``target_samples`` (all when None)."""
+        n = len(self._targets[name])
+        return np.arange(n if self.target_samples is None else min(n, self.target_samples))
+
+    def _local_batches(self, kind: str, name: str, rows: np.ndarray, size: int | None = None) -> list[Any]:
+        """This rank's micro-batches of the global ``rows`` of domain or target ``name``: a contiguous run of whole
+        micro-batches (rank 0 the first; of samples in per-sample mode's domains, batched locally)."""
+        size = self.batch_size if size is None else size
+        per_sample = getattr(self._influence, "mode", "group") == "per_sample"
+        data = self._domains[name] if kind == "domains" else self._targets[name]
+        a, b = _distributed.share(len(rows), 1 if per_sample and kind == "domains" else size)
+        return self._batches(data, rows[a:b], size)
+
+    def _measure_adaptive(self, stage: int) -> tuple[Any, dict[str, Any]]:
+        """Influence measured in rounds (:mod:`tikmix.influence.adaptive`) on the fixed mode's draw."""
+        from .influence.adaptive import measure_in_rounds
+
+        self._check_boundary_settings(stage)
+        draws = {name: self._domain_draw(stage, j) for j, name in enumerate(self.domain_names)}
+        group = getattr(self._influence, "mode", "group") == "group"
+        # group mode: the stop rule reads micro-batch intervals, so every draw is cut into at least
+        # MIN_BOOTSTRAP_UNITS micro-batches (as when the decision shrinks by them), and a round takes whole ones
+        sizes = {name: max(1, min(self.batch_size, math.ceil(len(idx) / MIN_BOOTSTRAP_UNITS))) if group
+                 else self.batch_size for name, idx in draws.items()}
+        return measure_in_rounds(
+            self._influence, self.sampling, domain_rows=draws,
+            target_rows={name: self._target_rows(name) for name in self.target_names},
+            domain_align=sizes if group else dict.fromkeys(draws, 1), target_align=1,
+            local_batches=lambda kind, name, rows: self._local_batches(
+                kind, name, rows, sizes[name] if kind == "domains" else None))
 
     def _domain_batch_size(self, n: int) -> int:
         """Micro-batch size for a domain's ``n`` drawn samples (the global draw, whatever the world size):
@@ -569,10 +621,15 @@ class Controller:
 
     def _boundary_body(self, step: int, stage: int) -> dict[str, Any]:
         t_start = time.perf_counter()
+        sampling = None
         with self._measuring():
-            domain_batches, target_batches = self._influence_inputs(stage)
-            t0 = time.perf_counter()
-            result = self._influence.compute(domain_batches, target_batches)
+            if self.sampling is None:
+                domain_batches, target_batches = self._influence_inputs(stage)
+                t0 = time.perf_counter()
+                result = self._influence.compute(domain_batches, target_batches)
+            else:
+                t0 = time.perf_counter()
+                result, sampling = self._measure_adaptive(stage)
         t_influence = time.perf_counter() - t0
         S = to_float64_array(result.S, "influence S")
         w_prior = np.asarray(self.sampler.weights_at(step), dtype=np.float64)
@@ -602,6 +659,7 @@ class Controller:
             "rank_stability": _jsonable(getattr(result, "rank_stability", None)),
             "influence_samples": _jsonable(getattr(result, "domain_samples", None)),
             "influence_tokens": _jsonable(getattr(result, "domain_tokens", None)),
+            "influence_sampling": _jsonable(sampling),
             "realised_previous_stage": realised,
             "solver": _jsonable(report),
             "timing": {

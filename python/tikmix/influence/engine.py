@@ -242,7 +242,8 @@ class GroupInfluence:
                 "parameters": [name for name, _ in self.named_params]}
 
     # ------------------------------------------------------------------------------------------------------------
-    def compute(self, domains: Mapping[str, Iterable[Any]], targets: Mapping[str, Iterable[Any]]) -> InfluenceResult:
+    def compute(self, domains: Mapping[str, Iterable[Any]], targets: Mapping[str, Iterable[Any]],
+                *, _sketches_only: bool = False) -> InfluenceResult:
         """Influence of every domain on every target.
 
         Args:
@@ -251,6 +252,9 @@ class GroupInfluence:
 
         Returns:
             :class:`InfluenceResult` with ``S[target, domain]`` (float64) in the given orders.
+
+        ``_sketches_only`` (for :mod:`tikmix.influence.adaptive`, which measures in rounds and merges them): return
+        this rank's raw sums and unit sketches (a dict) before anything crosses ranks; a name may then yield nothing.
         """
         dom_names, dom_iters = self._named_iterables(domains, "domains")
         tgt_names, tgt_iters = self._named_iterables(targets, "targets")
@@ -284,7 +288,7 @@ class GroupInfluence:
                         if real:
                             self._count(tgt_counts, i, losses, batch)
                         bar.update(int(real))
-                    if not dist_utils.is_active() and tgt_counts[_SAMPLES, i] == 0:
+                    if not _sketches_only and not dist_utils.is_active() and tgt_counts[_SAMPLES, i] == 0:
                         raise ValueError(f"targets[{name!r}] yielded no samples")
                 timings["targets"] = time.perf_counter() - t0
                 target_nonzero, projector.nonzero = projector.nonzero, set()
@@ -332,12 +336,17 @@ class GroupInfluence:
                                 self._count(dom_counts, j, losses, batch)
                                 dom_counts[_BATCHES, j] += 1
                             bar.update(int(real))
-                        if not dist_utils.is_active() and dom_counts[_SAMPLES, j] == 0:
+                        if not _sketches_only and not dist_utils.is_active() and dom_counts[_SAMPLES, j] == 0:
                             raise ValueError(f"domains[{name!r}] yielded no samples (an empty domain)")
                 timings["domains"] = time.perf_counter() - t0
             finally:
                 bar.close()
 
+        if _sketches_only:
+            return {"projector": projector, "tgt_sum": tgt_sum, "tgt_counts": tgt_counts, "rows": rows,  # type: ignore[return-value]
+                    "unit_dom": unit_dom, "unit_size": unit_size, "dom_counts": dom_counts,
+                    "target_nonzero": target_nonzero, "domain_nonzero": projector.nonzero,
+                    "capture_source": capture.source if capture is not None else None, "timings": timings}
         t0 = time.perf_counter()
         self._check_contributions(target_nonzero, projector.nonzero)
         result = self._finish(projector, dom_names, tgt_names, tgt_sum, tgt_counts, rows, unit_dom, unit_size,

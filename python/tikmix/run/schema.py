@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from tikmix.defaults import INFLUENCE
+from tikmix.defaults import ADAPTIVE_SAMPLING, INFLUENCE
 
 __all__ = [
     "ConfigError",
@@ -42,6 +42,7 @@ __all__ = [
     "StagesConfig",
     "SolverConfig",
     "InfluenceConfig",
+    "AdaptiveSamplingConfig",
     "TokenFileSource",
     "DevTestSource",
     "TextFolderSource",
@@ -371,6 +372,19 @@ class SolverConfig(_Section):
         "Decision): robust (default: CI shrinkage of per-sample S, smoothing, max_shift, min_r2), paper (S as measured), or a dict of "
         "its options")
 
+
+class AdaptiveSamplingConfig(_Section):
+    """Influence rows measured in rounds until stable (:mod:`tikmix.influence.adaptive`)."""
+
+    tolerance: Annotated[FiniteFloat, Field(ge=0)] = Field(
+        ADAPTIVE_SAMPLING["tolerance"], description="a domain or target stops once its stability value (bootstrap "
+        "half-width, or the last round's move of S, relative to its row's max |S|) is below this; 0 = never early")
+    min_samples: PositiveInt = Field(ADAPTIVE_SAMPLING["min_samples"],
+                                     description="rows a domain or target takes before it may stop")
+    round_samples: PositiveInt = Field(ADAPTIVE_SAMPLING["round_samples"],
+                                       description="rows added per round (group mode: rounded up to whole micro-batches)")
+
+
 class InfluenceConfig(_Section):
     """Group Influence measurement (:class:`tikmix.GroupInfluence`) at each boundary."""
 
@@ -384,6 +398,21 @@ class InfluenceConfig(_Section):
     params: list[str] | None = Field(
         None, description="parameter names (fnmatch patterns) whose gradients are used; a string or a list; null = all"
     )
+    adaptive: AdaptiveSamplingConfig | None = Field(
+        None, description="measure in rounds, each domain and target up to samples_per_domain / target_samples rows, "
+        "until stable; null = every row of the draw")
+
+    @model_validator(mode="after")
+    def _adaptive_fits(self) -> "InfluenceConfig":
+        ad = self.adaptive
+        if ad is not None:
+            if self.preconditioner == "gauss_newton":
+                raise SchemaError(("adaptive",), "is not available with preconditioner gauss_newton (fitted on every "
+                                  "measured row); use identity or adam, or adaptive: null")
+            if self.n_bootstrap < 1:
+                raise SchemaError(("adaptive",), "needs n_bootstrap >= 1 (a domain stops when its bootstrap interval "
+                                  "is narrow enough)")
+        return self
 
     @field_validator("params", mode="before")
     @classmethod

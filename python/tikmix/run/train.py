@@ -154,6 +154,7 @@ class _Loop:
             influence=self._influence_options(), samples_per_domain=cfg.influence.samples_per_domain,
             target_samples=cfg.influence.target_samples, batch_size=cfg.influence.batch_size, device=self.device,
             history_path=self.out / "history.json", seed=cfg.seed, total_steps=t.steps, decision=cfg.solver.decision,
+            sampling=None if cfg.influence.adaptive is None else cfg.influence.adaptive.model_dump(),
         )
         if self.fixed:  # no boundaries: the controller only records; say what the run is
             self.controller.history["solver"] = fixed_label(cfg.solver.name, _initial_weights(cfg, sizes))
