@@ -17,6 +17,7 @@ Files under ``out``::
 
     proxies/settings.json      what the proxies depend on; a different search in the same folder is refused
     proxies/<i>/proxy.json     proxy i's mixture, dev losses, steps, tokens, seconds (a finished proxy)
+    proxies/<i>/config.yaml    proxy i's config (``tikmix run`` trains it again)
     proxies/<i>/...            proxy i's run folder (history.json, eval.json, plots; its checkpoints are
                                removed once proxy.json is written)
     search.json                every proxy, the fit quality, the chosen mixture, the compute spent
@@ -315,9 +316,13 @@ def _run_proxy(job: dict[str, Any]) -> dict[str, Any]:
     from .prepare import PreparedRun
     from .train import evaluate
 
+    import yaml
+
     base = _PREPARED
     t0 = time.perf_counter()
     cfg = _parse_quietly(job["raw"])
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.out_dir / "config.yaml").write_text(yaml.safe_dump(job["raw"], sort_keys=False))  # tikmix run can redo it
     run = PreparedRun(config=cfg, tokenizer=base.tokenizer, vocab_size=base.vocab_size, domains=base.domains,
                       dev=base.dev, test=base.test)
     with warnings.catch_warnings():
