@@ -80,6 +80,8 @@ def test_search_result_and_files(searched):
         assert p["steps"] == 6 and p["tokens"] == 6 * 8 * SEQ
         assert set(p["dev_loss"]) == set(TARGETS) and all(np.isfinite(list(p["dev_loss"].values())))
         assert p["weights"] == proxy_weights(0, p["index"], np.ones(3))  # Dirichlet(1,1,1), seed = config's seed
+        assert sum(p["realised_tokens"]) == p["tokens"]
+        assert np.allclose(np.divide(p["realised_tokens"], p["tokens"]), p["weights"], atol=1.5 / (6 * 8))
     assert len({tuple(p["weights"]) for p in res.proxies}) == 6
     assert sum(res.best_weights) == pytest.approx(1.0) and min(res.best_weights) >= 0
     assert set(res.fit["r2"]) == set(res.fit["spearman"]) == set(TARGETS)

@@ -327,11 +327,11 @@ def _run_proxy(job: dict[str, Any]) -> dict[str, Any]:
     run = PreparedRun(config=cfg, tokenizer=base.tokenizer, vocab_size=base.vocab_size, domains=base.domains,
                       dev=base.dev, test=base.test)
     with warnings.catch_warnings():
-        # A small drawn weight may get no slot of the sampler's block: the proxy then trains without that domain,
-        # which is the mixture the sampler can realise; the regression still sees the drawn weight.
+        # A drawn weight below the sampler's weight grid is not sampled (the sampler warns once per proxy); the
+        # tokens each domain really got are recorded with the proxy, the regression uses the drawn weights.
         warnings.filterwarnings("ignore", message=r"set_weights: domain\(s\) .* will not be sampled")
         # resume: a proxy interrupted mid-training continues from its checkpoint (none: it starts at step 0)
-        train(run, resume=True, progress=False, log=_quiet, plots=False)
+        history = train(run, resume=True, progress=False, log=_quiet, plots=False)
     device = torch.device(cfg.device)
     state = load_latest(cfg.out_dir, device, log=_quiet)
     if state is None or int(state["step"]) != cfg.train.steps:
@@ -348,6 +348,7 @@ def _run_proxy(job: dict[str, Any]) -> dict[str, Any]:
         "tokens": int(cfg.train.steps * cfg.tokens_per_step),
         "wall_s": time.perf_counter() - t0,
         "params": int(sum(p.numel() for p in model.parameters())),
+        "realised_tokens": [int(n) for n in history["final"]["realised_total"]["tokens"]],
     }
     _write_json(_proxy_file(Path(job["out"]), record["index"]), {"format": SEARCH, "proxy": record})
     # The proxy's dev losses are all the search needs: its model and optimizer state would only fill the disk.
@@ -380,7 +381,7 @@ class SearchResult:
     Attributes:
         proxies: one dict per proxy, in index order: ``index``, ``weights`` (domain order), ``dev_loss`` (target ->
             mean per-sequence dev loss), ``steps``, ``tokens``, ``wall_s`` (seconds it took when it was trained),
-            ``params`` (the model's parameter count).
+            ``params`` (the model's parameter count), ``realised_tokens`` (training tokens per domain, as sampled).
         best_weights: the chosen mixture, in domain order (:func:`fit_search`).
         fit: the fit quality and details (:func:`fit_search`'s ``fit``): ``r2``, ``spearman``, ``method``, ``cv``, ...
         compute: ``proxy_runs``, ``proxy_steps`` and ``proxy_tokens`` (summed over the proxies),
@@ -588,7 +589,7 @@ def _train_proxies(config: RunConfig, jobs_in: list[dict[str, Any]], records: di
         records[rec["index"]] = rec
         bar.update(1)
         mean = float(np.mean(list(rec["dev_loss"].values())))
-        bar.set_postfix(dev_loss=f"{mean:.3f}", refresh=False)
+        bar.set_postfix(last_mean_dev_loss=f"{mean:.3f}", refresh=False)
         if not progress:
             log(f"[tikmix search] proxy {rec['index']}: mean dev loss {mean:.4f} ({rec['wall_s']:.1f} s)")
 
