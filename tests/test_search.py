@@ -336,3 +336,9 @@ def test_cli_errors(data_dir, tmp_path, capsys):
     assert "tikmix search: error: jobs must be >= 1, got 0" in capsys.readouterr().err
     assert main(["search", str(tmp_path / "missing.yaml")]) == 2
     assert "tikmix search: config error: config: config file not found" in capsys.readouterr().err
+
+
+def test_refused_under_a_launcher(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"^WORLD_SIZE > 1: tikmix search trains every proxy in one process"):
+        search(_config(data_dir, tmp_path), progress=False)
