@@ -1,4 +1,4 @@
-"""The ``tikmix`` command line: ``demo``, ``run``, ``report``, ``compare`` and ``tokenize``.
+"""The ``tikmix`` command line: ``demo``, ``run``, ``search``, ``report``, ``compare`` and ``tokenize``.
 
 * ``tikmix demo`` -- no downloads: trains a small GPT on an embedded multi-domain corpus with a static
   uniform mixture, staged TiKMiX-D and staged TiKMiX-M on the same token budget, prints the results table
@@ -7,6 +7,9 @@
   domain) with the built-in GPT, a Hugging Face causal LM or your own model, single process or under ``torchrun``;
   ``--check`` only checks the config and the data, ``--resume`` continues from the last checkpoint. The config
   reference is ``docs/run-config.md`` (:mod:`tikmix.run.schema`).
+* ``tikmix search CONFIG.yaml`` -- the baseline: a static mixture found by proxy search (RegMix): short proxy
+  runs of the config on random mixtures, a regression of dev loss on the mixture, the best predicted mixture
+  written as a ready-to-run static config (:mod:`tikmix.run.search`).
 * ``tikmix report FILE.json`` -- re-draws the table and plots from a demo report or a run history.
 * ``tikmix compare RUN_DIR... [--baseline NAME]`` -- test losses of finished runs side by side, the improvement
   over a baseline run (> 0 = better) with a paired bootstrap interval, and one plot of all loss curves.
@@ -45,7 +48,7 @@ def _static_weights(text: str) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="tikmix", description="Influence-driven dynamic data mixtures (TiKMiX).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,run,report,tokenize,compare}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,run,search,report,tokenize,compare}")
 
     d = sub.add_parser("demo", help="uniform vs TiKMiX-D vs TiKMiX-M on an embedded corpus (no downloads)",
                        description="Train a small GPT on an embedded multi-domain corpus with a static uniform "
@@ -74,6 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--check", action="store_true",
                    help="only check the config and its data (nothing is written or trained) and exit")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("search", help="a static mixture found by proxy search (RegMix), the baseline for TiKMiX",
+                       description="Train short proxy runs of CONFIG on random static mixtures (Dirichlet around "
+                                   "the config's initial_weights, else uniform), regress each target's dev loss on "
+                                   "the mixture (LightGBM), and write the best predicted mixture as a ready-to-run "
+                                   "static config <out>/static.yaml. An interrupted search resumes in the same "
+                                   "--out.")
+    s.add_argument("config", help="YAML config of tikmix run (its solver and stages are ignored)")
+    s.add_argument("--proxies", type=int, default=16, metavar="N",
+                   help="proxy runs (default 16; at least max(4, domains + 1))")
+    s.add_argument("--proxy-steps", type=int, default=None, metavar="S",
+                   help="optimizer steps per proxy (default train.steps // 8)")
+    s.add_argument("--concentration", type=float, default=1.0, metavar="C",
+                   help="Dirichlet concentration around the prior (default 1: uniform on the simplex for a "
+                        "uniform prior; larger = closer to the prior)")
+    s.add_argument("--jobs", type=int, default=1, metavar="J", help="proxies trained at once, one process each "
+                                                                    "(default 1)")
+    s.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch threads per proxy (default cores // jobs)")
+    s.add_argument("--out", default=None, metavar="DIR", help="search folder (default <config's out>/search)")
+    s.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="seed of the mixtures and the fit (default the config's seed)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (one line per proxy instead)")
 
     rep = sub.add_parser("report", help="re-draw the table and plots from a report/history JSON")
     rep.add_argument("file", help="report.json of tikmix demo, or history.json of tikmix run / a Controller")
@@ -211,6 +237,53 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    import warnings
+
+    from tikmix.run import ConfigError, ConfigWarning, load_config
+    from tikmix.run.search import search
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConfigWarning)
+            cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"tikmix search: config error: {exc}", file=sys.stderr)
+        return 2
+    for w in caught:
+        if issubclass(w.category, ConfigWarning):
+            print(f"tikmix search: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    try:
+        res = search(cfg, proxies=args.proxies, proxy_steps=args.proxy_steps, concentration=args.concentration,
+                     jobs=args.jobs, threads=args.threads, seed=args.seed, out=args.out,
+                     progress=not args.no_progress)
+    except ConfigError as exc:
+        print(f"tikmix search: config error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as exc:
+        print(f"tikmix search: error: {exc}", file=sys.stderr)
+        return 2
+    fit, c = res.fit, res.compute
+    width = max(len(d) for d in res.domains)
+    print("\nbest static mixture (proxy search):")
+    for d, w in zip(res.domains, res.best_weights):
+        print(f"  {d:<{width}}  {w:.4f}")
+    print(f"predicted mean dev loss: {fit['predicted_best']:.4f} (prior mixture: {fit['predicted_prior']:.4f})")
+    print(f"fit ({fit['cv']}):")
+    for t in res.targets:
+        print(f"  {t}: R^2 {fit['r2'][t]:.3f}, Spearman {fit['spearman'][t]:.3f}")
+    print(f"compute: {c['proxy_runs']} proxies, {c['proxy_steps']:,} steps, {c['proxy_tokens']:,} tokens = "
+          f"{c['train_token_equivalents']:.2f} x the configured run's tokens, {c['flops']:.3g} FLOPs "
+          f"(6 x params x tokens), {c['wall_s']:.0f} s of proxy training")
+    print(f"search:  {res.out / 'search.json'}")
+    if res.plot_path is not None:
+        print(f"plot:    {res.plot_path}")
+    print(f"config:  {res.config_path}  (train it: tikmix run {res.config_path})")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from tikmix.report import render
 
@@ -232,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threads is not None and threads < 1:
         print(f"tikmix {args.command}: error: --threads must be >= 1, got {threads}", file=sys.stderr)
         return 2
-    commands = {"demo": _demo, "run": _run, "tokenize": _tokenize, "report": _report, "compare": _compare}
+    commands = {"demo": _demo, "run": _run, "search": _search, "tokenize": _tokenize, "report": _report,
+                "compare": _compare}
     if not threads:
         return commands[args.command](args)
     import torch

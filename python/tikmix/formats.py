@@ -5,7 +5,7 @@ not know instead of guessing. The version goes up when a field changes meaning o
 """
 from __future__ import annotations
 
-__all__ = ["VERSION", "HISTORY", "HISTORY_READABLE", "CONTROLLER_STATE", "MIXTURE_STATE", "EVAL", "DEMO"]
+__all__ = ["VERSION", "HISTORY", "HISTORY_READABLE", "CONTROLLER_STATE", "MIXTURE_STATE", "EVAL", "DEMO", "SEARCH"]
 
 #: The tikmix package version.
 VERSION = "0.1.0"
@@ -23,3 +23,6 @@ MIXTURE_STATE = "tikmix.mixture/2"
 EVAL = "tikmix.eval/1"
 #: ``report.json`` of ``tikmix demo``: several runs on the same budget and their comparison.
 DEMO = "tikmix.demo/1"
+#: ``search.json``, ``proxies/settings.json`` and ``proxies/<i>/proxy.json`` of ``tikmix search``: the proxy runs,
+#: the surrogate fit, the chosen static mixture and the compute spent.
+SEARCH = "tikmix.search/1"

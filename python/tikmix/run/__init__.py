@@ -12,6 +12,7 @@ The package in layers, each importing only those above it:
 * :mod:`tikmix.run.checkpoint` -- checkpoints: safe loading, atomic writes, the last two kept, RNG states
 * :mod:`tikmix.run.parallel` -- DDP or FSDP2, and the sharded (DCP) checkpoints of FSDP2
 * :mod:`tikmix.run.train` -- the training loop, :func:`train`
+* :mod:`tikmix.run.search` -- :func:`search`: a static mixture found by proxy search (RegMix), the baseline
 
 Every problem raises :class:`ConfigError` (a ValueError) whose message starts with the dotted key, e.g.
 ``data.domains.web.token_file: file not found: data/web.bin``. Under ``torchrun`` (``WORLD_SIZE > 1``)
@@ -30,6 +31,8 @@ from .preflight import check_config  # noqa: E402
 from .reference import reference_markdown  # noqa: E402
 from .schema import ConfigError, ConfigWarning, RunConfig  # noqa: E402
 from .train import train  # noqa: E402
+from .search import SearchResult, fit_search, search  # noqa: E402
 
 __all__ = ["ConfigError", "ConfigWarning", "RunConfig", "load_config", "parse_config", "validate_config",
-           "check_config", "prepare", "PreparedRun", "reference_markdown", "train"]
+           "check_config", "prepare", "PreparedRun", "reference_markdown", "train",
+           "search", "fit_search", "SearchResult"]

@@ -38,6 +38,7 @@ def train(
     stop_at: int | None = None,
     log: Callable[..., Any] = print,
     on_boundary: Callable[[dict[str, Any]], Any] | None = None,
+    plots: bool = True,
 ) -> dict[str, Any]:
     """Train as the config says; returns the controller history.
 
@@ -55,6 +56,7 @@ def train(
         on_boundary: called on every rank with the controller's history record right after each stage boundary
             (the new weights, S, timings; see :class:`tikmix.Controller`), e.g. to log it elsewhere. Default: the
             config's ``on_boundary: "package.module:function"``, if any.
+        plots: write the PNG plots at the end (rank 0); ``history.json`` and ``eval.json`` are written either way.
 
     The training loss it shows, logs and records (``history["metrics"]`` ``train_loss``) is the mean over the
     whole global batch, as one process would compute it, whatever the number of processes.
@@ -73,7 +75,7 @@ def train(
     if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1):
         raise ValueError(f"stop_at must be a positive int or None, got {stop_at!r}")
     with process_group_from_env(config.device) as (rank, world, local_rank):
-        loop = _Loop(cfg, rank, world, local_rank, progress=progress, log=log, on_boundary=on_boundary)
+        loop = _Loop(cfg, rank, world, local_rank, progress=progress, log=log, on_boundary=on_boundary, plots=plots)
         if resume:
             loop.resume()
         elif list_checkpoints(loop.out):
@@ -113,7 +115,8 @@ class _Loop:
     """One run: :meth:`__init__` sets it up, then :meth:`resume`, :meth:`run_stages` and :meth:`finish`."""
 
     def __init__(self, run: RunConfig | PreparedRun, rank: int, world: int, local_rank: int, *, progress: bool,
-                 log: Callable[..., Any], on_boundary: Callable[[dict[str, Any]], Any] | None) -> None:
+                 log: Callable[..., Any], on_boundary: Callable[[dict[str, Any]], Any] | None,
+                 plots: bool = True) -> None:
         from torch.utils.data import DataLoader
 
         from tikmix.controller import Controller
@@ -121,7 +124,7 @@ class _Loop:
 
         cfg = run.config if isinstance(run, PreparedRun) else run
         t = cfg.train
-        self.cfg, self.rank, self.world, self.progress = cfg, rank, world, progress
+        self.cfg, self.rank, self.world, self.progress, self.plots = cfg, rank, world, progress, plots
         self.say: Callable[..., Any] = log if rank == 0 else (lambda *a, **k: None)
         self.device = _device(cfg, world, local_rank)
         if t.batch_size % world:
@@ -316,9 +319,9 @@ class _Loop:
                    eval_s=self.eval_s, dev_losses=dev)
         from tikmix.report import format_tables, plot_all
 
-        plots = plot_all(history, self.out)
+        plots = plot_all(history, self.out) if self.plots else []
         self.say(format_tables(history))
-        self.say(f"[tikmix] history: {self.out / 'history.json'}; plots: {', '.join(str(p) for p in plots)}")
+        self.say(f"[tikmix] history: {self.out / 'history.json'}; plots: {', '.join(str(p) for p in plots) or 'none'}")
 
 
 def learning_rate(t: TrainConfig, step: int) -> float:
