@@ -45,6 +45,8 @@ def rank_ref(x):
 
 def spearman_ref(x, y):
     rx, ry = rank_ref(x), rank_ref(y)
+    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
+        return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
