@@ -156,7 +156,9 @@ def test_stage_feedback_perfect_and_reversed_and_one_target():
     one = stage_feedback([3.0], [2.5], [0.2])
     assert one["spearman_rho"] is None and one["sign_agreement"] is None and one["signs_agree"] is None
     flat = stage_feedback(before, before - 0.1, [1.0, 2.0, 3.0])  # realised gains all equal: no ranking
-    assert flat["spearman_rho"] is None
+    assert flat["spearman_rho"] is None and flat["signs_agree"] is None
+    still = stage_feedback(before, before - [0.1, 0.2, 0.3], [0.0, -6e-15, 0.0])  # the mixture did not move
+    assert still["spearman_rho"] is None and still["sign_agreement"] is None
     summary = feedback_summary([None, rev, one, stage_feedback(before, before - [0.1, 0.2, 0.3], [1.0, 2.0, 3.0])])
     assert summary == {"stages": 3, "mean_rho": pytest.approx(0.0), "rho_stages": 2, "sign_agree_fraction": 0.5}
     assert feedback_summary([]) == {"stages": 0, "mean_rho": None, "rho_stages": 0, "sign_agree_fraction": None}

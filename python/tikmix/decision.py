@@ -73,6 +73,8 @@ TRUST_REGION_START = 0.3
 #: Options that act on the solver's answer and the stages' outcome: off unless given, for either objective.
 _OFF_DEFAULTS: dict[str, Any] = {"safe": None, "trust_region": False}
 _SHRINK = (None, "ci")
+#: Predictions (solver units: rows divided by their scale) that differ by no more than this across targets are equal.
+_FLAT_PREDICTION = 1e-12
 
 
 def _is_number(value: Any) -> bool:
@@ -220,9 +222,11 @@ def stage_feedback(loss_before: Any, loss_after: Any, predicted: Any,
     judged across targets only, since every target's loss shares the common training trend:
 
     * ``spearman_rho``: Spearman's rank correlation between predicted gain and realised gain over the targets
-      (None with one target, or when either side is constant);
+      (None with one target, when the predictions differ by at most 1e-12 across targets -- e.g. the mixture did not
+      move -- or when the realised gains are all equal);
     * ``sign_agreement``: the fraction of targets whose centred predicted gain (minus its mean over targets) has the
-      sign of the centred realised gain; ``signs_agree``: that fraction > 1/2 (None with one target).
+      sign of the centred realised gain; ``signs_agree``: that fraction > 1/2 (None whenever ``spearman_rho`` is
+      for want of two distinct values on a side).
 
     Returns a JSON-ready dict with those and the inputs.
     """
@@ -232,7 +236,9 @@ def stage_feedback(loss_before: Any, loss_after: Any, predicted: Any,
     change = after - before
     gain = -change
     rho = agreement = None
-    if pred is not None and pred.shape == gain.shape and gain.size >= 2:
+    # predictions equal across targets (e.g. the mixture did not move) rank nothing: rounding noise is no prediction
+    flat = pred is None or pred.size == 0 or float(np.ptp(pred)) <= _FLAT_PREDICTION
+    if pred is not None and pred.shape == gain.shape and gain.size >= 2 and not flat and np.ptp(gain) > 0:
         rho = _spearman(pred, gain)
         cp, cg = pred - pred.mean(), gain - gain.mean()
         agreement = float(np.mean(np.sign(cp) == np.sign(cg)))
@@ -352,7 +358,7 @@ class Decision:
         """Saved :meth:`options` with the options added since filled in with their off values (so that a state saved
         before them compares equal to a decision that leaves them off)."""
         if isinstance(options, Mapping):
-            return {**_OFF_DEFAULTS, **options}
+            return {**options, **{k: v for k, v in _OFF_DEFAULTS.items() if k not in options}}
         return options
 
     # ------------------------------------------------------------------ S
