@@ -179,14 +179,23 @@ class Controller:
             boundaries, a ``max_shift`` and a ``min_r2`` default; it beat the paper's decision on the
             mixing-quality benchmark),
             ``"paper"`` (the paper's decision, ``S`` as measured), or a dict of
-            :class:`~tikmix.decision.Decision`'s options. Each record stores ``"decision"`` (options, shrink
-            factors, the ``S`` the solver saw).
+            :class:`~tikmix.decision.Decision`'s options, among them ``safe`` (the chosen mixture is moved back
+            toward the previous one until no target is predicted worse than a tolerance) and ``trust_region`` (the
+            step limit widens or narrows with the stages' feedback), both off by default. Each record stores
+            ``"decision"`` (options, shrink factors, the ``S`` the solver saw, ``"safe"`` and ``"trust_region"``
+            when on).
 
     Attributes:
         history: the run's JSON-ready history dict: ``"format"``, ``"domains"``, ``"targets"``, ``"measure"``
             (``{"mode": "eval" | "train", "training_rng": "preserved"}``), ``"rehearsal"`` (None when skipped, else
             ``{"verified", "self_check_at_boundaries"}``; its seconds are in the next record's ``timing``), ``"stages"``: one record per boundary,
-            ``"metrics"``: what :meth:`log_metrics` recorded, ``"final"``: what :meth:`finish` recorded.
+            ``"metrics"``: what :meth:`log_metrics` recorded, ``"final"``: what :meth:`finish` recorded (with the
+            dev rows' ``"target_loss"`` and the last stage's ``"feedback"``), ``"feedback_summary"``
+            (:func:`tikmix.decision.feedback_summary` over every stage's feedback). Besides the mixture and the
+            measurement, a stage record holds ``"target_loss"`` (each target's mean dev loss as measured),
+            ``"predicted_change"`` / ``"predicted_change_worst"`` (:func:`tikmix.decision.predicted_change` of the
+            chosen mixture) and ``"feedback"`` (:func:`tikmix.decision.stage_feedback` of the stage that just ended;
+            None at the first boundary).
 
     **Step convention.** Steps are counted from 1: step ``s`` is the ``s``-th optimizer step, and
     ``controller.step(s)`` is called after it (the Hugging Face ``state.global_step``, Lightning's
@@ -768,7 +777,10 @@ class Controller:
         self.history["metrics"].append(row)
 
     def finish(self, step: int, **extra: Any) -> dict[str, Any]:
-        """Close the run at ``step``: record the last stage's realised counts and the final mixture."""
+        """Close the run at ``step``: record the last stage's realised counts and the final mixture, and close the
+        last stage's feedback with one forward-only evaluation of the target dev rows the boundaries measure (under
+        the measurement policy: eval mode, training RNG untouched; a collective under a process group: call it on
+        every rank). ``extra`` keyword arguments are stored in ``history["final"]`` as given."""
         start = self.boundaries[len(self._done) - 1] if self._done else 0
         now = time.perf_counter()
         if self._last_wall is not None:
