@@ -229,3 +229,55 @@ def test_a_state_saved_before_safe_and_trust_region_existed_still_loads():
     with pytest.raises(ValueError, match="decision"):
         other.load_state_dict(state)
     assert Decision.from_options(state["config"]["decision"] | {"safe": None}).safe is None
+
+
+# ---------------------------------------------------------------------------------------- two ranks
+def _boundaries_then_finish(decision):
+    """Boundaries at 6 and 12 with a deterministic change of the weights between them (no training loop: every rank
+    holds the same model), then finish at 26; the history."""
+    model, opt, sampler, ctrl, rows = _setup(decision)
+    g = torch.Generator().manual_seed(7)
+    ctrl.step(6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    ctrl.step(12)
+    ctrl.finish(26)
+    return json.loads(json.dumps(_strip_timing(ctrl.history)))
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, decision) -> None:
+    import torch.distributed as dist
+
+    from dist_testing import end_worker
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    history = _boundaries_then_finish(decision)
+    with open(f"{out_dir}/rank{rank}.json", "w") as f:
+        json.dump(history, f)
+    end_worker()
+
+
+def test_two_ranks_record_what_one_process_records(tmp_path):
+    import torch.multiprocessing as mp
+
+    from dist_testing import free_port
+
+    decision = {"objective": "paper", "safe": 0.0, "trust_region": True}
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), decision), nprocs=2, join=True)
+    single = _boundaries_then_finish(decision)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for a, b in zip(got["stages"], single["stages"]):
+            np.testing.assert_allclose(a["target_loss"], b["target_loss"], rtol=1e-9)
+            assert a["target_samples"] == b["target_samples"]
+            np.testing.assert_allclose(a["weights"], b["weights"], atol=1e-6)
+            assert a["decision"]["trust_region"] == b["decision"]["trust_region"]
+            assert a["decision"]["safe"]["t"] == pytest.approx(b["decision"]["safe"]["t"], abs=1e-6)
+        np.testing.assert_allclose(got["final"]["target_loss"], single["final"]["target_loss"], rtol=1e-9)
+        np.testing.assert_allclose(got["final"]["feedback"]["realised_change"],
+                                   single["final"]["feedback"]["realised_change"], rtol=1e-6, atol=1e-12)
+        fb, ref = got["stages"][1]["feedback"], single["stages"][1]["feedback"]
+        np.testing.assert_allclose(fb["realised_change"], ref["realised_change"], rtol=1e-6, atol=1e-12)
+        assert (fb["spearman_rho"] is None) == (ref["spearman_rho"] is None)
