@@ -682,9 +682,11 @@ class Controller:
         bounds = domain_bounds(len(weights), **{k: direct[k] for k in bound_keys if k in direct})
         step = safe_step(before[basis], tolerance, w=weights, w_prior=w_prior, lower=bounds.lower, upper=bounds.upper)
         t = step["t"]
-        chosen = weights if t >= 1.0 else np.clip(w_prior + t * (weights - w_prior), 0.0, None)
-        chosen = chosen / chosen.sum()
-        after = predict(chosen) if t < 1.0 else before
+        chosen, after = weights, before
+        if t < 1.0:
+            chosen = np.clip(w_prior + t * (weights - w_prior), 0.0, None)
+            chosen = chosen / chosen.sum()
+            after = predict(chosen)
         hard = None
         if step["conflict"]:
             hard = (f"the previous mixture violates the solver's per-domain bounds for domain(s) "
@@ -734,7 +736,8 @@ class Controller:
                 a, b = _distributed.share(n, self.batch_size)
                 batches = [(batch, True) for batch in self._batches(data, np.arange(a, b))]
                 if lockstep:
-                    passes = -(-(-(-n // self.batch_size)) // _distributed.world_size())
+                    units = -(-n // self.batch_size)
+                    passes = -(-units // _distributed.world_size())  # the most batches any rank holds
                     pad = self._batches(data, np.arange(min(self.batch_size, n)))[0]
                     batches += [(pad, False)] * (passes - len(batches))
                 for batch, real in batches:
