@@ -464,7 +464,8 @@ class Decision:
         elif rho > 0:
             value, reason = float(previous) * tr["grow"], f"grew: the stage's feedback agreed (rho={rho:+.3f} > 0)"
         else:
-            value, reason = float(previous) * tr["shrink"], f"shrank: the stage's feedback disagreed (rho={rho:+.3f} <= 0)"
+            value = float(previous) * tr["shrink"]
+            reason = f"shrank: the stage's feedback disagreed (rho={rho:+.3f} <= 0)"
         clamped = min(max(value, tr["min"]), tr["max"])
         if clamped != value:
             reason += f"; clamped to [{tr['min']:g}, {tr['max']:g}]"

@@ -421,7 +421,8 @@ class GroupInfluence:
             dist_utils.all_reduce_sum_([unit_rows, sizes])
         dom_sum = _segment_sum(unit_rows.to(torch.float64), ids, n_dom, dim)  # float64: see tgt_sum in compute
         counts = torch.cat([tgt_counts.flatten(), dom_counts.flatten()]).to(self.device)
-        dist_utils.all_reduce_sum_([tgt_sum, tgt_loss, counts] if units_shared else [tgt_sum, tgt_loss, dom_sum, counts])
+        dist_utils.all_reduce_sum_([tgt_sum, tgt_loss, counts] if units_shared
+                                   else [tgt_sum, tgt_loss, dom_sum, counts])
         counts = counts.cpu()
         n_t = len(tgt_names)
         tgt_counts = counts[: _N_COUNTS * n_t].view(_N_COUNTS, n_t)
