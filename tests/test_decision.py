@@ -91,14 +91,15 @@ def test_paper_is_the_identity_and_adds_no_solver_options():
     d = Decision("paper")
     got, info = d.effective_S(S)
     assert np.array_equal(got, S)
-    assert info["options"] == {"objective": "paper", "shrink": None, "ema": None, "max_shift": None, "min_r2": None}
+    assert info["options"] == {"objective": "paper", "shrink": None, "ema": None, "max_shift": None, "min_r2": None,
+                               "safe": None, "trust_region": False}
     assert d.solver_options("direct", {"alpha": 2.0}) == {"alpha": 2.0}
     assert d.solver_options("regression", {}) == {"direct": {}, "regression": {}}
 
 
 def test_robust_defaults_and_explicit_solver_options_win():
     d = Decision("robust")
-    assert d.options() == {"objective": "robust", **ROBUST_DEFAULTS}
+    assert d.options() == {"objective": "robust", **ROBUST_DEFAULTS, "safe": None, "trust_region": False}
     assert d.solver_options("direct", {}) == {"max_shift": ROBUST_DEFAULTS["max_shift"]}
     assert d.solver_options("direct", {"max_shift": 1.0})["max_shift"] == 1.0
     opts = d.solver_options("regression", {"regression": {"min_r2": 0.5}})
@@ -123,8 +124,8 @@ def test_bad_options_are_refused_naming_them(kwargs, exc, match):
 
 
 def test_from_options_and_bad_inputs():
-    assert Decision.from_options(None).objective == "robust" and Decision().options() == {"objective": "robust",
-                                                                                            **ROBUST_DEFAULTS}
+    assert Decision.from_options(None).objective == "robust" and Decision().options() == {
+        "objective": "robust", **ROBUST_DEFAULTS, "safe": None, "trust_region": False}
     assert Decision.from_options("paper").objective == "paper"
     assert Decision.from_options("robust").ema == ROBUST_DEFAULTS["ema"]
     assert Decision.from_options({"objective": "paper", "ema": 0.2}).ema == 0.2

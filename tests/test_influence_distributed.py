@@ -46,7 +46,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     tgts = {k: _shard(v, rank, world) for k, v in tgts.items()}
     results = _compute(doms, tgts)
     torch.save([{"S": r.S, "samples": r.domain_samples, "tokens": r.domain_tokens, "batches": r.domain_batches,
-                 "targets": r.target_samples, "low": r.ci_low, "high": r.ci_high, "scores": r.unit_scores,
+                 "targets": r.target_samples, "target_loss": r.target_loss, "low": r.ci_low, "high": r.ci_high, "scores": r.unit_scores,
                  "damping": r.gauss_newton_damping} for r in results],
                os.path.join(out_dir, f"rank{rank}.pt"))
     end_worker()
@@ -65,6 +65,7 @@ def test_two_gloo_ranks_equal_one_process_on_the_union(tmp_path):
             assert torch.equal(res["samples"], ref.domain_samples) and torch.equal(res["tokens"], ref.domain_tokens)
             assert torch.equal(res["batches"], ref.domain_batches) and torch.equal(res["targets"], ref.target_samples)
             torch.testing.assert_close(res["scores"], ref.unit_scores, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(res["target_loss"], ref.target_loss, rtol=1e-6, atol=0)
             torch.testing.assert_close(res["low"], ref.ci_low, rtol=1e-5, atol=1e-7, equal_nan=True)
             torch.testing.assert_close(res["high"], ref.ci_high, rtol=1e-5, atol=1e-7, equal_nan=True)
             if ref.gauss_newton_damping is not None:

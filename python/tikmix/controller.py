@@ -64,7 +64,7 @@ from torch.utils.data import default_collate
 
 from . import _distributed, _rng, formats
 from ._validation import check_int, to_float64_array
-from .decision import Decision
+from .decision import Decision, feedback_summary, predicted_change, safe_step, stage_feedback
 
 __all__ = ["Controller", "HISTORY_FORMAT"]
 
@@ -179,8 +179,11 @@ class Controller:
             boundaries, a ``max_shift`` and a ``min_r2`` default; it beat the paper's decision on the
             mixing-quality benchmark),
             ``"paper"`` (the paper's decision, ``S`` as measured), or a dict of
-            :class:`~tikmix.decision.Decision`'s options. Each record stores ``"decision"`` (options, shrink
-            factors, the ``S`` the solver saw).
+            :class:`~tikmix.decision.Decision`'s options, among them ``safe`` (the chosen mixture is moved back
+            toward the previous one until no target is predicted worse than a tolerance) and ``trust_region`` (the
+            step limit widens or narrows with the stages' feedback), both off by default. Each record stores
+            ``"decision"`` (options, shrink factors, the ``S`` the solver saw, ``"safe"`` and ``"trust_region"``
+            when on).
         sampling: how many rows a boundary measures. None (default): the whole draw (``samples_per_domain`` rows
             per domain, every target row up to ``target_samples``). A dict ``{"tolerance", "min_samples",
             "round_samples"}`` (missing keys from :data:`tikmix.defaults.ADAPTIVE_SAMPLING`): the same draw taken in
@@ -195,7 +198,13 @@ class Controller:
         history: the run's JSON-ready history dict: ``"format"``, ``"domains"``, ``"targets"``, ``"measure"``
             (``{"mode": "eval" | "train", "training_rng": "preserved"}``), ``"rehearsal"`` (None when skipped, else
             ``{"verified", "self_check_at_boundaries"}``; its seconds are in the next record's ``timing``), ``"stages"``: one record per boundary,
-            ``"metrics"``: what :meth:`log_metrics` recorded, ``"final"``: what :meth:`finish` recorded.
+            ``"metrics"``: what :meth:`log_metrics` recorded, ``"final"``: what :meth:`finish` recorded (with the
+            dev rows' ``"target_loss"`` and the last stage's ``"feedback"``), ``"feedback_summary"``
+            (:func:`tikmix.decision.feedback_summary` over every stage's feedback). Besides the mixture and the
+            measurement, a stage record holds ``"target_loss"`` (each target's mean dev loss as measured),
+            ``"predicted_change"`` / ``"predicted_change_worst"`` (:func:`tikmix.decision.predicted_change` of the
+            chosen mixture) and ``"feedback"`` (:func:`tikmix.decision.stage_feedback` of the stage that just ended;
+            None at the first boundary).
 
     **Step convention.** Steps are counted from 1: step ``s`` is the ``s``-th optimizer step, and
     ``controller.step(s)`` is called after it (the Hugging Face ``state.global_step``, Lightning's
@@ -333,6 +342,7 @@ class Controller:
             "stages": [],
             "metrics": [],
             "final": None,
+            "feedback_summary": None,
         }
         self._warned_total_steps = False
         self._rehearsal_s = 0.0
@@ -633,13 +643,17 @@ class Controller:
         t_influence = time.perf_counter() - t0
         S = to_float64_array(result.S, "influence S")
         w_prior = np.asarray(self.sampler.weights_at(step), dtype=np.float64)
+        target_loss, target_samples = _target_loss(result)
+        feedback = self._stage_feedback(target_loss, target_samples, step)
 
         t0 = time.perf_counter()
         S_used, decision_info = self.decision.effective_S(
             S, getattr(result, "ci_low", None), getattr(result, "ci_high", None), getattr(result, "confidence", 0.95),
             unit=getattr(result, "unit", "sample"),
         )
-        weights, report = self._solve(S_used, w_prior, result, stage)
+        opts = self._boundary_options(feedback, decision_info)
+        weights, report = self._solve(S_used, w_prior, result, stage, opts)
+        weights, prediction = self._safe_mixture(S, weights, w_prior, result, opts, decision_info)
         t_solve = time.perf_counter() - t0
 
         at_step = max(step, int(getattr(self.sampler, "next_free_step", step)))
@@ -661,6 +675,11 @@ class Controller:
             "influence_tokens": _jsonable(getattr(result, "domain_tokens", None)),
             "influence_sampling": _jsonable(sampling),
             "realised_previous_stage": realised,
+            "target_loss": target_loss,
+            "target_samples": target_samples,
+            "predicted_change": prediction["central"].tolist(),
+            "predicted_change_worst": None if prediction["worst"] is None else prediction["worst"].tolist(),
+            "feedback": feedback,
             "solver": _jsonable(report),
             "timing": {
                 "train_s": self._train_s,
@@ -674,13 +693,125 @@ class Controller:
         self._rehearsal_s = 0.0
         self._done.append(step)
         self.history["stages"].append(record)
+        self.history["feedback_summary"] = self._feedback_summary()
         self._write_history()
         return record
 
-    def _solve(self, S: np.ndarray, w_prior: np.ndarray, result: Any, stage: int) -> tuple[np.ndarray, Any]:
+    # ------------------------------------------------------------------ decision around the solver
+    def _direct_options(self, opts: dict[str, Any]) -> dict[str, Any]:
+        """TiKMiX-D's options inside ``opts`` (TiKMiX-M's first step for ``solver="regression"``)."""
+        return opts if self.solver == "direct" else opts.setdefault("direct", {})
+
+    def _boundary_options(self, feedback: dict[str, Any] | None, decision_info: dict[str, Any]) -> dict[str, Any]:
+        """The solver options of this boundary: the decision's defaults, and the trust region's step limit."""
+        opts = self.decision.solver_options(self.solver, self.solver_options)
+        if self.decision.trust_region is None:
+            return opts
+        direct = self._direct_options(opts)
+        stages = self.history["stages"]
+        previous = ((stages[-1].get("decision") or {}).get("trust_region") or {}).get("max_shift") if stages else None
+        rho = feedback.get("spearman_rho") if feedback else None
+        limit = self.decision.trust_region_limit(previous, rho, direct.get("max_shift"))
+        direct["max_shift"] = limit["max_shift"]
+        decision_info["trust_region"] = limit
+        return opts
+
+    def _safe_mixture(self, S: np.ndarray, weights: np.ndarray, w_prior: np.ndarray, result: Any,
+                      opts: dict[str, Any], decision_info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        """The predicted change of the chosen mixture (:func:`tikmix.decision.predicted_change` on the measured
+        ``S``), and with ``Decision(safe=...)`` the mixture moved back toward ``w_prior`` as far as
+        :func:`tikmix.decision.safe_step` says."""
+        direct = self._direct_options(opts)
+        scale_opts = {k: direct[k] for k in ("normalize", "eps") if k in direct}
+        ci = (getattr(result, "ci_low", None), getattr(result, "ci_high", None))
+        ci = (None, None) if ci[0] is None or ci[1] is None else tuple(to_float64_array(c, "S interval") for c in ci)
+
+        def predict(w: np.ndarray) -> dict[str, Any]:
+            return predicted_change(S, w, w_prior, ci_low=ci[0], ci_high=ci[1], **scale_opts)
+
+        before = predict(weights)
+        tolerance = self.decision.safe
+        if tolerance is None:
+            return weights, before
+        from tikmix.solvers.constraints import domain_bounds
+
+        basis = "worst" if before["worst"] is not None else "central"
+        bound_keys = ("min_weight", "max_weight", "max_epochs", "tokens_available", "stage_tokens")
+        bounds = domain_bounds(len(weights), **{k: direct[k] for k in bound_keys if k in direct})
+        step = safe_step(before[basis], tolerance, w=weights, w_prior=w_prior, lower=bounds.lower, upper=bounds.upper)
+        t = step["t"]
+        chosen, after = weights, before
+        if t < 1.0:
+            chosen = np.clip(w_prior + t * (weights - w_prior), 0.0, None)
+            chosen = chosen / chosen.sum()
+            after = predict(chosen)
+        hard = None
+        if step["conflict"]:
+            hard = (f"the previous mixture violates the solver's per-domain bounds for domain(s) "
+                    f"{[self.domain_names[j] for j in step['conflict']]}: the step keeps t >= {step['t_min']:.6g} to "
+                    "meet them, so the violated targets may stay predicted below -tolerance")
+        decision_info["safe"] = {
+            "tolerance": tolerance,
+            "basis": basis,
+            "t": t,
+            "violated": [self.target_names[i] for i in step["violated"]],
+            "predicted_before": before[basis].tolist(),
+            "predicted_after": after[basis].tolist(),
+            "weights_solver": [float(x) for x in weights],
+            "bounds_conflict": hard,
+        }
+        return chosen, after
+
+    def _stage_feedback(self, target_loss: list[float] | None, target_samples: list[int] | None,
+                        step: int) -> dict[str, Any] | None:
+        """The feedback of the stage that ends now (None at the first boundary, or when the dev rows differ)."""
+        stages = self.history["stages"]
+        if not stages or target_loss is None:
+            return None
+        prev = stages[-1]
+        if prev.get("target_loss") is None or prev.get("target_samples") != target_samples:
+            return None
+        out = stage_feedback(prev["target_loss"], target_loss, prev.get("predicted_change"),
+                             prev.get("predicted_change_worst"))
+        return {"from_step": int(prev["step"]), "to_step": int(step), **out}
+
+    def _feedback_summary(self) -> dict[str, Any]:
+        final = self.history.get("final") or {}
+        return feedback_summary([s.get("feedback") for s in self.history["stages"]] + [final.get("feedback")])
+
+    def _evaluate_targets(self) -> tuple[list[float], list[int]]:
+        """Each target's mean per-sequence loss on the rows a boundary measures (forward only, under the
+        measurement policy: eval mode, training RNG untouched), summed over the ranks."""
+        n_t = len(self.target_names)
+        sums = torch.zeros(n_t, dtype=torch.float64)
+        counts = torch.zeros(n_t, dtype=torch.int64)
+        # sharded (FSDP2) parameters: every forward is a collective, so every rank makes the same number of passes
+        lockstep = bool(getattr(self._influence, "_shards", None)) and _distributed.is_active()
+        with self._measuring(), torch.no_grad():
+            for i, name in enumerate(self.target_names):
+                data = self._targets[name]
+                rows = self._target_rows(name)
+                n = len(rows)
+                batches = [(batch, True) for batch in self._local_batches("targets", name, rows)]
+                if lockstep:
+                    units = -(-n // self.batch_size)
+                    passes = -(-units // _distributed.world_size())  # the most batches any rank holds
+                    pad = self._batches(data, np.arange(min(self.batch_size, n)))[0]
+                    batches += [(pad, False)] * (passes - len(batches))
+                for batch, real in batches:
+                    losses = self.loss_fn(self.model, batch)
+                    if real:
+                        sums[i] += losses.detach().to("cpu", torch.float64).sum()
+                        counts[i] += losses.shape[0]
+        _distributed.all_reduce_sum_([sums, counts])
+        return (sums / counts.to(torch.float64)).tolist(), counts.tolist()
+
+    def _solve(self, S: np.ndarray, w_prior: np.ndarray, result: Any, stage: int,
+               opts: dict[str, Any] | None = None) -> tuple[np.ndarray, Any]:
         from tikmix.solvers import solve_direct, solve_tikmix_m
 
-        opts = self.decision.solver_options(self.solver, self.solver_options)
+        if opts is None:
+            opts = self.decision.solver_options(self.solver, self.solver_options)
         if self.solver == "direct":
             res = solve_direct(S, w_prior, **opts)
             return np.asarray(res.weights, dtype=np.float64), res
@@ -707,20 +838,36 @@ class Controller:
         self.history["metrics"].append(row)
 
     def finish(self, step: int, **extra: Any) -> dict[str, Any]:
-        """Close the run at ``step``: record the last stage's realised counts and the final mixture."""
+        """Close the run at ``step``: record the last stage's realised counts and the final mixture, and close the
+        last stage's feedback with one forward-only evaluation of the target dev rows the boundaries measure (under
+        the measurement policy: eval mode, training RNG untouched; a collective under a process group: call it on
+        every rank). ``extra`` keyword arguments are stored in ``history["final"]`` as given."""
         start = self.boundaries[len(self._done) - 1] if self._done else 0
         now = time.perf_counter()
         if self._last_wall is not None:
             self._train_s += now - self._last_wall
             self._last_wall = now
+        target_loss = feedback = None
+        stages = self.history["stages"]
+        if stages and stages[-1].get("target_loss") is not None and self._influence is not None:
+            # close the last stage's feedback: one forward over the dev rows the boundaries measure
+            target_loss, samples = self._evaluate_targets()
+            last = stages[-1]
+            if last.get("target_samples") in (None, samples):
+                feedback = {"from_step": int(last["step"]), "to_step": int(step),
+                            **stage_feedback(last["target_loss"], target_loss, last.get("predicted_change"),
+                                             last.get("predicted_change_worst"))}
         self.history["final"] = {
             "step": int(step),
             "weights": [float(x) for x in self.sampler.weights_at(max(step - 1, 0))],
             "realised_last_stage": self._realised(start, step),
             "realised_total": self._realised(0, step),
             "train_s_last_stage": self._train_s,
+            "target_loss": target_loss,
+            "feedback": feedback,
             **_jsonable(extra),
         }
+        self.history["feedback_summary"] = self._feedback_summary()
         self._write_history()
         return self.history["final"]
 
@@ -768,6 +915,8 @@ class Controller:
         mine = self._config()
         # "decision" and "measure_mode" joined the config later: a state saved without them is not refused for that
         # (an older state measured in eval mode through the integrations, or in the caller's mode in a plain loop)
+        config = {**config, "decision": Decision.complete_options(config.get("decision"))} if "decision" in config \
+            else config
         diff = [k for k in mine if config.get(k) != mine[k] and (k in config or k not in ("decision", "measure_mode"))]
         if diff:
             raise ValueError(
@@ -814,6 +963,16 @@ def _pull_back(S: np.ndarray, w_prior: np.ndarray, w_d: np.ndarray, w_m: np.ndar
     from tikmix.solvers.tikmix_m import pull_back
 
     return pull_back(S, w_prior, w_d, w_m, options)
+
+
+def _target_loss(result: Any) -> tuple[list[float] | None, list[int] | None]:
+    """The measured mean dev loss per target and the rows it averages (None for a result without them)."""
+    loss = getattr(result, "target_loss", None)
+    if loss is None:
+        return None, None
+    samples = getattr(result, "target_samples", None)
+    return ([float(x) for x in to_float64_array(loss, "target_loss")],
+            None if samples is None else [int(x) for x in samples])
 
 
 def _confidence_interval(result: Any) -> Any:

@@ -29,6 +29,26 @@ quality") turns on, unless given explicitly:
   ``min_r2``), else the controller keeps TiKMiX-D's mixture, unless the solver options set it.
 
 Every option can also be set on its own with ``objective="paper"`` (e.g. ``Decision("paper", ema=0.3)``).
+
+Two further options act on the solver's answer and on the stages' outcome; both are off by default (for either
+objective) and set explicitly:
+
+* ``safe=tolerance`` (a float >= 0): after the solver chose ``w``, no target may be predicted to get worse than
+  ``-tolerance`` (in the units of :func:`predicted_change`: the worst case over the bootstrap box when intervals
+  exist, else the central prediction). Otherwise the mixture becomes ``w_prior + t (w - w_prior)`` with the
+  largest ``t`` in [0, 1] that satisfies every target (:func:`safe_step`).
+* ``trust_region=True`` or a dict ``{grow, shrink, min, max}`` (default 1.5, 0.5, 0.05, 1.0): the solver's L1 step
+  limit ``max_shift`` (starting from the solver options' or this decision's ``max_shift``, else 0.3) widens by
+  ``grow`` after a stage whose feedback agreed with its prediction (Spearman rho > 0 across targets, see
+  :func:`stage_feedback`) and narrows by ``shrink`` after one that did not, clamped to [min, max]
+  (:meth:`Decision.trust_region_limit`).
+
+Formulas (one place for each, referenced by the controller, the report and the docs):
+
+* :func:`predicted_change`: the first-order predicted change of each target for a move from ``w_prior`` to ``w``,
+  in the solver's units (positive = predicted better);
+* :func:`safe_step`: the largest safe step along the segment;
+* :func:`stage_feedback`: what a stage realised against what was predicted for it.
 """
 
 from __future__ import annotations
@@ -41,11 +61,212 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Decision", "OBJECTIVES", "ROBUST_DEFAULTS"]
+__all__ = ["Decision", "OBJECTIVES", "ROBUST_DEFAULTS", "TRUST_REGION_DEFAULTS", "predicted_change", "safe_step",
+           "stage_feedback", "feedback_summary"]
 
 OBJECTIVES = ("paper", "robust")
 ROBUST_DEFAULTS: dict[str, Any] = {"shrink": "ci", "ema": 0.5, "max_shift": 0.3, "min_r2": 0.1}
+#: The trust region's factors and clamp (``trust_region=True``); a dict given for ``trust_region`` overrides them.
+TRUST_REGION_DEFAULTS: dict[str, float] = {"grow": 1.5, "shrink": 0.5, "min": 0.05, "max": 1.0}
+#: The step limit the trust region starts from when neither the solver options nor the decision set ``max_shift``.
+TRUST_REGION_START = 0.3
+#: Options that act on the solver's answer and the stages' outcome: off unless given, for either objective.
+_OFF_DEFAULTS: dict[str, Any] = {"safe": None, "trust_region": False}
 _SHRINK = (None, "ci")
+#: Predictions (solver units: rows divided by their scale) that differ by no more than this across targets are equal.
+_FLAT_PREDICTION = 1e-12
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _trust_region(value: Any) -> dict[str, float] | None:
+    """``trust_region`` resolved: None (off) or the full dict of factors, validated."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return dict(TRUST_REGION_DEFAULTS)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"trust_region must be False, True or a dict with keys {list(TRUST_REGION_DEFAULTS)}, "
+                         f"got {value!r}")
+    unknown = sorted(set(value) - set(TRUST_REGION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"trust_region: unknown key(s) {unknown}; expected {list(TRUST_REGION_DEFAULTS)}")
+    out = {**TRUST_REGION_DEFAULTS, **value}
+    for key, v in out.items():
+        if not _is_number(v):
+            raise ValueError(f"trust_region[{key!r}] must be a finite number, got {v!r}")
+        out[key] = float(v)
+    if out["grow"] < 1.0:
+        raise ValueError(f"trust_region['grow'] must be >= 1 (it widens the step limit), got {out['grow']!r}")
+    if not 0.0 < out["shrink"] <= 1.0:
+        raise ValueError(f"trust_region['shrink'] must be in (0, 1] (it narrows the step limit), got {out['shrink']!r}")
+    if not 0.0 < out["min"] <= out["max"] <= 2.0:
+        raise ValueError(f"trust_region needs 0 < min <= max <= 2 (an L1 step limit), got min={out['min']!r}, "
+                         f"max={out['max']!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- formulas
+def predicted_change(S: Any, w: Any, w_prior: Any, *, ci_low: Any = None, ci_high: Any = None,
+                     normalize: str = "max", eps: float = 1e-8) -> dict[str, Any]:
+    """First-order predicted change of every target for the move from ``w_prior`` to ``w``, in the solver's units.
+
+    With ``d = w - w_prior``, ``S`` the *measured* influence ``[targets, domains]`` and ``scale`` the solver's row
+    normalisation of that ``S`` (:func:`tikmix.solvers.objective.row_scale` with the solver's ``normalize`` and
+    ``eps``, the ``P_hat_i = S_i . w / scale_i`` of TiKMiX-D)::
+
+        central_i = (S_i . d) / scale_i
+        worst_i   = (S_i . d - r_i . |d|) / scale_i,      r_ij = (ci_high_ij - ci_low_ij) / 2
+
+    Positive = the target is predicted to get better (its loss to fall). ``worst`` is the minimum of ``X_i . d /
+    scale_i`` over the box ``S_ij - r_ij <= X_ij <= S_ij + r_ij``: the box is centred on the measured ``S`` with the
+    bootstrap interval's half-widths (a percentile interval need not be symmetric about ``S``; its width is what
+    is used). Entries without an interval (NaN: a domain with fewer than 2 bootstrap units) count with ``r = 0``.
+
+    Returns ``{"central": [n], "worst": [n] or None (no intervals), "scale": [n]}`` as float64 arrays.
+    """
+    from tikmix.solvers.objective import row_scale  # lazily: importing tikmix.solvers loads scipy and LightGBM
+
+    S = np.asarray(S, dtype=np.float64)
+    if S.ndim != 2 or not np.isfinite(S).all():
+        raise ValueError(f"S must be a finite [targets, domains] matrix, got shape {S.shape}")
+    w = np.asarray(w, dtype=np.float64)
+    w_prior = np.asarray(w_prior, dtype=np.float64)
+    if w.shape != (S.shape[1],) or w_prior.shape != (S.shape[1],):
+        raise ValueError(f"w and w_prior must have S's {S.shape[1]} domains, got shapes {w.shape} and {w_prior.shape}")
+    scale, _ = row_scale(S, normalize, eps)
+    d = w - w_prior
+    central = (S @ d) / scale
+    worst = None
+    if ci_low is not None and ci_high is not None:
+        lo, hi = np.asarray(ci_low, dtype=np.float64), np.asarray(ci_high, dtype=np.float64)
+        if lo.shape != S.shape or hi.shape != S.shape:
+            raise ValueError(f"ci_low/ci_high must have S's shape {S.shape}, got {lo.shape} and {hi.shape}")
+        r = np.nan_to_num((hi - lo) / 2.0, nan=0.0, posinf=0.0, neginf=0.0)
+        worst = (S @ d - np.abs(r) @ np.abs(d)) / scale
+    return {"central": central, "worst": worst, "scale": scale}
+
+
+def safe_step(change: Any, tolerance: float, *, w: Any = None, w_prior: Any = None, lower: Any = None,
+              upper: Any = None) -> dict[str, Any]:
+    """The largest step ``t`` in [0, 1] along ``w_prior + t (w - w_prior)`` that keeps every target's predicted
+    change at least ``-tolerance``.
+
+    ``change`` is the prediction at ``t = 1`` (:func:`predicted_change`, its ``worst`` or ``central``); both are
+    linear in ``t`` along the segment (for ``t >= 0``, ``|t d| = t |d|``), so the prediction at ``t`` is
+    ``t * change`` and, closed form::
+
+        t = min(1, min over {i : change_i < -tolerance} of tolerance / (-change_i))
+
+    (``tolerance = 0`` gives ``t = 0`` as soon as one target is predicted worse: the previous mixture).
+
+    Per-domain bounds ``lower``/``upper`` (the solver's ``min_weight``, ``max_weight`` and repetition cap), when
+    given with ``w`` and ``w_prior``: ``w`` meets them, and if ``w_prior`` does not, points near it do not either;
+    the bounds then need ``t >= t_min`` (closed form per domain). When ``t < t_min`` the bounds win (``t = t_min``)
+    and ``"conflict"`` names the domains whose bounds ``w_prior`` violates.
+
+    Returns ``{"t", "violated": [target indices with change < -tolerance], "t_min", "conflict": None or [domains]}``.
+    """
+    change = np.asarray(change, dtype=np.float64)
+    if not _is_number(tolerance) or tolerance < 0:
+        raise ValueError(f"safe tolerance must be a finite float >= 0, got {tolerance!r}")
+    bad = change < -tolerance
+    t = 1.0
+    if bad.any():
+        t = float(min(1.0, np.min(tolerance / -change[bad])))
+    t_min, conflict = 0.0, None
+    if w is not None and w_prior is not None and (lower is not None or upper is not None):
+        w, wp = np.asarray(w, dtype=np.float64), np.asarray(w_prior, dtype=np.float64)
+        d = w - wp
+        need = np.zeros_like(w)
+        offending = np.zeros(w.shape, dtype=bool)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if lower is not None:
+                lo = np.asarray(lower, dtype=np.float64)
+                below = (wp < lo) & (d > 0)
+                need = np.where(below, (lo - wp) / d, need)
+                offending |= wp < lo
+            if upper is not None:
+                hi = np.asarray(upper, dtype=np.float64)
+                above = (wp > hi) & (d < 0)
+                need = np.maximum(need, np.where(above, (hi - wp) / d, 0.0))
+                offending |= wp > hi
+        t_min = float(np.clip(need.max(initial=0.0), 0.0, 1.0))
+        if t < t_min:
+            t = t_min
+            conflict = np.flatnonzero(offending).tolist()
+    return {"t": t, "violated": np.flatnonzero(bad).tolist(), "t_min": t_min, "conflict": conflict}
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman's rho (average ranks for ties), or None when undefined: fewer than 2 values or a constant side."""
+    if x.size < 2:
+        return None
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    sx, sy = rx - rx.mean(), ry - ry.mean()
+    den = math.sqrt(float(sx @ sx) * float(sy @ sy))
+    return None if den == 0.0 else float(sx @ sy) / den
+
+
+def stage_feedback(loss_before: Any, loss_after: Any, predicted: Any,
+                   predicted_worst: Any = None) -> dict[str, Any]:
+    """What a stage realised against what was predicted for it, per target and across targets.
+
+    ``loss_before``/``loss_after``: each target's mean dev loss at the stage's first and last boundary (the same dev
+    rows); ``predicted``: the :func:`predicted_change` (central) made for the stage when its mixture was chosen.
+    Realised change ``= loss_after - loss_before`` (negative = better), realised gain ``= -change``. Agreement is
+    judged across targets only, since every target's loss shares the common training trend:
+
+    * ``spearman_rho``: Spearman's rank correlation between predicted gain and realised gain over the targets
+      (None with one target, when the predictions differ by at most 1e-12 across targets -- e.g. the mixture did not
+      move -- or when the realised gains are all equal);
+    * ``sign_agreement``: the fraction of targets whose centred predicted gain (minus its mean over targets) has the
+      sign of the centred realised gain; ``signs_agree``: that fraction > 1/2 (None whenever ``spearman_rho`` is
+      for want of two distinct values on a side).
+
+    Returns a JSON-ready dict with those and the inputs.
+    """
+    before = np.asarray(loss_before, dtype=np.float64)
+    after = np.asarray(loss_after, dtype=np.float64)
+    pred = None if predicted is None else np.asarray(predicted, dtype=np.float64)
+    change = after - before
+    gain = -change
+    rho = agreement = None
+    # predictions equal across targets (e.g. the mixture did not move) rank nothing: rounding noise is no prediction
+    flat = pred is None or pred.size == 0 or float(np.ptp(pred)) <= _FLAT_PREDICTION
+    if pred is not None and pred.shape == gain.shape and gain.size >= 2 and not flat and np.ptp(gain) > 0:
+        rho = _spearman(pred, gain)
+        cp, cg = pred - pred.mean(), gain - gain.mean()
+        agreement = float(np.mean(np.sign(cp) == np.sign(cg)))
+    return {
+        "target_loss_before": before.tolist(),
+        "target_loss_after": after.tolist(),
+        "realised_change": change.tolist(),
+        "predicted_change": None if pred is None else pred.tolist(),
+        "predicted_change_worst": None if predicted_worst is None else np.asarray(predicted_worst, float).tolist(),
+        "spearman_rho": rho,
+        "sign_agreement": agreement,
+        "signs_agree": None if agreement is None else bool(agreement > 0.5),
+    }
+
+
+def feedback_summary(feedbacks: Any) -> dict[str, Any]:
+    """Over a run's stage feedbacks (:func:`stage_feedback`; None entries skipped): ``stages`` (how many),
+    ``mean_rho`` (mean of the defined rhos, else None), ``rho_stages`` (how many were defined),
+    ``sign_agree_fraction`` (fraction of the stages with a defined sign agreement whose signs agree, else None)."""
+    fbs = [f for f in feedbacks or [] if f]
+    rhos = [f["spearman_rho"] for f in fbs if f.get("spearman_rho") is not None]
+    signs = [f["signs_agree"] for f in fbs if f.get("signs_agree") is not None]
+    return {
+        "stages": len(fbs),
+        "mean_rho": float(np.mean(rhos)) if rhos else None,
+        "rho_stages": len(rhos),
+        "sign_agree_fraction": float(np.mean(signs)) if signs else None,
+    }
 
 
 class Decision:
@@ -58,6 +279,11 @@ class Decision:
         ema: None or a float in [0, 1): weight of the previous boundary's (row-normalised) ``S``.
         max_shift: None or a float in (0, 2]: default L1 step limit added to TiKMiX-D's options.
         min_r2: None or a float <= 1: default held-out R^2 floor added to TiKMiX-M's options.
+        safe: None (off, the default) or a tolerance >= 0 in :func:`predicted_change`'s units: the chosen mixture is
+            moved back toward the previous one until no target is predicted worse than ``-safe`` (:func:`safe_step`).
+        trust_region: False (off, the default), True (:data:`TRUST_REGION_DEFAULTS`) or a dict with keys among
+            ``grow``, ``shrink``, ``min``, ``max``: the step limit adapts to the stages' feedback
+            (:meth:`trust_region_limit`).
     """
 
     def __init__(
@@ -68,6 +294,8 @@ class Decision:
         ema: float | None | object = ...,
         max_shift: float | None | object = ...,
         min_r2: float | None | object = ...,
+        safe: float | None = None,
+        trust_region: bool | Mapping[str, float] | None = False,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -95,6 +323,10 @@ class Decision:
             or not math.isfinite(self.min_r2) or self.min_r2 > 1.0
         ):
             raise ValueError(f"min_r2 must be None or a finite float <= 1, got {self.min_r2!r}")
+        if safe is not None and (not _is_number(safe) or safe < 0):
+            raise ValueError(f"safe must be None (off) or a finite tolerance >= 0, got {safe!r}")
+        self.safe = None if safe is None else float(safe)
+        self.trust_region = _trust_region(trust_region)
         self._smoothed: np.ndarray | None = None  # row-normalised smoothed S of the last boundary
 
     @classmethod
@@ -108,17 +340,26 @@ class Decision:
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, Mapping):
-            unknown = sorted(set(value) - {"objective", *ROBUST_DEFAULTS})
+            unknown = sorted(set(value) - {"objective", *ROBUST_DEFAULTS, *_OFF_DEFAULTS})
             if unknown:
                 raise ValueError(f"decision: unknown option(s) {unknown}; expected objective, "
-                                 f"{', '.join(ROBUST_DEFAULTS)}")
+                                 f"{', '.join([*ROBUST_DEFAULTS, *_OFF_DEFAULTS])}")
             return cls(**dict(value))
         raise TypeError(f"decision must be None, 'paper', 'robust', a dict or a Decision, got {type(value).__name__}")
 
     def options(self) -> dict[str, Any]:
         """The resolved options (JSON-ready)."""
         return {"objective": self.objective, "shrink": self.shrink, "ema": self.ema,
-                "max_shift": self.max_shift, "min_r2": self.min_r2}
+                "max_shift": self.max_shift, "min_r2": self.min_r2, "safe": self.safe,
+                "trust_region": False if self.trust_region is None else dict(self.trust_region)}
+
+    @staticmethod
+    def complete_options(options: Any) -> Any:
+        """Saved :meth:`options` with the options added since filled in with their off values (so that a state saved
+        before them compares equal to a decision that leaves them off)."""
+        if isinstance(options, Mapping):
+            return {**options, **{k: v for k, v in _OFF_DEFAULTS.items() if k not in options}}
+        return options
 
     # ------------------------------------------------------------------ S
     def shrinks(self, unit: str) -> bool:
@@ -201,3 +442,31 @@ class Decision:
         if self.min_r2 is not None:
             r.setdefault("min_r2", self.min_r2)
         return opts
+
+    # ------------------------------------------------------------------ trust region
+    def trust_region_limit(self, previous: float | None, rho: float | None, start: float | None) -> dict[str, Any]:
+        """The step limit ``max_shift`` for this boundary, and why (the record's ``decision["trust_region"]``).
+
+        ``previous``: the limit used at the previous boundary (None at the first: the limit is ``start``, the solver
+        options' or this decision's ``max_shift``, else 0.3); ``rho``: the feedback of the stage that just ended
+        (:func:`stage_feedback`). ``previous * grow`` when ``rho > 0``, ``previous * shrink`` when ``rho <= 0``,
+        unchanged when ``rho`` is None; always clamped to ``[min, max]``. A pure function of the history, so a
+        resumed run continues exactly.
+        """
+        tr = self.trust_region
+        if tr is None:
+            raise ValueError("trust_region_limit needs a Decision with trust_region on")
+        if previous is None:
+            value = TRUST_REGION_START if start is None else float(start)
+            reason = "start"
+        elif rho is None:
+            value, reason = float(previous), "kept: no rank agreement for the stage (one target or constant values)"
+        elif rho > 0:
+            value, reason = float(previous) * tr["grow"], f"grew: the stage's feedback agreed (rho={rho:+.3f} > 0)"
+        else:
+            value = float(previous) * tr["shrink"]
+            reason = f"shrank: the stage's feedback disagreed (rho={rho:+.3f} <= 0)"
+        clamped = min(max(value, tr["min"]), tr["max"])
+        if clamped != value:
+            reason += f"; clamped to [{tr['min']:g}, {tr['max']:g}]"
+        return {"max_shift": clamped, "reason": reason}

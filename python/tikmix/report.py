@@ -11,7 +11,8 @@ Two JSON files are understood:
   metrics it logged.
 
 :func:`render` writes ``mixture.png`` (mixture per stage), ``loss_curves.png`` (target loss per method or
-per target) and ``influence.png`` (the S matrix per stage) into a folder and returns the text table;
+per target), ``influence.png`` (the S matrix per stage) and, when the history has stage feedback, ``feedback.png``
+(predicted against realised gain per target and stage) into a folder and returns the text table;
 ``tikmix report FILE.json`` calls it.
 """
 
@@ -212,12 +213,98 @@ def _history_tables(history: Mapping[str, Any]) -> str:
     if train > 0:
         parts.append(f"Time: train {train:.1f} s, influence {infl:.1f} s, solve {solve:.1f} s "
                      f"({100 * (infl + solve) / train:.1f}% of training)")
+    fb_table = _feedback_table(history)
+    if fb_table:
+        parts.append(fb_table)
     metrics = history.get("metrics") or []
     if metrics:
         keys = [k for k in metrics[-1] if k != "step"]
         parts.append(_table(["step"] + keys, [[metrics[-1]["step"]] + [metrics[-1][k] for k in keys]],
                             "Last logged metrics"))
     return "\n\n".join(parts)
+
+
+def _feedbacks(history: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The stage feedbacks of a controller history in stage order: each boundary's (from the second on), then the
+    final one that :meth:`tikmix.Controller.finish` closed."""
+    out = [s["feedback"] for s in history.get("stages", []) if s.get("feedback")]
+    final = (history.get("final") or {}).get("feedback")
+    return out + ([final] if final else [])
+
+
+def _signed(value: Any) -> str:
+    return "-" if value is None else f"{float(value):+.3g}"
+
+
+def _feedback_table(history: Mapping[str, Any]) -> str | None:
+    """Per stage: rank agreement (Spearman rho), sign agreement, and per target predicted / realised gain."""
+    fbs = _feedbacks(history)
+    if not fbs:
+        return None
+    targets = list(history["targets"])
+    rows = []
+    for fb in fbs:
+        pred = fb.get("predicted_change") or [None] * len(targets)
+        gain = [-float(c) for c in fb["realised_change"]]
+        agree = fb.get("sign_agreement")
+        rows.append([f"{fb['from_step']}->{fb['to_step']}", _signed(fb.get("spearman_rho")),
+                     "-" if agree is None else f"{agree:.2f}"]
+                    + [f"{_signed(p)} / {g:+.3g}" for p, g in zip(pred, gain)])
+    summary = history.get("feedback_summary") or {}
+    title = ("Stage feedback: predicted gain (solver units) / realised dev-loss gain per target; rho = Spearman "
+             "across targets")
+    if summary.get("stages"):
+        title += (f"; mean rho {_signed(summary.get('mean_rho'))}, signs agree in "
+                  + ("-" if summary.get("sign_agree_fraction") is None else
+                     f"{100 * summary['sign_agree_fraction']:.0f}%") + " of stages")
+    return _table(["steps", "rho", "signs"] + targets, rows, title)
+
+
+def _feedback_plot(plt: Any, runs: Mapping[str, Mapping[str, Any]], targets: Sequence[str]) -> Any:
+    """One row per run, one panel per target: predicted gain (left axis, solver units) and realised dev-loss gain
+    (right axis) for every stage; each stage's rank agreement under its tick."""
+    fig, axes = plt.subplots(len(runs), len(targets), figsize=(3.8 * len(targets) + 0.6, 3.2 * len(runs) + 0.9),
+                             squeeze=False)
+    for r, (name, hist) in enumerate(runs.items()):
+        fbs = _feedbacks(hist)
+        x = np.arange(len(fbs))
+        ticks = [f"{fb['from_step']}–{fb['to_step']}\n"
+                 + ("ρ n/a" if fb.get("spearman_rho") is None else f"ρ={fb['spearman_rho']:+.2f}") for fb in fbs]
+        preds = np.array([[np.nan] * len(targets) if not fb.get("predicted_change") else fb["predicted_change"]
+                          for fb in fbs], dtype=float)
+        gains = -np.array([fb["realised_change"] for fb in fbs], dtype=float)
+        # one scale per row for each quantity: the targets' bars compare across panels (and noise stays small)
+        limits = [1.1 * (float(np.nanmax(np.abs(v), initial=0.0)) or 1.0) for v in (preds, gains)]
+        for c, target in enumerate(targets):
+            ax = axes[r][c]
+            pred, gain = preds[:, c], gains[:, c]
+            ax.bar(x - 0.2, pred, width=0.4, color="C0", label="predicted gain (solver units)")
+            ax.axhline(0.0, color="0.3", lw=0.8)
+            ax.set_ylabel("predicted", color="C0", fontsize=8)
+            twin = ax.twinx()
+            twin.bar(x + 0.2, gain, width=0.4, color="C1", label="realised dev-loss gain")
+            twin.set_ylabel("realised (loss before − after)", color="C1", fontsize=8)
+            # both axes share their zero line, so bars above it mean "better" on either scale
+            for axis, m in zip((ax, twin), limits):
+                axis.set_ylim(-m, m)
+                axis.tick_params(labelsize=7)
+            ax.set_xticks(x, ticks, fontsize=7)
+            ax.set_title(f"{name}: {target}" if len(runs) > 1 else target, fontsize=9)
+            if r == len(runs) - 1:
+                ax.set_xlabel("stage (steps)", fontsize=8)
+    summaries = []
+    for name, hist in runs.items():
+        sm = hist.get("feedback_summary") or {}
+        frac = sm.get("sign_agree_fraction")
+        summaries.append(f"{name}: mean ρ {_signed(sm.get('mean_rho'))}, signs agree "
+                         + ("-" if frac is None else f"{100 * frac:.0f}%") + " of stages")
+    handles = [plt.Rectangle((0, 0), 1, 1, color="C0"), plt.Rectangle((0, 0), 1, 1, color="C1")]
+    fig.legend(handles, ["predicted gain (solver units, left axis)", "realised dev-loss gain (right axis)"],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("Stage feedback: predicted vs realised gain per target (> 0 = better)\n" + "; ".join(summaries),
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -409,7 +496,8 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path, prefix: str = "") -
 
     ``mixture.png``: the mixture of every stage, one panel per method (methods with identical mixtures share
     one); ``loss_curves.png``: held-out loss per method and target, and the improvement over the baseline;
-    ``influence.png``: S per stage boundary for every method. ``prefix`` is prepended to the file names.
+    ``influence.png``: S per stage boundary for every method; ``feedback.png`` (when a history has stage feedback):
+    predicted against realised gain per target and stage. ``prefix`` is prepended to the file names.
     """
     plt = pyplot()
     out = Path(out_dir)
@@ -457,6 +545,10 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path, prefix: str = "") -
         groups = _same_runs({n: h for n, h in runs.items() if h.get("stages")},
                             lambda h: [_row_scaled(s["S"]) for s in h["stages"]], atol=1e-6)
         save(_influence_plot(plt, groups, domains, targets), "influence.png")
+
+    with_feedback = {n: h for n, h in runs.items() if _feedbacks(h)}
+    if with_feedback:
+        save(_feedback_plot(plt, with_feedback, targets), "feedback.png")
     return paths
 
 

@@ -114,6 +114,7 @@ class _Rounds:
         self.projector: Any = None
         self.tgt_sum: torch.Tensor | None = None
         self.tgt_counts: torch.Tensor | None = None
+        self.tgt_loss: torch.Tensor | None = None
         self.dom_counts: torch.Tensor | None = None
         self.rows: list[torch.Tensor] = []
         self.unit_dom: list[int] = []
@@ -129,11 +130,13 @@ class _Rounds:
             self.projector = raw["projector"]
             self.tgt_sum = raw["tgt_sum"].clone()
             self.tgt_counts = raw["tgt_counts"].clone()
+            self.tgt_loss = raw["tgt_loss"].clone()
             self.dom_counts = raw["dom_counts"].clone()
             self.capture_source = raw["capture_source"]
         else:
             self.tgt_sum += raw["tgt_sum"]
             self.tgt_counts += raw["tgt_counts"]
+            self.tgt_loss += raw["tgt_loss"]
             self.dom_counts += raw["dom_counts"]
         self.rows.extend(raw["rows"])
         self.unit_dom.extend(raw["unit_dom"])
@@ -149,9 +152,10 @@ class _Rounds:
         t0 = time.perf_counter()
         infl = self.infl
         assert self.tgt_sum is not None and self.tgt_counts is not None and self.dom_counts is not None
+        assert self.tgt_loss is not None
         result = infl._finish(self.projector, self.domains, self.targets, self.tgt_sum.clone(),
                               self.tgt_counts.clone(), list(self.rows), list(self.unit_dom), list(self.unit_size),
-                              self.dom_counts.clone())
+                              self.dom_counts.clone(), self.tgt_loss.clone())
         # _finish orders units by domain, then rank, then local order; the global order of the rounds is by domain,
         # then round, then rank (one process's draw order), so reorder and redo the bootstrap when they differ
         gathered = _distributed.all_gather_objects((list(self.unit_dom), list(self.unit_round)))

@@ -277,6 +277,8 @@ class GroupInfluence:
                 # are split over ranks (the order of the additions)
                 tgt_sum = torch.zeros(len(tgt_names), projector.dim, dtype=torch.float64, device=self.device)
                 tgt_counts = torch.zeros(_N_COUNTS, len(tgt_names), dtype=torch.int64)
+                # the losses of the forward the target gradients take anyway, summed in float64 (result.target_loss)
+                tgt_loss = torch.zeros(len(tgt_names), dtype=torch.float64, device=self.device)
                 for i, (name, it) in enumerate(zip(tgt_names, tgt_iters)):
                     for b, (batch, real) in enumerate(_batches(it, name, "targets", lockstep)):
                         where = f"targets[{name!r}] batch {b}" + ("" if real else " (padding pass)")
@@ -287,6 +289,7 @@ class GroupInfluence:
                         tgt_sum[i] += row[0].to(torch.float64)
                         if real:
                             self._count(tgt_counts, i, losses, batch)
+                            tgt_loss[i] += losses.detach().to(self.device, torch.float64).sum()
                         bar.update(int(real))
                     if not _sketches_only and not dist_utils.is_active() and tgt_counts[_SAMPLES, i] == 0:
                         raise ValueError(f"targets[{name!r}] yielded no samples")
@@ -343,14 +346,15 @@ class GroupInfluence:
                 bar.close()
 
         if _sketches_only:
-            return {"projector": projector, "tgt_sum": tgt_sum, "tgt_counts": tgt_counts, "rows": rows,  # type: ignore[return-value]
+            return {"projector": projector, "tgt_sum": tgt_sum, "tgt_counts": tgt_counts, "tgt_loss": tgt_loss,  # type: ignore[return-value]
+                    "rows": rows,
                     "unit_dom": unit_dom, "unit_size": unit_size, "dom_counts": dom_counts,
                     "target_nonzero": target_nonzero, "domain_nonzero": projector.nonzero,
                     "capture_source": capture.source if capture is not None else None, "timings": timings}
         t0 = time.perf_counter()
         self._check_contributions(target_nonzero, projector.nonzero)
         result = self._finish(projector, dom_names, tgt_names, tgt_sum, tgt_counts, rows, unit_dom, unit_size,
-                              dom_counts)
+                              dom_counts, tgt_loss)
         timings["scores"] = time.perf_counter() - t0
         result.timings.update(timings)
         if capture is not None:  # how each parameter's per-sample gradients were captured
@@ -410,7 +414,7 @@ class GroupInfluence:
     # ------------------------------------------------------------------------------------------------------------
     def _finish(self, projector: Projector, dom_names: List[str], tgt_names: List[str], tgt_sum: torch.Tensor,
                 tgt_counts: torch.Tensor, rows: List[torch.Tensor], unit_dom: List[int], unit_size: List[int],
-                dom_counts: torch.Tensor) -> InfluenceResult:
+                dom_counts: torch.Tensor, tgt_loss: torch.Tensor) -> InfluenceResult:
         n_dom = len(dom_names)
         dim = projector.dim
         unit_rows = torch.cat(rows) if rows else projector.zeros(0)
@@ -427,7 +431,8 @@ class GroupInfluence:
             dist_utils.all_reduce_sum_([unit_rows, sizes])
         dom_sum = _segment_sum(unit_rows.to(torch.float64), ids, n_dom, dim)  # float64: see tgt_sum in compute
         counts = torch.cat([tgt_counts.flatten(), dom_counts.flatten()]).to(self.device)
-        dist_utils.all_reduce_sum_([tgt_sum, counts] if units_shared else [tgt_sum, dom_sum, counts])
+        dist_utils.all_reduce_sum_([tgt_sum, tgt_loss, counts] if units_shared
+                                   else [tgt_sum, tgt_loss, dom_sum, counts])
         counts = counts.cpu()
         n_t = len(tgt_names)
         tgt_counts = counts[: _N_COUNTS * n_t].view(_N_COUNTS, n_t)
@@ -441,6 +446,7 @@ class GroupInfluence:
             if n == 0:
                 raise ValueError(f"domains[{name!r}] yielded no samples (an empty domain)")
         tgt_mean = tgt_sum.to(torch.float64) / tgt_counts[_SAMPLES].to(self.device, torch.float64).unsqueeze(1)
+        target_loss = (tgt_loss / tgt_counts[_SAMPLES].to(self.device, torch.float64)).cpu()
         if not bool(torch.isfinite(tgt_mean).all()):
             raise FloatingPointError("target gradients are not finite (overflow in the backward pass?)")
         zero = [name for name, row in zip(tgt_names, tgt_mean) if not bool(row.ne(0).any())]
@@ -503,6 +509,7 @@ class GroupInfluence:
             domain_batches=dom_counts[_BATCHES].clone(),
             target_samples=tgt_counts[_SAMPLES].clone(),
             target_tokens=tgt_counts[_TOKENS].clone(),
+            target_loss=target_loss,
             unit="sample" if self.mode == "per_sample" else "micro-batch",
             unit_scores=all_scores,
             unit_domains=all_ids,

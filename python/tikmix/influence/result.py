@@ -47,6 +47,9 @@ class InfluenceResult:
         domain_samples, domain_tokens, domain_batches: ``int64 [n_domains]`` counts over all ranks
             (tokens: -1 when the batches carry no integer tensor and no ``count_tokens`` was given).
         target_samples, target_tokens: ``int64 [n_targets]``.
+        target_loss: ``float64 [n_targets]``: the mean per-sequence loss (``loss_fn``) of each target's examples as
+            measured, over all ranks (sum and count reduced like the other counts), from the forward the target
+            gradients take (no extra forward); in the model's mode during :meth:`GroupInfluence.compute`.
         unit: what bootstrap resamples: ``"sample"`` (per-sample mode) or ``"micro-batch"`` (group mode).
         unit_scores: ``float64 [U, n_targets]``: each unit's summed contribution to S (before the mean's division);
             in per-sample mode these are the per-sample influence scores (TiKMiX-M labels).
@@ -87,6 +90,7 @@ class InfluenceResult:
     unit_sizes: torch.Tensor
     domain_sketches: torch.Tensor
     target_sketches: torch.Tensor
+    target_loss: Optional[torch.Tensor] = None
     ci_low: Optional[torch.Tensor] = None
     ci_high: Optional[torch.Tensor] = None
     confidence: float = 0.95
@@ -170,6 +174,7 @@ class InfluenceResult:
             "domain_batches": self.domain_batches.tolist(),
             "target_samples": self.target_samples.tolist(),
             "target_tokens": self.target_tokens.tolist(),
+            "target_loss": lst(self.target_loss),
             "ranking": self.ranking(),
             "unit": self.unit,
             "ci_low": lst(self.ci_low),
