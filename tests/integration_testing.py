@@ -113,3 +113,19 @@ def hf_stop_callbacks(stop_at: int | None) -> list:
             return control
 
     return [Stop()]
+
+
+def pattern_data(seq: int = 12, n: int = 24) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Three small domains (two repeating byte patterns and noise) and two targets matching the patterns: a setting
+    whose influence has a clear sign (rows of ``seq + 1`` tokens, deterministic)."""
+    rng = np.random.default_rng(0)
+
+    def pattern(text: bytes) -> torch.Tensor:
+        stream = np.frombuffer(text * (n * (seq + 1) // len(text) + 2), dtype=np.uint8)
+        starts = rng.integers(0, len(text), n)
+        return torch.from_numpy(np.stack([stream[s : s + seq + 1] for s in starts]).astype(np.int64))
+
+    domains = {"good": pattern(b"abcabcabd;"), "bad": pattern(b"abdabdabc;"),
+               "noise": torch.from_numpy(rng.integers(0, 256, (n, seq + 1)))}
+    targets = {"t": pattern(b"abcabcabd;")[:6], "u": pattern(b"abdabdabc;")[:5]}
+    return domains, targets

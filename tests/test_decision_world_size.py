@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dist_testing import end_worker, free_port
-from integration_testing import train_steps
+from integration_testing import pattern_data, train_steps
 from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
 from tikmix.models import GPT, GPTConfig, sequence_loss
@@ -36,18 +36,7 @@ DECISIONS = {"robust": "robust", "paper": "paper", "shrink": {"objective": "pape
 
 
 def _data() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    rng = np.random.default_rng(0)
-    n = 24
-
-    def pattern(text: bytes) -> torch.Tensor:
-        stream = np.frombuffer(text * (n * (SEQ + 1) // len(text) + 2), dtype=np.uint8)
-        starts = rng.integers(0, len(text), n)
-        return torch.from_numpy(np.stack([stream[s : s + SEQ + 1] for s in starts]).astype(np.int64))
-
-    domains = {"good": pattern(b"abcabcabd;"), "bad": pattern(b"abdabdabc;"),
-               "noise": torch.from_numpy(rng.integers(0, 256, (n, SEQ + 1)))}
-    targets = {"t": pattern(b"abcabcabd;")[:6], "u": pattern(b"abdabdabc;")[:5]}
-    return domains, targets
+    return pattern_data(SEQ)
 
 
 def _solver_options(solver: str, decision: str) -> dict | None:

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dist_testing import end_worker, free_port
+from integration_testing import pattern_data
 from tikmix.controller import Controller
 from tikmix.data import MixtureSampler
 from tikmix.influence.adaptive import Sampling
@@ -26,18 +27,7 @@ MODES = {"group": {"objective": "paper", "shrink": "ci"}, "per_sample": "robust"
 
 
 def _data() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    rng = np.random.default_rng(0)
-    n = 24
-
-    def pattern(text: bytes) -> torch.Tensor:
-        stream = np.frombuffer(text * (n * (SEQ + 1) // len(text) + 2), dtype=np.uint8)
-        starts = rng.integers(0, len(text), n)
-        return torch.from_numpy(np.stack([stream[s : s + SEQ + 1] for s in starts]).astype(np.int64))
-
-    domains = {"good": pattern(b"abcabcabd;"), "bad": pattern(b"abdabdabc;"),
-               "noise": torch.from_numpy(rng.integers(0, 256, (n, SEQ + 1)))}
-    targets = {"t": pattern(b"abcabcabd;")[:6], "u": pattern(b"abdabdabc;")[:5]}
-    return domains, targets
+    return pattern_data(SEQ)
 
 
 def _controller(mode: str, sampling, *, batch_size: int = 3, loss_fn=sequence_loss, **kw) -> Controller:

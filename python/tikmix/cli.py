@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -203,26 +204,37 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _run(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace, command: str, check: bool = False) -> Any:
+    """The validated config of ``args.config`` (ConfigWarnings printed as ``tikmix COMMAND: warning: ...``), or
+    the exit code 2 after printing its ConfigError."""
     import warnings
 
-    from tikmix.run import ConfigError, ConfigWarning, check_config, load_config, train
-    from tikmix.run.checkpoint import CheckpointError
+    from tikmix.run import ConfigError, ConfigWarning, check_config, load_config
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConfigWarning)
             cfg = load_config(args.config)
-            if args.check:
+            if check:
                 check_config(cfg)
     except ConfigError as exc:
-        print(f"tikmix run: config error: {exc}", file=sys.stderr)
+        print(f"tikmix {command}: config error: {exc}", file=sys.stderr)
         return 2
     for w in caught:
         if issubclass(w.category, ConfigWarning):
-            print(f"tikmix run: warning: {w.message}", file=sys.stderr)
+            print(f"tikmix {command}: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tikmix.run import ConfigError, train
+    from tikmix.run.checkpoint import CheckpointError
+
+    cfg = _load(args, "run", check=args.check)
+    if isinstance(cfg, int):
+        return cfg
     if args.check:
         print(f"{args.config}: OK")
         return 0
@@ -238,23 +250,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    import warnings
-
-    from tikmix.run import ConfigError, ConfigWarning, load_config
+    from tikmix.run import ConfigError
     from tikmix.run.search import search
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConfigWarning)
-            cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"tikmix search: config error: {exc}", file=sys.stderr)
-        return 2
-    for w in caught:
-        if issubclass(w.category, ConfigWarning):
-            print(f"tikmix search: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    cfg = _load(args, "search")
+    if isinstance(cfg, int):
+        return cfg
     try:
         res = search(cfg, proxies=args.proxies, proxy_steps=args.proxy_steps, concentration=args.concentration,
                      jobs=args.jobs, threads=args.threads, seed=args.seed, out=args.out,
