@@ -370,7 +370,7 @@ class SolverConfig(_Section):
     decision: Union[Literal["paper", "robust"], dict[str, Any], None] = Field(
         None, description="direct/regression: how the measured S becomes the solver's input (tikmix.decision."
         "Decision): robust (default: CI shrinkage of per-sample S, smoothing, max_shift, min_r2), paper (S as measured), or a dict of "
-        "its options")
+        "its options (objective, shrink, ema, max_shift, min_r2, safe, trust_region)")
 
 
 class AdaptiveSamplingConfig(_Section):
