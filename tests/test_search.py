@@ -109,7 +109,7 @@ def test_proxy_is_a_static_run_and_its_dev_loss_is_measured_on_dev(searched, tmp
     p0 = load_config(res.out / "proxies" / "0" / "config.yaml")
     assert p0.solver.name == "static" and p0.stages.boundaries == []
     assert p0.solver.weights == pytest.approx(res.proxies[0]["weights"], abs=1e-12)
-    assert (p0.train.steps, p0.train.warmup, p0.train.eval_every, p0.train.checkpoint_every) == (6, 1, 2, 6)
+    assert (p0.train.steps, p0.train.warmup, p0.train.eval_every, p0.train.checkpoint_every) == (6, 1, 6, 6)
     assert p0.seed == 0 and p0.model.d_model == 32
     again = p0.model_copy(update={"out": str(tmp_path / "again")})
     train(again, progress=False, log=lambda *a, **k: None, plots=False)

@@ -259,7 +259,9 @@ def _scaled(value: int, proxy_steps: int, steps: int, minimum: int) -> int:
 
 def _proxy_raw(cfg: RunConfig, weights: Sequence[float], proxy_steps: int, out: Path) -> dict[str, Any]:
     """The proxy's config as a plain mapping: the config with ``solver: static``, no stages, ``proxy_steps`` steps
-    (warm-up and eval cadence scaled by ``proxy_steps / train.steps``, one checkpoint at the end), no TensorBoard."""
+    (warm-up scaled by ``proxy_steps / train.steps``; the test halves evaluated only at the start and the end -- a
+    proxy's curve is never used, and evaluating it would cost more than the proxy's training; one checkpoint at the
+    end), no TensorBoard."""
     raw = cfg.model_dump(mode="json", exclude_unset=True)
     t = cfg.train
     raw["out"] = str(out)
@@ -270,7 +272,7 @@ def _proxy_raw(cfg: RunConfig, weights: Sequence[float], proxy_steps: int, out: 
     raw["log"] = "none"
     raw["train"] = {**raw["train"], "steps": proxy_steps,
                     "warmup": _scaled(t.warmup, proxy_steps, t.steps, 0),
-                    "eval_every": _scaled(t.eval_every, proxy_steps, t.steps, 1),
+                    "eval_every": proxy_steps,
                     "checkpoint_every": proxy_steps}
     return raw
 
@@ -463,8 +465,8 @@ def search(
         proxies: short runs to train; at least ``max(4, domains + 1)``. Proxy ``i``'s mixture depends on ``seed``
             and ``i`` only, so a larger count in the same ``out`` adds proxies to the finished ones.
         proxy_steps: optimizer steps per proxy, at most ``train.steps``; default ``train.steps // 8`` (at least
-            1). Warm-up and eval cadence are scaled by ``proxy_steps / train.steps``; the cosine schedule spans the
-            proxy's own steps.
+            1). Warm-up is scaled by ``proxy_steps / train.steps`` and the cosine schedule spans the proxy's own
+            steps; test losses are evaluated only at the start and the end.
         concentration: the Dirichlet concentration around the prior (:func:`dirichlet_alpha`): 1 with a uniform
             prior draws mixtures uniformly from the simplex.
         jobs: proxies trained at once, each in its own (spawned) process; 1 trains them in this process.
