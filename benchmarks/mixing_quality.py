@@ -585,6 +585,45 @@ def _goals(summary: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def _variants(done: list[dict[str, Any]]) -> list[str]:
+    """Each method with options (``method:options``) against its method with the defaults, on the seeds and target
+    sets both ran: the change of the mean dev loss (what an option is chosen by) and of the mean test loss (reported
+    only), improvement > 0 = the option is better; with the controller's time share of both."""
+    from tikmix.report import improvement
+
+    by = {(r["method"], r["set"], r["seed"]): r for r in done}
+    rows = []
+    for m in sorted({r["method"] for r in done if ":" in r["method"]}):
+        base = m.partition(":")[0]
+        keys = sorted((ts, s) for (mm, ts, s) in by if mm == m and (base, ts, s) in by)
+        if not keys:
+            continue
+
+        def mean(method: str, part: str) -> float:
+            return float(np.mean([np.mean(list(by[(method, ts, s)][part].values())) for ts, s in keys]))
+
+        def share(method: str) -> float:
+            return 100 * float(np.mean([by[(method, ts, s)]["timing"]["controller_s"]
+                                        / max(by[(method, ts, s)]["timing"]["train_s"], 1e-9) for ts, s in keys]))
+
+        have_dev = all(by[(mm, ts, s)].get("dev") for mm in (m, base) for ts, s in keys)
+        dev = f"{improvement(mean(base, 'dev'), mean(m, 'dev'))[1]:+.2f}%" if have_dev else "-"
+        per_key = [improvement(np.mean(list(by[(base, ts, s)]["final"].values())),
+                               np.mean(list(by[(m, ts, s)]["final"].values())))[1] for ts, s in keys]
+        better = sum(x > 0 for x in per_key)
+        sets = sorted({ts for ts, _ in keys})
+        seeds = sorted({s for _, s in keys})
+        rows.append(f"| {m} | {base} | {','.join(sets)} | {','.join(map(str, seeds))} | {dev} | "
+                    f"{improvement(mean(base, 'final'), mean(m, 'final'))[1]:+.2f}% | {better}/{len(keys)} | "
+                    f"{share(m):.1f}% vs {share(base):.1f}% |")
+    if not rows:
+        return []
+    return ["Options against the defaults (same seeds and target sets; mean over them; > 0 = the option is better). "
+            "Options are chosen by the dev column; the test column is reported, never used:", "",
+            "| method | against | sets | seeds | dev loss | test loss | runs better (test) | controller share |",
+            "|---|---|---|---|---|---|---|---|"] + rows + [""]
+
+
 def report(runs: list[dict[str, Any]], load: str) -> str:
     if not [r for r in runs if r.get("kind", "run") == "run"]:
         return "no finished runs yet"
@@ -609,6 +648,7 @@ def report(runs: list[dict[str, Any]], load: str) -> str:
               "(uniform - method) / targets; wins = seeds whose mean beats uniform; dev vs uniform = the same on the "
               "dev halves (what settings are chosen by). Extra compute, in training-run equivalents: the controller's "
               "time over the training time (TiKMiX), the proxies' training tokens over the run's (search).", ""]
+    lines += _variants(done)
     lines += ["Mixture per stage (mean over seeds; TiKMiX's first stage is uniform, search's is its one mixture):", "",
               "| method | set | stage | " + " | ".join(domains) + " |", "|" + "---|" * (len(domains) + 3)]
     keys = sorted({(r["method"], r["set"]) for r in done})

@@ -115,3 +115,25 @@ def test_method_suffix_gives_the_controllers_decision_and_solver_options():
         mq.method_options("robust,ema")
     with pytest.raises(ValueError, match="could not convert"):
         mq.method_options("robust,gamma=high")
+
+
+def test_options_are_compared_with_their_defaults_on_the_same_seeds():
+    """The options table compares ``method:options`` with ``method`` on the runs both have, dev first."""
+    mq = _load("mixing_quality_variants")
+
+    def run(method, seed, test, dev, share=0.1):
+        return {"kind": "run", "method": method, "set": "A", "seed": seed, "targets": ["a"], "domains": ["x"],
+                "steps": 10, "tokens": 640, "final": {"a": test}, "dev": {"a": dev},
+                "final_per_sequence": {"a": [test] * 4}, "stage_weights": [],
+                "timing": {"controller_s": share, "train_s": 1.0}, "wall_s": 1.0}
+
+    runs = [run("uniform", 0, 2.0, 2.0), run("uniform", 1, 2.0, 2.0),
+            run("tikmix-d", 0, 1.9, 1.8), run("tikmix-d", 1, 1.9, 1.8),
+            run("tikmix-d:robust,safe=0", 0, 1.8, 2.0, share=0.05)]  # seed 1 missing: compared on seed 0 only
+    table = mq.report(runs, "load test")
+    row = next(line for line in table.splitlines() if line.startswith("| tikmix-d:robust,safe=0 | tikmix-d |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:4] == ["A", "0"]
+    assert cells[4] == "-11.11%"  # dev 1.8 -> 2.0: the option is worse where options are chosen
+    assert cells[5] == "+5.26%"  # test 1.9 -> 1.8: better, reported only
+    assert cells[6] == "1/1" and cells[7] == "5.0% vs 10.0%"
