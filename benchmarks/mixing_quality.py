@@ -608,8 +608,9 @@ def _variants(done: list[dict[str, Any]]) -> list[str]:
 
         have_dev = all(by[(mm, ts, s)].get("dev") for mm in (m, base) for ts, s in keys)
         dev = f"{improvement(mean(base, 'dev'), mean(m, 'dev'))[1]:+.2f}%" if have_dev else "-"
-        per_key = [improvement(np.mean(list(by[(base, ts, s)]["final"].values())),
-                               np.mean(list(by[(m, ts, s)]["final"].values())))[1] for ts, s in keys]
+        part = "dev" if have_dev else "final"
+        per_key = [improvement(np.mean(list(by[(base, ts, s)][part].values())),
+                               np.mean(list(by[(m, ts, s)][part].values())))[1] for ts, s in keys]
         better = sum(x > 0 for x in per_key)
         sets = sorted({ts for ts, _ in keys})
         seeds = sorted({s for _, s in keys})
@@ -620,7 +621,7 @@ def _variants(done: list[dict[str, Any]]) -> list[str]:
         return []
     return ["Options against the defaults (same seeds and target sets; mean over them; > 0 = the option is better). "
             "Options are chosen by the dev column; the test column is reported, never used:", "",
-            "| method | against | sets | seeds | dev loss | test loss | runs better (test) | controller share |",
+            "| method | against | sets | seeds | dev loss | test loss | runs better (dev) | controller share |",
             "|---|---|---|---|---|---|---|---|"] + rows + [""]
 
 
