@@ -148,7 +148,9 @@ def test_quick_demo_plots_and_report_redraw(demo_out, tmp_path, capsys):
     assert main(["report", str(demo_out / "report.json"), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "Target loss at the end of training" in printed and "tikmix-m: domain weights per stage" in printed
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["influence.png", "loss_curves.png", "mixture.png"]
+    # feedback.png: the last stage's predicted against realised change (closed at the end of training)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["feedback.png", "influence.png", "loss_curves.png",
+                                                             "mixture.png"]
     # the README's figures come only from the named run: a --quick report is refused
     import os
     import subprocess
