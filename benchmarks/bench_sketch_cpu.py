@@ -49,7 +49,7 @@ def mem_available() -> float:
     return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def cpu_description() -> str:
+def _cpuinfo() -> tuple[str, set]:
     model, flags = "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -60,6 +60,19 @@ def cpu_description() -> str:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return model, flags
+
+
+def has_bf16_matmul() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX). Without them oneDNN's bf16 matmul
+    runs an emulation at about 1 GFLOP/s (measured on an AVX2-only AMD EPYC): minutes per call at these shapes, and
+    no baseline anyone would use there."""
+    _, flags = _cpuinfo()
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_description() -> str:
+    model, flags = _cpuinfo()
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16") if f in flags]
     return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(isa) or 'none of interest'}"
 
@@ -173,8 +186,14 @@ class Row:
 
 
 def bench_shape(n: int, d: int, k: int, rounds: int, threads: int, workers: Sequence[PathWorker], trak: bool,
-                mem_fraction: float = 0.6) -> List[Row]:
-    """One shape: every method interleaved, min over rounds (slow ones — the generic path, TRAK — 1 round)."""
+                mem_fraction: float = 0.6, bf16_matmul: Optional[bool] = None) -> List[Row]:
+    """One shape: every method interleaved, min over rounds (slow ones — the generic path, TRAK — 1 round).
+
+    ``bf16_matmul``: time the bf16 matmuls (the stored-R baseline and the bf16 peak); None: only where the CPU has
+    bf16 instructions (:func:`has_bf16_matmul`), otherwise they are reported as not measured."""
+    if bf16_matmul is None:
+        bf16_matmul = has_bf16_matmul()
+    no_bf16 = "n/a: no bf16 instructions on this CPU (oneDNN emulates them at ~1 GFLOP/s); --bf16-matmul times it"
     x = sample_x(n, d, torch.float32)
     xb = x.to(torch.bfloat16)
     methods: Dict[tuple, tuple] = {}  # (name, threads) -> (timer returning seconds, rounds)
@@ -192,17 +211,21 @@ def bench_shape(n: int, d: int, k: int, rounds: int, threads: int, workers: Sequ
     mats: Dict[str, torch.Tensor] = {}
     if d * k * 6 <= budget:
         mats["fp32"] = materialise(d, k, 0, torch.float32)
-        mats["bf16"] = mats["fp32"].to(torch.bfloat16)
+        if bf16_matmul:
+            mats["bf16"] = mats["fp32"].to(torch.bfloat16)
+        else:
+            notes["matmul bf16, stored R (oneDNN)"] = no_bf16
         y = tikmix_ext.sketch(x, k, 0)
         ref = torch.matmul(x, mats["fp32"])
         err = (y - ref).abs().max().item() / ref.abs().max().item()
         assert err < 1e-4, f"sketch and stored-matrix matmul disagree: relative error {err:.2e}"
         for t in sorted({threads, 1}, reverse=True):
             methods[("matmul fp32, stored R", t)] = (lambda t=t: timed(lambda: torch.matmul(x, mats["fp32"]), t), rounds)
-            methods[("matmul bf16, stored R (oneDNN)", t)] = (
-                lambda t=t: timed(lambda: torch.matmul(xb, mats["bf16"]), t), rounds)
             methods[("matmul fp32, stored R", t)][0]()  # warm-up
-            methods[("matmul bf16, stored R (oneDNN)", t)][0]()
+            if bf16_matmul:
+                methods[("matmul bf16, stored R (oneDNN)", t)] = (
+                    lambda t=t: timed(lambda: torch.matmul(xb, mats["bf16"]), t), rounds)
+                methods[("matmul bf16, stored R (oneDNN)", t)][0]()
     else:
         notes["matmul fp32 / bf16, stored R"] = f"n/a (needs {d * k * 6 / GiB:.0f} GiB for R in fp32 + bf16)"
 
@@ -212,9 +235,10 @@ def bench_shape(n: int, d: int, k: int, rounds: int, threads: int, workers: Sequ
     pab, pbb = pa.to(torch.bfloat16), pb.to(torch.bfloat16)
     for t in sorted({threads, 1}, reverse=True):
         methods[("peak: sgemm", t)] = (lambda t=t: timed(lambda: torch.mm(pa, pb), t), rounds)
-        methods[("peak: bf16 matmul", t)] = (lambda t=t: timed(lambda: torch.mm(pab, pbb), t), rounds)
         methods[("peak: sgemm", t)][0]()
-        methods[("peak: bf16 matmul", t)][0]()
+        if bf16_matmul:
+            methods[("peak: bf16 matmul", t)] = (lambda t=t: timed(lambda: torch.mm(pab, pbb), t), rounds)
+            methods[("peak: bf16 matmul", t)][0]()
 
     times: Dict[tuple, List[float]] = {key: [] for key in methods}
     for r in range(rounds):
@@ -280,6 +304,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--shapes", nargs="+", default=["64,20,1024", "64,18,4096"], help="N,log2(d),k per shape")
     p.add_argument("--paths", nargs="+", default=list(PATHS), help="kernel paths to time (unsupported ones are skipped)")
     p.add_argument("--no-trak", action="store_true")
+    p.add_argument("--bf16-matmul", action="store_true",
+                   help="time the bf16 matmuls also on a CPU without bf16 instructions (emulated: very slow)")
     p.add_argument("--quick", action="store_true", help="(64, 2^16, 1024), 2 rounds, no TRAK")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -307,7 +333,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         for spec in a.shapes:
             n, log2d, k = (int(v) for v in spec.split(","))
             d = 1 << log2d
-            rows = bench_shape(n, d, k, a.rounds, a.threads, workers, trak=not a.no_trak)
+            rows = bench_shape(n, d, k, a.rounds, a.threads, workers, trak=not a.no_trak,
+                               bf16_matmul=True if a.bf16_matmul else None)
             print_table(n, d, k, rows, a.threads)
     finally:
         for w in workers:
