@@ -2,6 +2,7 @@
 direct recomputation, the final evaluation under the measurement policy, exact resume."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -27,7 +28,8 @@ def _targets():
                      "noise": torch.from_numpy(rng.integers(0, 256, (8, SEQ + 1)))}
 
 
-def _setup(decision, solver="direct", targets=None, n_bootstrap=20, influence=None, solver_options=None):
+def _setup(decision, solver="direct", targets=None, n_bootstrap=20, influence=None, solver_options=None,
+           sampling=None):
     torch.manual_seed(0)
     model = GPT(GPTConfig(seq_len=SEQ, n_layer=1, n_head=2, d_model=16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -40,7 +42,7 @@ def _setup(decision, solver="direct", targets=None, n_bootstrap=20, influence=No
     ctrl = Controller(model, sampler, domains=domains, targets=tgts, loss_fn=sequence_loss, stages=BOUNDARIES,
                       influence=influence or {"k": 64, "n_bootstrap": n_bootstrap}, samples_per_domain=16,
                       batch_size=8, seed=5, total_steps=STEPS, solver=solver, solver_options=solver_options,
-                      decision=decision, rehearse=False)
+                      decision=decision, rehearse=False, sampling=sampling)
     return model, opt, sampler, ctrl, rows
 
 
@@ -106,6 +108,54 @@ def test_records_prediction_and_feedback_match_direct_recomputation():
         "stages": 4, "mean_rho": pytest.approx(np.mean(rhos)), "rho_stages": len(rhos),
         "sign_agree_fraction": pytest.approx(np.mean(signs))}
     json.dumps(ctrl.history)
+
+
+def _prefix_losses(model, targets, rows):
+    """Mean per-sequence loss of every target's first ``rows[i]`` rows, float64, eval mode, no grad."""
+    return _eval_ref(model, {name: t[:n] for (name, t), n in zip(targets.items(), rows)})
+
+
+def test_adaptive_sampling_feedback_compares_each_target_on_the_rows_both_boundaries_measured():
+    # with adaptive sampling a target may stop at different rows at two boundaries; its rows are prefixes of one
+    # order, so the stage's realised change is read on the shorter prefix (recorded per round as loss_by_rows)
+    model, opt, sampler, ctrl, rows = _setup("paper", sampling={"tolerance": 0.05, "min_samples": 2,
+                                                                "round_samples": 2})
+    snapshots, step = [], 0
+    for boundary in BOUNDARIES + [STEPS]:
+        train_steps(model, opt, sampler, ctrl, rows, step, boundary, batch_size=BATCH)
+        step = boundary
+        snapshots.append(copy.deepcopy(model))
+    ctrl.finish(STEPS)
+    stages = ctrl.history["stages"]
+    samples = [s["target_samples"] for s in stages]
+    assert any(a != b for a, b in zip(samples, samples[1:])), samples  # the case this test is about happens
+    for k, rec in enumerate(stages):
+        table = rec["influence_sampling"]["targets"]
+        for i, name in enumerate(ctrl.target_names):
+            # every round's prefix mean is the model's dev loss on those rows at that boundary
+            entries = table[name]["loss_by_rows"]
+            assert entries[-1][0] == rec["target_samples"][i]
+            assert entries[-1][1] == pytest.approx(rec["target_loss"][i], rel=1e-12)
+            n_rows = [n for n, _ in entries]
+            ref = _prefix_losses(snapshots[k], {name: ctrl._targets[name]}, [n_rows[0]])
+            assert entries[0][1] == pytest.approx(ref[0], rel=1e-5)
+        if k == 0:
+            assert rec["feedback"] is None
+            continue
+        common = [min(a, b) for a, b in zip(samples[k - 1], samples[k])]
+        fb = rec["feedback"]
+        np.testing.assert_allclose(fb["target_loss_before"], _prefix_losses(snapshots[k - 1], ctrl._targets, common),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(fb["target_loss_after"], _prefix_losses(snapshots[k], ctrl._targets, common),
+                                   rtol=1e-5)
+        assert fb["predicted_change"] == stages[k - 1]["predicted_change"]
+    # the end of the run: evaluated on the rows the last boundary measured
+    final = ctrl.history["final"]
+    last_rows = stages[-1]["target_samples"]
+    np.testing.assert_allclose(final["target_loss"], _prefix_losses(snapshots[-1], ctrl._targets, last_rows),
+                               rtol=1e-6)
+    assert final["feedback"]["target_loss_before"] == stages[-1]["target_loss"]
+    assert ctrl.history["feedback_summary"]["stages"] == len(BOUNDARIES)
 
 
 def test_target_loss_at_a_boundary_is_the_dev_loss_then():

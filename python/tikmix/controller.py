@@ -644,7 +644,7 @@ class Controller:
         S = to_float64_array(result.S, "influence S")
         w_prior = np.asarray(self.sampler.weights_at(step), dtype=np.float64)
         target_loss, target_samples = _target_loss(result)
-        feedback = self._stage_feedback(target_loss, target_samples, step)
+        feedback = self._stage_feedback(target_loss, target_samples, sampling, step)
 
         t0 = time.perf_counter()
         S_used, decision_info = self.decision.effective_S(
@@ -763,25 +763,29 @@ class Controller:
         return chosen, after
 
     def _stage_feedback(self, target_loss: list[float] | None, target_samples: list[int] | None,
-                        step: int) -> dict[str, Any] | None:
-        """The feedback of the stage that ends now (None at the first boundary, or when the dev rows differ)."""
+                        sampling: dict[str, Any] | None, step: int) -> dict[str, Any] | None:
+        """The feedback of the stage that ends now: every target's dev loss before and after it on the same rows
+        (None at the first boundary, or when no common rows are known)."""
         stages = self.history["stages"]
         if not stages or target_loss is None:
             return None
         prev = stages[-1]
-        if prev.get("target_loss") is None or prev.get("target_samples") != target_samples:
+        if prev.get("target_loss") is None:
             return None
-        out = stage_feedback(prev["target_loss"], target_loss, prev.get("predicted_change"),
-                             prev.get("predicted_change_worst"))
+        pair = _common_rows_losses(prev, target_loss, target_samples, sampling, self.target_names)
+        if pair is None:
+            return None
+        out = stage_feedback(pair[0], pair[1], prev.get("predicted_change"), prev.get("predicted_change_worst"))
         return {"from_step": int(prev["step"]), "to_step": int(step), **out}
 
     def _feedback_summary(self) -> dict[str, Any]:
         final = self.history.get("final") or {}
         return feedback_summary([s.get("feedback") for s in self.history["stages"]] + [final.get("feedback")])
 
-    def _evaluate_targets(self) -> tuple[list[float], list[int]]:
-        """Each target's mean per-sequence loss on the rows a boundary measures (forward only, under the
-        measurement policy: eval mode, training RNG untouched), summed over the ranks."""
+    def _evaluate_targets(self, prefix: Sequence[int] | None = None) -> tuple[list[float], list[int]]:
+        """Each target's mean per-sequence loss on the rows a boundary measures, or on the first ``prefix[i]`` of
+        them (forward only, under the measurement policy: eval mode, training RNG untouched), summed over the
+        ranks."""
         n_t = len(self.target_names)
         sums = torch.zeros(n_t, dtype=torch.float64)
         counts = torch.zeros(n_t, dtype=torch.int64)
@@ -791,6 +795,8 @@ class Controller:
             for i, name in enumerate(self.target_names):
                 data = self._targets[name]
                 rows = self._target_rows(name)
+                if prefix is not None:
+                    rows = rows[: int(prefix[i])]
                 n = len(rows)
                 batches = [(batch, True) for batch in self._local_batches("targets", name, rows)]
                 if lockstep:
@@ -850,9 +856,9 @@ class Controller:
         target_loss = feedback = None
         stages = self.history["stages"]
         if stages and stages[-1].get("target_loss") is not None and self._influence is not None:
-            # close the last stage's feedback: one forward over the dev rows the boundaries measure
-            target_loss, samples = self._evaluate_targets()
+            # close the last stage's feedback: one forward over the dev rows the last boundary measured
             last = stages[-1]
+            target_loss, samples = self._evaluate_targets(last.get("target_samples"))
             if last.get("target_samples") in (None, samples):
                 feedback = {"from_step": int(last["step"]), "to_step": int(step),
                             **stage_feedback(last["target_loss"], target_loss, last.get("predicted_change"),
@@ -973,6 +979,37 @@ def _target_loss(result: Any) -> tuple[list[float] | None, list[int] | None]:
     samples = getattr(result, "target_samples", None)
     return ([float(x) for x in to_float64_array(loss, "target_loss")],
             None if samples is None else [int(x) for x in samples])
+
+
+def _common_rows_losses(prev: Mapping[str, Any], target_loss: Sequence[float], target_samples: Sequence[int] | None,
+                        sampling: Mapping[str, Any] | None, names: Sequence[str]
+                        ) -> tuple[list[float], list[float]] | None:
+    """Every target's dev loss at the previous boundary and now, on rows both measured.
+
+    The fixed mode measures the same rows at every boundary. Adaptive sampling takes each target's rows as a prefix
+    of the same order and records its mean loss after each round (``loss_by_rows``), so a target that stopped at
+    different rows is compared on the shorter prefix. None when neither applies."""
+    if prev.get("target_samples") == (None if target_samples is None else list(target_samples)):
+        return list(prev["target_loss"]), list(target_loss)
+    if target_samples is None or prev.get("target_samples") is None:
+        return None
+    prev_tables = ((prev.get("influence_sampling") or {}).get("targets") or {})
+    now_tables = ((sampling or {}).get("targets") or {})
+    before, after = [], []
+    for i, name in enumerate(names):
+        n_prev, n_now = int(prev["target_samples"][i]), int(target_samples[i])
+        if n_prev == n_now:
+            before.append(float(prev["target_loss"][i]))
+            after.append(float(target_loss[i]))
+            continue
+        common = min(n_prev, n_now)
+        a = {int(r): v for r, v in (prev_tables.get(name) or {}).get("loss_by_rows") or []}
+        b = {int(r): v for r, v in (now_tables.get(name) or {}).get("loss_by_rows") or []}
+        if common not in a or common not in b:
+            return None
+        before.append(float(a[common]))
+        after.append(float(b[common]))
+    return before, after
 
 
 def _confidence_interval(result: Any) -> Any:

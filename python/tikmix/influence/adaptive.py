@@ -240,7 +240,9 @@ def measure_in_rounds(
     Returns:
         The merged :class:`~tikmix.influence.result.InfluenceResult` and the sampling record: ``rounds``, the
         options, and per domain and target ``rows``, ``ceiling``, ``rounds``, ``stop`` (``"stable"`` or
-        ``"ceiling"``) and ``stability`` (its last value; None before it could be judged).
+        ``"ceiling"``) and ``stability`` (its last value; None before it could be judged); per target also
+        ``loss_by_rows``: ``[rows, mean loss]`` after each of its rounds (the mean dev loss on its first ``rows``
+        rows, so that two boundaries that stopped a target at different rows compare it on their common rows).
     """
     domains, targets = list(domain_rows), list(target_rows)
     sides = {"domains": (domains, domain_rows, {n: _round_size(sampling.round_samples, domain_align[n])
@@ -249,6 +251,8 @@ def measure_in_rounds(
                                                 for n in targets})}
     state = {kind: {n: {"rows": 0, "ceiling": len(rows[n]), "rounds": 0, "stop": None, "stability": None}
                     for n in names} for kind, (names, rows, _) in sides.items()}
+    for s in state["targets"].values():
+        s["loss_by_rows"] = []
     rounds = _Rounds(influence, domains, targets)
     previous_means: torch.Tensor | None = None
     result: InfluenceResult | None = None
@@ -273,6 +277,11 @@ def measure_in_rounds(
         tgt_stab = (target_shift(result, previous_means) if previous_means is not None
                     else torch.full((len(targets),), math.inf, dtype=torch.float64))
         previous_means = result.target_sketches.clone()
+        losses = None if result.target_loss is None else result.target_loss.to(torch.float64).tolist()
+        for n, loss in zip(targets, losses or []):
+            s = state["targets"][n]
+            if s["stop"] is None:
+                s["loss_by_rows"].append([s["rows"], float(loss)])
         for kind, values in (("domains", dom_stab), ("targets", tgt_stab)):
             for n, value in zip(sides[kind][0], values.tolist()):
                 s = state[kind][n]
