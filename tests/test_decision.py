@@ -111,10 +111,11 @@ def test_robust_defaults_and_explicit_solver_options_win():
     "kwargs,exc,match",
     [
         ({"objective": "best"}, ValueError, "objective must be one of"),
-        ({"shrink": "sd"}, ValueError, "shrink must be None or 'ci'"),
-        ({"ema": 1.0}, ValueError, r"ema must be None or a float in \[0, 1\)"),
+        ({"objective": "robst"}, ValueError, r"objective must be one of .*got 'robst' \(did you mean robust\?\)"),
+        ({"shrink": "sd"}, ValueError, r"shrink must be off \(None; null in YAML\) or 'ci'"),
+        ({"ema": 1.0}, ValueError, r"ema must be off \(None; null in YAML\) or a number in \[0, 1\)"),
         ({"ema": True}, ValueError, "ema must be"),
-        ({"max_shift": 0.0}, ValueError, r"max_shift must be None or a float in \(0, 2\]"),
+        ({"max_shift": 0.0}, ValueError, r"max_shift must be off \(None; null in YAML\) or a number in \(0, 2\]"),
         ({"min_r2": math.inf}, ValueError, "min_r2 must be"),
     ],
 )
@@ -129,7 +130,7 @@ def test_from_options_and_bad_inputs():
     assert Decision.from_options("paper").objective == "paper"
     assert Decision.from_options("robust").ema == ROBUST_DEFAULTS["ema"]
     assert Decision.from_options({"objective": "paper", "ema": 0.2}).ema == 0.2
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['beta'\]"):
+    with pytest.raises(ValueError, match=r"beta is not a decision option; expected objective, "):
         Decision.from_options({"beta": 1})
     with pytest.raises(TypeError, match="decision must be"):
         Decision.from_options(3)

@@ -185,15 +185,16 @@ def test_trust_region_grows_shrinks_keeps_and_clamps():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"safe": -0.1}, r"safe must be None \(off\) or a finite tolerance >= 0"),
+        ({"safe": -0.1}, r"safe must be off \(None; null in YAML\) or a finite tolerance >= 0"),
         ({"safe": True}, "safe must be"),
         ({"safe": float("nan")}, "safe must be"),
-        ({"trust_region": {"grow": 1.5, "speed": 2}}, r"trust_region: unknown key\(s\) \['speed'\]"),
+        ({"trust_region": {"grow": 1.5, "speed": 2}}, r"trust_region\['speed'\] is not an option; expected"),
+        ({"trust_region": {"grwo": 2}}, r"trust_region\['grwo'\] is not an option \(did you mean grow\?\)"),
         ({"trust_region": {"grow": 0.5}}, r"trust_region\['grow'\] must be >= 1"),
         ({"trust_region": {"shrink": 0.0}}, r"trust_region\['shrink'\] must be in \(0, 1\]"),
         ({"trust_region": {"min": 0.5, "max": 0.2}}, "trust_region needs 0 < min <= max <= 2"),
         ({"trust_region": {"max": "big"}}, r"trust_region\['max'\] must be a finite number"),
-        ({"trust_region": "yes"}, "trust_region must be False, True or a dict"),
+        ({"trust_region": "yes"}, "trust_region must be false, true or a mapping"),
     ],
 )
 def test_bad_safe_and_trust_region_options_name_the_option(kwargs, match):

@@ -65,7 +65,8 @@ def test_tolerance_zero_measures_the_fixed_mode_rows_and_numbers(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_huge_tolerance_stops_at_the_floor_and_equals_one_measurement_of_those_rows(mode):
-    ctrl = _controller(mode, {"tolerance": 1e9, "min_samples": 4, "round_samples": 2}, batch_size=2)
+    # micro-batches of one row: the floor's 4 rows are the 4 bootstrap units a domain needs to be judged
+    ctrl = _controller(mode, {"tolerance": 1e9, "min_samples": 4, "round_samples": 2}, batch_size=1)
     merged, record = ctrl._measure_adaptive(0)
     for kind in ("domains", "targets"):
         for name, s in record[kind].items():
@@ -73,7 +74,7 @@ def test_a_huge_tolerance_stops_at_the_floor_and_equals_one_measurement_of_those
             assert s["stability"] is not None and s["stability"] < 1e9
     assert record["rounds"] == 2
     # the merge of the two rounds equals one compute on the union of the rows they took
-    domain_batches = {name: ctrl._local_batches("domains", name, ctrl._domain_draw(0, j)[:4], 2)
+    domain_batches = {name: ctrl._local_batches("domains", name, ctrl._domain_draw(0, j)[:4], 1)
                       for j, name in enumerate(ctrl.domain_names)}
     target_batches = {name: ctrl._local_batches("targets", name, np.arange(4)) for name in ctrl.target_names}
     _same(ctrl._influence.compute(domain_batches, target_batches), merged, mode)
@@ -225,3 +226,12 @@ def test_run_config_carries_the_options_to_the_controller(tmp_path):
     assert [(s["rows"], s["stop"]) for s in record["domains"].values()] == [(4, "stable")] * 3
     assert [(s["rows"], s["ceiling"], s["stop"]) for s in record["targets"].values()] == [(8, 8, "ceiling")]
     assert history["stages"][0]["influence_samples"] == [4, 4, 4]
+
+
+def test_a_domain_is_not_judged_on_fewer_than_four_bootstrap_units():
+    # group mode, micro-batches of 2: after 2 rounds of 2 rows a domain has 2 units, so even a huge tolerance does
+    # not stop it before its fourth unit (8 rows)
+    ctrl = _controller("group", {"tolerance": 1e9, "min_samples": 2, "round_samples": 2}, batch_size=2)
+    _, record = ctrl._measure_adaptive(0)
+    for name, s in record["domains"].items():
+        assert (s["rows"], s["stop"]) == (8, "stable"), (name, s)

@@ -69,13 +69,48 @@ def test_run_with_safe_and_trust_region_records_feedback(data_dir, tmp_path):
     table = format_tables(h)
     assert "Stage feedback" in table and "12->16" in table
     assert any("Stage feedback" in line for line in lines)
+    # the console and the report say what shaped each mixture: the safe step's share and the step limit
+    assert "Decision: the share of the solver's move taken" in table
+    for s in stages:
+        d = s["decision"]
+        head = "mixture kept" if d["safe"]["t"] <= 0 else "new mixture"
+        assert any(line.startswith(f"[tikmix] step {s['step']}: {head} ") for line in lines)
+        assert any(line == f"[tikmix]   step limit (L1) {d['trust_region']['max_shift']:.2f}: "
+                           f"{d['trust_region']['reason']}" for line in lines)
+        if d["safe"]["t"] < 1:
+            assert any(line.startswith(f"[tikmix]   safe step t={d['safe']['t']:.2f} ") for line in lines)
+
+
+def test_run_with_adaptive_sampling_prints_and_reports_the_rows(data_dir, tmp_path):
+    out = tmp_path / "adaptive"
+    raw = _raw(data_dir, out, "robust")
+    raw["influence"]["adaptive"] = {"tolerance": 0.5, "min_samples": 4, "round_samples": 4}
+    raw["influence"]["batch_size"] = 4
+    lines: list[str] = []
+    train(validate_config(raw), progress=False, log=lines.append)
+    h = json.loads((out / "history.json").read_text())
+    table = format_tables(h)
+    assert "Adaptive sampling: rows taken / the draw" in table
+    for s in h["stages"]:
+        sampling = s["influence_sampling"]
+        rows = sum(e["rows"] for e in sampling["domains"].values())
+        ceiling = sum(e["ceiling"] for e in sampling["domains"].values())
+        assert any(line.startswith("[tikmix]   adaptive sampling, ") and f"domains {rows}/{ceiling} rows" in line
+                   for line in lines)
+        for name, e in sampling["targets"].items():
+            assert f"{e['rows']}/{e['ceiling']} {'S' if e['stop'] == 'stable' else 'C'}" in table
+    # the stage feedback is recorded with adaptive sampling (on the rows both boundaries measured)
+    assert all(s["feedback"] is not None for s in h["stages"][1:]) and h["final"]["feedback"] is not None
 
 
 @pytest.mark.parametrize("decision,match", [
-    ({"safe": -1.0}, "safe must be None"),
-    ({"trust_region": {"speed": 2.0}}, r"trust_region: unknown key\(s\) \['speed'\]"),
+    ({"safe": -1.0}, r"solver\.decision\.safe: must be off \(None; null in YAML\) or a finite tolerance >= 0, got -1"),
+    ({"saef": 0.0}, r"solver\.decision\.saef: is not a decision option \(did you mean safe\?\); expected objective"),
+    ({"trust_region": {"speed": 2.0}}, r"solver\.decision\.trust_region\.speed: is not an option; expected"),
+    ({"trust_region": {"grwo": 2}}, r"solver\.decision\.trust_region\.grwo: is not an option \(did you mean grow\?\)"),
+    ({"trust_region": {"min": 0.5, "max": 0.2}}, r"solver\.decision\.trust_region: needs 0 < min <= max"),
+    ({"objective": "robst"}, r"solver\.decision\.objective: must be one of .*\(did you mean robust\?\)"),
 ])
 def test_bad_decision_options_name_the_config_key(data_dir, tmp_path, decision, match):
-    with pytest.raises(ValueError, match=match) as err:
+    with pytest.raises(ValueError, match=match):
         validate_config(_raw(data_dir, tmp_path / "bad", decision))
-    assert "solver.decision" in str(err.value)

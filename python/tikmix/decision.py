@@ -61,6 +61,8 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import did_you_mean
+
 __all__ = ["Decision", "OBJECTIVES", "ROBUST_DEFAULTS", "TRUST_REGION_DEFAULTS", "predicted_change", "safe_step",
            "stage_feedback", "feedback_summary"]
 
@@ -77,6 +79,17 @@ _SHRINK = (None, "ci")
 _FLAT_PREDICTION = 1e-12
 
 
+class DecisionOptionError(ValueError):
+    """A bad :class:`Decision` option. ``option`` locates it (``("safe",)``, ``("trust_region", "grow")``) and
+    ``detail`` is the message without it, so a config loader can name the full key."""
+
+    def __init__(self, option: tuple[str, ...], detail: str) -> None:
+        name = option[0] + "".join(f"[{part!r}]" for part in option[1:])
+        super().__init__(f"{name} {detail}")
+        self.option = option
+        self.detail = detail
+
+
 def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -88,23 +101,25 @@ def _trust_region(value: Any) -> dict[str, float] | None:
     if value is True:
         return dict(TRUST_REGION_DEFAULTS)
     if not isinstance(value, Mapping):
-        raise ValueError(f"trust_region must be False, True or a dict with keys {list(TRUST_REGION_DEFAULTS)}, "
-                         f"got {value!r}")
-    unknown = sorted(set(value) - set(TRUST_REGION_DEFAULTS))
+        raise DecisionOptionError(("trust_region",), f"must be false, true or a mapping with keys "
+                                                     f"{list(TRUST_REGION_DEFAULTS)}, got {value!r}")
+    unknown = sorted(map(str, set(value) - set(TRUST_REGION_DEFAULTS)))
     if unknown:
-        raise ValueError(f"trust_region: unknown key(s) {unknown}; expected {list(TRUST_REGION_DEFAULTS)}")
+        raise DecisionOptionError(("trust_region", unknown[0]), f"is not an option{did_you_mean(unknown[0], list(TRUST_REGION_DEFAULTS))}; "
+                                  f"expected {list(TRUST_REGION_DEFAULTS)}")
     out = {**TRUST_REGION_DEFAULTS, **value}
     for key, v in out.items():
         if not _is_number(v):
-            raise ValueError(f"trust_region[{key!r}] must be a finite number, got {v!r}")
+            raise DecisionOptionError(("trust_region", key), f"must be a finite number, got {v!r}")
         out[key] = float(v)
     if out["grow"] < 1.0:
-        raise ValueError(f"trust_region['grow'] must be >= 1 (it widens the step limit), got {out['grow']!r}")
+        raise DecisionOptionError(("trust_region", "grow"), f"must be >= 1 (it widens the step limit), got {out['grow']!r}")
     if not 0.0 < out["shrink"] <= 1.0:
-        raise ValueError(f"trust_region['shrink'] must be in (0, 1] (it narrows the step limit), got {out['shrink']!r}")
+        raise DecisionOptionError(("trust_region", "shrink"),
+                                  f"must be in (0, 1] (it narrows the step limit), got {out['shrink']!r}")
     if not 0.0 < out["min"] <= out["max"] <= 2.0:
-        raise ValueError(f"trust_region needs 0 < min <= max <= 2 (an L1 step limit), got min={out['min']!r}, "
-                         f"max={out['max']!r}")
+        raise DecisionOptionError(("trust_region",), f"needs 0 < min <= max <= 2 (an L1 step limit), got "
+                                                     f"min={out['min']!r}, max={out['max']!r}")
     return out
 
 
@@ -298,7 +313,8 @@ class Decision:
         trust_region: bool | Mapping[str, float] | None = False,
     ) -> None:
         if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+            raise DecisionOptionError(("objective",), f"must be one of {OBJECTIVES}, got {objective!r}"
+                                                      f"{did_you_mean(str(objective), list(OBJECTIVES))}")
         base = ROBUST_DEFAULTS if objective == "robust" else dict.fromkeys(ROBUST_DEFAULTS)
         pick = lambda value, key: base[key] if value is ... else value  # noqa: E731
         self.objective = objective
@@ -308,23 +324,26 @@ class Decision:
         self.max_shift = pick(max_shift, "max_shift")
         self.min_r2 = pick(min_r2, "min_r2")
         if self.shrink not in _SHRINK:
-            raise ValueError(f"shrink must be None or 'ci', got {self.shrink!r}")
+            raise DecisionOptionError(("shrink",), f"must be off (None; null in YAML) or 'ci', got {self.shrink!r}")
         if self.ema is not None:
             if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0.0 <= self.ema < 1.0:
-                raise ValueError(f"ema must be None or a float in [0, 1), got {self.ema!r}")
+                raise DecisionOptionError(("ema",), f"must be off (None; null in YAML) or a number in [0, 1), got {self.ema!r}")
             self.ema = float(self.ema)
         if self.max_shift is not None and (
             isinstance(self.max_shift, bool) or not isinstance(self.max_shift, (int, float))
             or not 0.0 < self.max_shift <= 2.0
         ):
-            raise ValueError(f"max_shift must be None or a float in (0, 2], got {self.max_shift!r}")
+            raise DecisionOptionError(("max_shift",), f"must be off (None; null in YAML) or a number in (0, 2], got "
+                                                      f"{self.max_shift!r}")
         if self.min_r2 is not None and (
             isinstance(self.min_r2, bool) or not isinstance(self.min_r2, (int, float))
             or not math.isfinite(self.min_r2) or self.min_r2 > 1.0
         ):
-            raise ValueError(f"min_r2 must be None or a finite float <= 1, got {self.min_r2!r}")
+            raise DecisionOptionError(("min_r2",), f"must be off (None; null in YAML) or a finite number <= 1, got "
+                                                   f"{self.min_r2!r}")
         if safe is not None and (not _is_number(safe) or safe < 0):
-            raise ValueError(f"safe must be None (off) or a finite tolerance >= 0, got {safe!r}")
+            raise DecisionOptionError(("safe",), f"must be off (None; null in YAML) or a finite tolerance >= 0, got "
+                                                 f"{safe!r}")
         self.safe = None if safe is None else float(safe)
         self.trust_region = _trust_region(trust_region)
         self._smoothed: np.ndarray | None = None  # row-normalised smoothed S of the last boundary
@@ -340,10 +359,11 @@ class Decision:
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, Mapping):
-            unknown = sorted(set(value) - {"objective", *ROBUST_DEFAULTS, *_OFF_DEFAULTS})
+            known = ["objective", *ROBUST_DEFAULTS, *_OFF_DEFAULTS]
+            unknown = sorted(map(str, set(value) - set(known)))
             if unknown:
-                raise ValueError(f"decision: unknown option(s) {unknown}; expected objective, "
-                                 f"{', '.join([*ROBUST_DEFAULTS, *_OFF_DEFAULTS])}")
+                raise DecisionOptionError((unknown[0],), f"is not a decision option{did_you_mean(unknown[0], known)}; "
+                                          f"expected {', '.join(known)}")
             return cls(**dict(value))
         raise TypeError(f"decision must be None, 'paper', 'robust', a dict or a Decision, got {type(value).__name__}")
 

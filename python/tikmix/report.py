@@ -213,9 +213,9 @@ def _history_tables(history: Mapping[str, Any]) -> str:
     if train > 0:
         parts.append(f"Time: train {train:.1f} s, influence {infl:.1f} s, solve {solve:.1f} s "
                      f"({100 * (infl + solve) / train:.1f}% of training)")
-    fb_table = _feedback_table(history)
-    if fb_table:
-        parts.append(fb_table)
+    for table in (_decision_table(history), _sampling_table(history), _feedback_table(history)):
+        if table:
+            parts.append(table)
     metrics = history.get("metrics") or []
     if metrics:
         keys = [k for k in metrics[-1] if k != "step"]
@@ -236,6 +236,49 @@ def _signed(value: Any) -> str:
     return "-" if value is None else f"{float(value):+.3g}"
 
 
+def _decision_table(history: Mapping[str, Any]) -> str | None:
+    """Per boundary, when a safe step or a trust region shaped the mixture: how far the solver's move was taken,
+    which targets it protected, and the step limit."""
+    stages = history.get("stages", [])
+    decisions = [s.get("decision") or {} for s in stages]
+    if not any(d.get("safe") or d.get("trust_region") for d in decisions):
+        return None
+    rows = []
+    for s, d in zip(stages, decisions):
+        safe, limit = d.get("safe"), d.get("trust_region")
+        rows.append([s["step"],
+                     "-" if not safe else f"{safe['t']:.2f}" + (" (kept)" if safe["t"] <= 0 else ""),
+                     "-" if not safe else (", ".join(safe.get("violated") or []) or "none"),
+                     "-" if not limit else f"{limit['max_shift']:.2f}",
+                     "-" if not limit else limit["reason"]])
+    return _table(["step", "safe step t", "predicted worse (protected)", "step limit (L1)", "limit"], rows,
+                  "Decision: the share of the solver's move taken (1 = all, 0 = mixture kept) and the step limit")
+
+
+def _sampling_table(history: Mapping[str, Any]) -> str | None:
+    """Per boundary with adaptive sampling: the rows every domain and target took out of its draw, and why it
+    stopped (S = stable, C = ceiling)."""
+    stages = [s for s in history.get("stages", []) if s.get("influence_sampling")]
+    if not stages:
+        return None
+    names = [(kind, n) for kind in ("domains", "targets") for n in stages[0]["influence_sampling"][kind]]
+    rows = []
+    for kind, n in names:
+        cells = []
+        for s in stages:
+            e = s["influence_sampling"][kind].get(n)
+            cells.append("-" if e is None else f"{e['rows']}/{e['ceiling']} {'S' if e['stop'] == 'stable' else 'C'}")
+        rows.append([f"{n} ({kind[:-1]})"] + cells)
+    rows.append(["rounds"] + [s["influence_sampling"]["rounds"] for s in stages])
+    return _table(["rows taken"] + [f"step {s['step']}" for s in stages], rows,
+                  "Adaptive sampling: rows taken / the draw (S = stopped as stable, C = at the ceiling)")
+
+
+def _predicted(value: Any) -> str:
+    # a mixture that did not move predicts 0, up to float rounding (1e-17): print it as 0
+    return "0" if value is not None and abs(float(value)) <= 1e-12 else _signed(value)
+
+
 def _feedback_table(history: Mapping[str, Any]) -> str | None:
     """Per stage: rank agreement (Spearman rho), sign agreement, and per target predicted / realised gain."""
     fbs = _feedbacks(history)
@@ -249,7 +292,7 @@ def _feedback_table(history: Mapping[str, Any]) -> str | None:
         agree = fb.get("sign_agreement")
         rows.append([f"{fb['from_step']}->{fb['to_step']}", _signed(fb.get("spearman_rho")),
                      "-" if agree is None else f"{agree:.2f}"]
-                    + [f"{_signed(p)} / {g:+.3g}" for p, g in zip(pred, gain)])
+                    + [f"{_predicted(p)} / {g:+.3g}" for p, g in zip(pred, gain)])
     summary = history.get("feedback_summary") or {}
     title = ("Stage feedback: predicted gain (solver units) / realised dev-loss gain per target; rho = Spearman "
              "across targets")

@@ -8,7 +8,8 @@ rounds exactly (sums of sketches, unit sketches concatenated, so ``S``, the per-
 interval are those of one measurement on the union of the rows), and stops each domain and target on its own:
 
 * a domain is **stable** when, for every target ``i``, the half-width of the bootstrap interval of ``S[i, j]``,
-  relative to ``max_j |S[i, j]|`` (the scale the solvers see), is below ``tolerance``;
+  relative to ``max_j |S[i, j]|`` (the scale the solvers see), is below ``tolerance``, judged once the domain has
+  at least :data:`MIN_UNITS_TO_JUDGE` bootstrap units;
 * a target is **stable** when its last round moved its row of ``S`` by less than ``tolerance`` of
   ``max_j |S[i, j]|`` (the change ``(t_new - t_old) . G_j`` of the target's mean sketch against the current domain
   gradients);
@@ -195,13 +196,22 @@ def _relative(value: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(out, nan=math.inf)
 
 
+#: A domain's interval is judged only once it rests on this many bootstrap units (micro-batches in group mode,
+#: samples in per-sample mode): an interval from two or three units says little about its own width.
+MIN_UNITS_TO_JUDGE = 4
+
+
 def domain_stability(result: InfluenceResult) -> torch.Tensor:
-    """``[n_domains]``: max over targets of the interval's half-width over ``max_j |S[i, j]|`` (inf without one)."""
+    """``[n_domains]``: max over targets of the interval's half-width over ``max_j |S[i, j]|`` (inf without one, or
+    for a domain with fewer than :data:`MIN_UNITS_TO_JUDGE` units)."""
     S = result.S.to(torch.float64)
     if result.ci_low is None or result.ci_high is None:
         return torch.full((S.shape[1],), math.inf, dtype=torch.float64)
     half = (result.ci_high.to(torch.float64) - result.ci_low.to(torch.float64)) / 2
-    return _relative(half.abs(), S.abs().amax(dim=1)).amax(dim=0)
+    out = _relative(half.abs(), S.abs().amax(dim=1)).amax(dim=0)
+    units = torch.bincount(result.unit_domains.to(torch.int64), minlength=S.shape[1])[: S.shape[1]]
+    out[units < MIN_UNITS_TO_JUDGE] = math.inf
+    return out
 
 
 def target_shift(result: InfluenceResult, previous_means: torch.Tensor) -> torch.Tensor:

@@ -169,7 +169,8 @@ def parse_config(raw: Any, base_dir: str | os.PathLike[str] = ".") -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError("config", f"the config must be a YAML mapping, got {type(raw).__name__}")
     try:
-        cfg = RunConfig.model_validate(raw, context={"base_dir": Path(base_dir)})
+        # absolute, so that a config written back (a search's static.yaml, a proxy's config) runs from anywhere
+        cfg = RunConfig.model_validate(raw, context={"base_dir": Path(base_dir).resolve()})
     except ValidationError as exc:
         problems = sorted((_describe(e) for e in _one_error_per_union(exc.errors(include_url=False))),
                           key=lambda p: p[0])

@@ -491,10 +491,12 @@ class RunConfig(_Section):
             raise SchemaError(("stages", "boundaries"), f"solver {sv.name} re-chooses the mixture at stage boundaries; give "
                                                    "at least one (for a fixed mixture use solver static)")
         elif sv.decision is not None:
-            from tikmix.decision import Decision
+            from tikmix.decision import Decision, DecisionOptionError
 
             try:
                 Decision.from_options(sv.decision)
+            except DecisionOptionError as exc:
+                raise SchemaError(("solver", "decision", *exc.option), exc.detail) from None
             except (TypeError, ValueError) as exc:
                 raise SchemaError(("solver", "decision"), str(exc)) from None
         return self

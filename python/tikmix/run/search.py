@@ -430,7 +430,13 @@ def _check_settings(folder: Path, settings: dict[str, Any]) -> None:
     path = folder / "settings.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        changed = config_differences(saved, settings)
+        # "source" (the user's config, which the proxies' config is derived from) names the changes; it is compared
+        # only for display, so that a folder written without it still resumes
+        changed = config_differences({k: v for k, v in saved.items() if k != "source"},
+                                     {k: v for k, v in settings.items() if k != "source"})
+        if changed and "source" in saved:
+            named = config_differences(saved["source"], settings.get("source"), "config")
+            changed = named + [c for c in changed if not c.startswith("config")] or changed
         if changed:
             raise ValueError(f"out: {folder.parent} holds proxies of a different search (changed: "
                              f"{', '.join(changed)}); use another out folder, or delete {folder} to start over")
@@ -528,8 +534,12 @@ def search(
 
     template = _parse_quietly(_proxy_raw(config, prior, proxy_steps, folder / "proxies" / "0")).comparable()
     template.pop("solver")
+    source = config.comparable()
+    for ignored in ("solver", "stages", "on_boundary"):  # a search trains static proxies
+        source.pop(ignored, None)
     _check_settings(folder / "proxies", {"format": SEARCH, "config": template, "proxy_steps": proxy_steps,
-                                         "concentration": float(concentration), "seed": seed, "prior": prior})
+                                         "concentration": float(concentration), "seed": seed, "prior": prior,
+                                         "source": source})
 
     draws = [proxy_weights(seed, i, alpha) for i in range(proxies)]
     records: dict[int, dict[str, Any]] = {}

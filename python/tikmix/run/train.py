@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -109,6 +109,37 @@ def _initial_weights(cfg: RunConfig, sizes: list[int]) -> list[float]:
     if cfg.solver.name == "proportional":
         return [n / sum(sizes) for n in sizes]
     return list(cfg.data.initial_weights or [1.0 / len(sizes)] * len(sizes))
+
+
+def boundary_lines(rec: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """What the console says of a boundary's record: the mixture, then what shaped it when that is not the plain
+    solver's answer (a safe step that held or shortened it, the trust region's step limit, adaptive rows)."""
+    mixture = ", ".join(f"{n}={w:.3f}" for n, w in zip(names, rec["weights"]))
+    decision = rec.get("decision") or {}
+    safe, limit = decision.get("safe"), decision.get("trust_region")
+    head = "new mixture"
+    if safe and safe.get("t", 1.0) <= 0.0:
+        head = "mixture kept"
+    lines = [f"[tikmix] step {rec['step']}: {head} {mixture}"]
+    if safe and safe.get("t", 1.0) < 1.0:
+        worse = ", ".join(safe.get("violated") or []) or "no target"
+        lines.append(f"[tikmix]   safe step t={safe['t']:.2f} of the solver's move ({worse} predicted worse than "
+                     f"tolerance {safe['tolerance']:g})")
+    if limit:
+        lines.append(f"[tikmix]   step limit (L1) {limit['max_shift']:.2f}: {limit['reason']}")
+    sampling = rec.get("influence_sampling")
+    if sampling:
+        parts = []
+        for kind in ("domains", "targets"):
+            taken = sampling.get(kind) or {}
+            if taken:
+                rows = sum(s["rows"] for s in taken.values())
+                ceiling = sum(s["ceiling"] for s in taken.values())
+                stable = sum(s["stop"] == "stable" for s in taken.values())
+                parts.append(f"{kind} {rows}/{ceiling} rows ({stable}/{len(taken)} stable)")
+        rounds = sampling["rounds"]
+        lines.append(f"[tikmix]   adaptive sampling, {rounds} round{'s' if rounds != 1 else ''}: " + "; ".join(parts))
+    return lines
 
 
 class _Loop:
@@ -293,8 +324,8 @@ class _Loop:
         return tb
 
     def _boundary(self, rec: dict[str, Any], tb: Any) -> None:
-        self.say(f"[tikmix] step {rec['step']}: new mixture " + ", ".join(
-            f"{n}={w:.3f}" for n, w in zip(self.names, rec["weights"])))
+        for line in boundary_lines(rec, self.names):
+            self.say(line)
         if tb is not None:
             _log_boundary(tb, rec, self.names, list(self.dev))
         if self.on_boundary is not None:
