@@ -292,6 +292,30 @@ def write_corpus(corpus: Any, folder: Path) -> dict[str, Any]:
     return write(corpus, folder)
 
 
+def corpus_fingerprint(folder: Path) -> str | None:
+    """A hash of the corpus's token files (names and bytes), or None without any. The corpus is read from the Python
+    installation, so it changes when a package is installed or upgraded (its files, its metadata): every run records
+    the fingerprint, and runs of another corpus are neither reused nor reported beside this one's."""
+    files = sorted(folder.glob("*.tokens")) if folder.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _of_corpus(rows: list[dict[str, Any]], fingerprint: str | None) -> tuple[list[dict[str, Any]], int]:
+    """The rows measured on the corpus ``fingerprint`` (all rows when it is None) and how many were left out."""
+    if fingerprint is None:
+        return rows, 0
+    kept = [r for r in rows if r.get("corpus") == fingerprint]
+    return kept, len(rows) - len(kept)
+
+
 def set_data(data: dict[str, Any], target_set: str | None) -> dict[str, Any]:
     """The ``data`` section restricted to one target set's targets (None or ``"all"``: every target)."""
     if target_set in (None, "all"):
@@ -716,14 +740,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     runs_file = args.out / ("runs_quick.jsonl" if args.quick else "runs.jsonl")
     load = f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"
+    corpus_dir = args.out / ("corpus_quick" if args.quick else "corpus")
     if not args.report_only:
         corpus, info = build_corpus(*_corpus_args(args))
         print(json.dumps(info))
-        data = write_corpus(corpus, args.out / ("corpus_quick" if args.quick else "corpus"))
+        data = write_corpus(corpus, corpus_dir)
+        fingerprint = corpus_fingerprint(corpus_dir)
         domains = list(data["domains"])
         t0 = time.perf_counter()
 
         def record(r: dict[str, Any]) -> None:
+            r["corpus"] = fingerprint
             with runs_file.open("a") as f:
                 f.write(json.dumps(r) + "\n")
             what = (f"mean {np.mean(list(r['final'].values())):.4f}" if r["kind"] == "run"
@@ -750,17 +777,21 @@ def main(argv: list[str] | None = None) -> int:
                     record(r)
 
         def done() -> set[tuple[str, str, int]]:
-            return {(r["method"], r["set"], r["seed"]) for r in _load(runs_file)}
+            return {(r["method"], r["set"], r["seed"]) for r in _of_corpus(_load(runs_file), fingerprint)[0]}
 
         run_all(_jobs(args, seeds, done()))
         # second pass: each searched mixture, fitted per target set from its seed's proxies (dev losses only)
-        rows = _load(runs_file)
+        rows = _of_corpus(_load(runs_file), fingerprint)[0]
         finals = [(args, m, s, ts, _search_weights(rows, s, ts, domains))
                   for m in args.methods if m.partition(":")[0] == "search" for ts in args.sets for s in seeds
                   if (m, ts, s) not in done()]
         run_all(finals)
         load += f"; {time.perf_counter() - t0:.0f} s wall, load average at end {os.getloadavg()[0]:.1f}"
-    print(report([r for r in _load(runs_file) if r["seed"] in seeds], load))
+    rows, other = _of_corpus(_load(runs_file), corpus_fingerprint(corpus_dir))
+    if other:
+        load += (f"; {other} recorded runs of another corpus (or of none recorded) left out: this corpus is "
+                 f"{corpus_fingerprint(corpus_dir)}")
+    print(report([r for r in rows if r["seed"] in seeds], load))
     return 0
 
 

@@ -141,7 +141,7 @@ def test_the_record_and_a_fixed_run():
     fixed = _controller("group", None).step(2)
     assert fixed["influence_sampling"] is None
     rec = _controller("group", {"tolerance": 0.3}).step(2)["influence_sampling"]
-    assert rec["tolerance"] == 0.3 and rec["min_samples"] == 16 and rec["round_samples"] == 16
+    assert rec["tolerance"] == 0.3 and rec["min_samples"] == 16 and rec["round_samples"] == 64
     # a floor above a domain's draw is capped at the draw: every row, then "ceiling"
     assert all(s["stop"] == "ceiling" for kind in ("domains", "targets") for s in rec[kind].values())
 
@@ -203,7 +203,7 @@ def test_run_config_carries_the_options_to_the_controller(tmp_path):
 
     write_demo_run_data(tmp_path, seq_len=16, train_sequences=32)
     cfg = parse_config(_run_config(tmp_path, tmp_path / "out", {"tolerance": 1e9, "min_samples": 4}), tmp_path)
-    assert cfg.influence.adaptive.model_dump() == {"tolerance": 1e9, "min_samples": 4, "round_samples": 16}
+    assert cfg.influence.adaptive.model_dump() == {"tolerance": 1e9, "min_samples": 4, "round_samples": 64}
     assert parse_config(_run_config(tmp_path, tmp_path / "out", None), tmp_path).influence.adaptive is None
     assert parse_config(_run_config(tmp_path, tmp_path / "out", {}), tmp_path).influence.adaptive.tolerance == 0.1
     for adaptive, key in (({"tolerance": -0.5}, "influence.adaptive.tolerance"),

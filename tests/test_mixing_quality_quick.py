@@ -78,6 +78,29 @@ def test_quick_benchmark_prints_the_table(tmp_path, capsys, monkeypatch):
     again = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--report-only", "--out", str(tmp_path)],
                            capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert again.returncode == 0 and "| tikmix-d |" in again.stdout
+    # every run records its corpus; a run of another corpus is neither reused nor reported beside this one's
+    fingerprint = mq.corpus_fingerprint(tmp_path / "corpus_quick")
+    assert fingerprint and all(r["corpus"] == fingerprint for r in runs)
+    other = [{**r, "corpus": "0123456789abcdef"} for r in runs if r["method"] == "uniform"]
+    with (tmp_path / "runs_quick.jsonl").open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in other))
+    calls.clear()
+    assert mq.main(["--quick", "--jobs", "1", "--out", str(tmp_path), "--methods", "uniform"]) == 0
+    assert calls == []  # this corpus's uniform run is reused
+    assert "1 recorded runs of another corpus (or of none recorded) left out" in capsys.readouterr().out
+
+
+def test_corpus_fingerprint_follows_the_token_files(tmp_path):
+    mq = _load("mixing_quality_fp")
+    assert mq.corpus_fingerprint(tmp_path) is None and mq.corpus_fingerprint(tmp_path / "missing") is None
+    (tmp_path / "a.tokens").write_bytes(b"\x01\x02")
+    first = mq.corpus_fingerprint(tmp_path)
+    (tmp_path / "a.tokens").write_bytes(b"\x01\x03")
+    assert mq.corpus_fingerprint(tmp_path) != first
+    (tmp_path / "a.tokens").write_bytes(b"\x01\x02")
+    assert mq.corpus_fingerprint(tmp_path) == first
+    rows = [{"corpus": first, "seed": 0}, {"corpus": "x", "seed": 1}, {"seed": 2}]
+    assert mq._of_corpus(rows, first) == ([rows[0]], 2) and mq._of_corpus(rows, None) == (rows, 0)
 
 
 def test_report_signs_the_improvement_over_uniform():
