@@ -98,6 +98,11 @@ def _site_packages() -> list[Path]:
     return [Path(p) for p in sorted(paths) if Path(p).is_dir()]
 
 
+#: tikmix's own files are left out of the corpus: its package metadata holds the README, which changes with the
+#: documentation (and would change the corpus with it).
+OWN_PACKAGES = ("tikmix", "tikmix_ext")
+
+
 def find_sources() -> dict[str, list[Path]]:
     """Candidate files of every domain (sorted; the caller caps and deduplicates them)."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -108,9 +113,12 @@ def find_sources() -> dict[str, list[Path]]:
     src["torch"] = _py_files(_package_dir("torch"))
     for site in sites:
         for pkg in sorted(site.iterdir()):
-            if pkg.is_dir() and not pkg.name.endswith(".dist-info") and pkg.name not in ("numpy", "scipy", "torch"):
+            if pkg.is_dir() and not pkg.name.endswith(".dist-info") and pkg.name not in ("numpy", "scipy", "torch") \
+                    and pkg.name not in OWN_PACKAGES:
                 src["tests"] += _py_files(pkg, tests=True)
         for info in sorted(site.glob("*.dist-info")):
+            if info.name.split("-")[0] in OWN_PACKAGES:
+                continue
             meta = info / "METADATA"
             if meta.is_file():
                 src["docs"].append(meta)
@@ -119,7 +127,8 @@ def find_sources() -> dict[str, list[Path]]:
                     src["licenses"].append(lic)
         for ext in ("*.md", "*.rst"):
             for p in site.rglob(ext):
-                if ".dist-info" not in str(p) and not p.name.upper().startswith(("LICEN", "COPYING")):
+                if ".dist-info" not in str(p) and not p.name.upper().startswith(("LICEN", "COPYING")) \
+                        and p.relative_to(site).parts[0] not in OWN_PACKAGES:
                     src["prose"].append(p)
     return {d: sorted(set(v)) for d, v in src.items()}
 

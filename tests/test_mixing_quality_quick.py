@@ -160,3 +160,11 @@ def test_options_are_compared_with_their_defaults_on_the_same_seeds():
     assert cells[4] == "-11.11%"  # dev 1.8 -> 2.0: the option is worse where options are chosen
     assert cells[5] == "+5.26%"  # test 1.9 -> 1.8: better, reported only
     assert cells[6] == "0/1" and cells[7] == "5.0% vs 10.0%"  # runs better by dev, where options are chosen
+
+
+def test_the_corpus_leaves_out_tikmix_itself():
+    # tikmix's package metadata holds its README: in the corpus, every documentation edit would change the data
+    mq = _load("mixing_quality_own")
+    for files in mq.find_sources().values():
+        for path in files:
+            assert not any(part.split("-")[0] in mq.OWN_PACKAGES for part in path.parts), path
