@@ -183,3 +183,10 @@ def test_controller_applies_the_robust_decision_and_resumes_it_exactly():
     _train(model, opt, sampler, ctrl, rows, 15, STEPS)
     assert _strip_timing(ctrl.history)["stages"] == full["stages"]
     assert torch.is_tensor(next(model.parameters()))
+
+
+def test_repr_shows_the_resolved_options():
+    d = Decision.from_options({"objective": "robust", "safe": 0.0, "trust_region": True})
+    text = repr(d)
+    assert text.startswith("Decision(objective='robust', ") and "safe=0.0" in text and "'grow': 1.5" in text
+    assert all(f"{k}={v!r}" in text for k, v in d.options().items())

@@ -373,6 +373,9 @@ class Decision:
                 "max_shift": self.max_shift, "min_r2": self.min_r2, "safe": self.safe,
                 "trust_region": False if self.trust_region is None else dict(self.trust_region)}
 
+    def __repr__(self) -> str:
+        return "Decision(" + ", ".join(f"{k}={v!r}" for k, v in self.options().items()) + ")"
+
     @staticmethod
     def complete_options(options: Any) -> Any:
         """Saved :meth:`options` with the options added since filled in with their off values (so that a state saved
