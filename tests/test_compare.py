@@ -194,7 +194,8 @@ def test_static_weights_must_match_the_domains(data_dir, tmp_path):
         validate_config(_cfg(data_dir, tmp_path / "o", {"name": "direct", "weights": "uniform"}, [4]))
     with pytest.raises(ConfigError, match=r"stages.boundaries: solver direct re-chooses"):
         validate_config(_cfg(data_dir, tmp_path / "o", {"name": "direct"}))
-    with pytest.raises(ConfigError, match=r"solver.decision: ema must be"):
+    with pytest.raises(ConfigError,
+                       match=r"solver\.decision\.ema: must be off \(None; null in YAML\) or a number in \[0, 1\), got 2"):
         validate_config(_cfg(data_dir, tmp_path / "o", {"name": "direct", "decision": {"ema": 2}}, [4]))
 
 
