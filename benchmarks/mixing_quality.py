@@ -796,10 +796,12 @@ def main(argv: list[str] | None = None) -> int:
                   if (m, ts, s) not in done()]
         run_all(finals)
         load += f"; {time.perf_counter() - t0:.0f} s wall, load average at end {os.getloadavg()[0]:.1f}"
-    rows, other = _of_corpus(_load(runs_file), corpus_fingerprint(corpus_dir))
+    if args.report_only:  # the corpus the runs were written with
+        fingerprint = corpus_fingerprint(corpus_dir)
+    rows, other = _of_corpus(_load(runs_file), fingerprint)
     if other:
         load += (f"; {other} recorded runs of another corpus (or of none recorded) left out: this corpus is "
-                 f"{corpus_fingerprint(corpus_dir)}")
+                 f"{fingerprint}")
     print(report([r for r in rows if r["seed"] in seeds], load))
     return 0
 

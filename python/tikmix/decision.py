@@ -105,15 +105,17 @@ def _trust_region(value: Any) -> dict[str, float] | None:
                                                      f"{list(TRUST_REGION_DEFAULTS)}, got {value!r}")
     unknown = sorted(map(str, set(value) - set(TRUST_REGION_DEFAULTS)))
     if unknown:
-        raise DecisionOptionError(("trust_region", unknown[0]), f"is not an option{did_you_mean(unknown[0], list(TRUST_REGION_DEFAULTS))}; "
-                                  f"expected {list(TRUST_REGION_DEFAULTS)}")
+        hint = did_you_mean(unknown[0], list(TRUST_REGION_DEFAULTS))
+        raise DecisionOptionError(("trust_region", unknown[0]),
+                                  f"is not an option{hint}; expected {list(TRUST_REGION_DEFAULTS)}")
     out = {**TRUST_REGION_DEFAULTS, **value}
     for key, v in out.items():
         if not _is_number(v):
             raise DecisionOptionError(("trust_region", key), f"must be a finite number, got {v!r}")
         out[key] = float(v)
     if out["grow"] < 1.0:
-        raise DecisionOptionError(("trust_region", "grow"), f"must be >= 1 (it widens the step limit), got {out['grow']!r}")
+        raise DecisionOptionError(("trust_region", "grow"),
+                                  f"must be >= 1 (it widens the step limit), got {out['grow']!r}")
     if not 0.0 < out["shrink"] <= 1.0:
         raise DecisionOptionError(("trust_region", "shrink"),
                                   f"must be in (0, 1] (it narrows the step limit), got {out['shrink']!r}")
@@ -327,7 +329,8 @@ class Decision:
             raise DecisionOptionError(("shrink",), f"must be off (None; null in YAML) or 'ci', got {self.shrink!r}")
         if self.ema is not None:
             if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0.0 <= self.ema < 1.0:
-                raise DecisionOptionError(("ema",), f"must be off (None; null in YAML) or a number in [0, 1), got {self.ema!r}")
+                raise DecisionOptionError(("ema",),
+                                          f"must be off (None; null in YAML) or a number in [0, 1), got {self.ema!r}")
             self.ema = float(self.ema)
         if self.max_shift is not None and (
             isinstance(self.max_shift, bool) or not isinstance(self.max_shift, (int, float))
