@@ -130,3 +130,22 @@ def test_plot_all_writes_the_pngs(tmp_path):
     text, pngs = rep.render(tmp_path / "h.json", tmp_path / "h")
     assert "tikmix-d: domain weights per stage" in text
     assert sorted(p.name for p in pngs) == ["influence.png", "mixture.png"]  # no metrics: no loss curves
+
+
+def test_controller_time_includes_the_rehearsal():
+    """The rehearsal before training is the controller's time too: the run summary's and the history view's
+    controller time add it (it is recorded once, in the first record after it)."""
+    from types import SimpleNamespace
+
+    hist = _history([[0.5, 0.3, 0.2], [0.6, 0.3, 0.1]])
+    hist["stages"][0]["timing"]["rehearsal_s"] = 0.5
+    hist["stages"][1]["timing"]["rehearsal_s"] = 0.0
+    run = SimpleNamespace(history=hist, eval_s=0.25, final={"t1": 1.0}, mean=1.0)
+    t = rep.run_summary(run)["timing"]
+    assert t["rehearsal_s"] == pytest.approx(0.5)
+    assert t["controller_s"] == pytest.approx(2 * 0.12 + 0.5)
+    assert t["train_s"] == pytest.approx(2.0 - 0.25)
+    text = rep.format_tables(hist)
+    assert "rehearsal 0.5 s; the controller took 37.0% of the training time" in text  # (0.24 + 0.5) / 2.0
+    del hist["stages"][0]["timing"]["rehearsal_s"]  # histories written before the rehearsal was timed
+    assert rep.run_summary(run)["timing"]["controller_s"] == pytest.approx(0.24)

@@ -85,7 +85,10 @@ def run_summary(run: RunResult) -> dict[str, Any]:
             "train_s": max(train - eval_s, 0.0),
             "influence_s": infl,
             "solve_s": solve,
-            "controller_s": sum(float(s["timing"].get("controller_s", 0.0)) for s in stages),
+            # everything the controller did: its boundaries and its one-time rehearsal before training
+            "controller_s": sum(float(s["timing"].get("controller_s", 0.0)) + rehearsal for s, rehearsal in
+                                zip(stages, _rehearsal_seconds(stages))),
+            "rehearsal_s": sum(_rehearsal_seconds(stages)),
             "eval_s": eval_s,
         },
     }
@@ -130,6 +133,11 @@ def _stage_weights(history: Mapping[str, Any]) -> list[tuple[str, list[float]]]:
     steps = _stage_starts(history)
     ws = [list(history.get("initial_weights", []))] + [list(s["weights"]) for s in history.get("stages", [])]
     return [(f"stage {i + 1} (from step {st})", w) for i, (st, w) in enumerate(zip(steps, ws))]
+
+
+def _rehearsal_seconds(stages: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Each record's share of the rehearsal's time (it is reported in the first record after it)."""
+    return [float(s["timing"].get("rehearsal_s", 0.0) or 0.0) for s in stages]
 
 
 def _timing_totals(history: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -211,8 +219,11 @@ def _history_tables(history: Mapping[str, Any]) -> str:
                             "Realised totals"))
     train, infl, solve = _timing_totals(history)
     if train > 0:
-        parts.append(f"Time: train {train:.1f} s, influence {infl:.1f} s, solve {solve:.1f} s "
-                     f"({100 * (infl + solve) / train:.1f}% of training)")
+        stages = history.get("stages", [])
+        rehearsal = sum(_rehearsal_seconds(stages))
+        controller = sum(float(s["timing"].get("controller_s", 0.0)) for s in stages) + rehearsal
+        parts.append(f"Time: train {train:.1f} s, influence {infl:.1f} s, solve {solve:.1f} s, rehearsal "
+                     f"{rehearsal:.1f} s; the controller took {100 * controller / train:.1f}% of the training time")
     for table in (_decision_table(history), _sampling_table(history), _feedback_table(history)):
         if table:
             parts.append(table)
