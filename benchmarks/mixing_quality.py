@@ -48,6 +48,7 @@ import platform
 import sys
 import sysconfig
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -522,7 +523,7 @@ def paired_ci(diffs: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[flo
 
 def _extra_compute(r: dict[str, Any], search_rows: dict[int, dict[str, Any]]) -> float | None:
     """A method's compute beyond its training run, in training-run equivalents: the controller's time over the
-    training time (influence + solving); for search, the proxies' training tokens over the run's tokens."""
+    training time (its rehearsal, influence, solving); for search, the proxies' training tokens over the run's tokens."""
     base = r["method"].partition(":")[0]
     if base == "search":
         s = search_rows.get(r["seed"])
@@ -618,10 +619,21 @@ def _goals(summary: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def _pairs_interval(values: Sequence[float], n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values`` (one per (target set, seed) pair): the
+    run-to-run variation of training, which the paired intervals over test sequences do not include."""
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def _variants(done: list[dict[str, Any]]) -> list[str]:
     """Each method with options (``method:options``) against its method with the defaults, on the seeds and target
-    sets both ran: the change of the mean dev loss (what an option is chosen by) and of the mean test loss (reported
-    only), improvement > 0 = the option is better; with the controller's time share of both."""
+    sets both ran: per (target set, seed) pair the relative change of the mean dev loss (what an option is chosen
+    by) and of the mean test loss (reported only), improvement > 0 = the option is better, as the mean over the
+    pairs with a 95% bootstrap interval over them; with the controller's time share of both."""
     from tikmix.report import improvement
 
     by = {(r["method"], r["set"], r["seed"]): r for r in done}
@@ -632,28 +644,32 @@ def _variants(done: list[dict[str, Any]]) -> list[str]:
         if not keys:
             continue
 
-        def mean(method: str, part: str) -> float:
-            return float(np.mean([np.mean(list(by[(method, ts, s)][part].values())) for ts, s in keys]))
-
         def share(method: str) -> float:
             return 100 * float(np.mean([by[(method, ts, s)]["timing"]["controller_s"]
                                         / max(by[(method, ts, s)]["timing"]["train_s"], 1e-9) for ts, s in keys]))
 
+        def changes(part: str) -> list[float]:
+            return [improvement(np.mean(list(by[(base, ts, s)][part].values())),
+                                np.mean(list(by[(m, ts, s)][part].values())))[1] for ts, s in keys]
+
+        def cell(values: list[float]) -> str:
+            lo, hi = _pairs_interval(values)
+            return f"{np.mean(values):+.2f}% [{lo:+.2f}, {hi:+.2f}]"
+
         have_dev = all(by[(mm, ts, s)].get("dev") for mm in (m, base) for ts, s in keys)
-        dev = f"{improvement(mean(base, 'dev'), mean(m, 'dev'))[1]:+.2f}%" if have_dev else "-"
-        part = "dev" if have_dev else "final"
-        per_key = [improvement(np.mean(list(by[(base, ts, s)][part].values())),
-                               np.mean(list(by[(m, ts, s)][part].values())))[1] for ts, s in keys]
+        per_key = changes("dev" if have_dev else "final")
         better = sum(x > 0 for x in per_key)
         sets = sorted({ts for ts, _ in keys})
         seeds = sorted({s for _, s in keys})
-        rows.append(f"| {m} | {base} | {','.join(sets)} | {','.join(map(str, seeds))} | {dev} | "
-                    f"{improvement(mean(base, 'final'), mean(m, 'final'))[1]:+.2f}% | {better}/{len(keys)} | "
+        rows.append(f"| {m} | {base} | {','.join(sets)} | {','.join(map(str, seeds))} | "
+                    f"{cell(per_key) if have_dev else '-'} | {cell(changes('final'))} | {better}/{len(keys)} | "
                     f"{share(m):.1f}% vs {share(base):.1f}% |")
     if not rows:
         return []
-    return ["Options against the defaults (same seeds and target sets; mean over them; > 0 = the option is better). "
-            "Options are chosen by the dev column; the test column is reported, never used:", "",
+    return ["Options against the defaults (same seeds and target sets; > 0 = the option is better): the mean over "
+            "the (set, seed) pairs of the relative change, with a 95% bootstrap interval over the pairs (the "
+            "variation of training included). Options are chosen by the dev column; the test column is reported, "
+            "never used:", "",
             "| method | against | sets | seeds | dev loss | test loss | runs better (dev) | controller share |",
             "|---|---|---|---|---|---|---|---|"] + rows + [""]
 

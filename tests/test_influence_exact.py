@@ -183,3 +183,25 @@ def test_every_hook_rule_matches_bruteforce():
     g = torch.cat([per_sample_grads_ref(model, lm_loss, b, params) for b in doms.values()])
     t = torch.stack([per_sample_grads_ref(model, lm_loss, b, params).mean(0) for b in tgts.values()])
     torch.testing.assert_close(res.unit_scores, g @ t.t(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["group", "per_sample"])
+def test_backward_stops_at_the_earliest_selected_parameter(mode):
+    """Selecting the later layers makes a measured row cheaper: no gradient is formed below the earliest selected
+    parameter (the self-check included), and S is that of the selected parameters."""
+    from tikmix.models.gpt import GPT, GPTConfig, sequence_loss
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, d_model=32, seq_len=16)).double().eval()
+    reached: list[str] = []
+    hooks = [p.register_hook(lambda g, n=n: reached.append(n)) for n, p in model.named_parameters()]
+    x = torch.randint(0, 256, (8, 17))
+    doms, tgts = {"a": [x[:4]], "b": [x[4:]]}, {"t": [x]}
+    res = GroupInfluence(model, sequence_loss, k=None, mode=mode, params="blocks.1.*", progress=False,
+                         n_bootstrap=0, verify=True).compute(doms, tgts)
+    for h in hooks:
+        h.remove()
+    assert reached and all(n.startswith("blocks.1.") for n in reached), sorted(set(reached))
+    names = [n for n, _ in model.named_parameters() if n.startswith("blocks.1.")]
+    ref = influence_ref(model, sequence_loss, doms, tgts, params=params_of(model, names))
+    torch.testing.assert_close(res.S, ref, rtol=1e-9, atol=1e-12)

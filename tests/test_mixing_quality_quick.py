@@ -157,9 +157,13 @@ def test_options_are_compared_with_their_defaults_on_the_same_seeds():
     row = next(line for line in table.splitlines() if line.startswith("| tikmix-d:robust,safe=0 | tikmix-d |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2:4] == ["A", "0"]
-    assert cells[4] == "-11.11%"  # dev 1.8 -> 2.0: the option is worse where options are chosen
-    assert cells[5] == "+5.26%"  # test 1.9 -> 1.8: better, reported only
+    assert cells[4] == "-11.11% [-11.11, -11.11]"  # dev 1.8 -> 2.0: the option is worse where options are chosen
+    assert cells[5] == "+5.26% [+5.26, +5.26]"  # test 1.9 -> 1.8: better, reported only
     assert cells[6] == "0/1" and cells[7] == "5.0% vs 10.0%"  # runs better by dev, where options are chosen
+    # the interval is over the (set, seed) pairs: it holds the mean and stays within the pairs' values
+    lo, hi = mq._pairs_interval([1.0, 3.0, 2.0, 2.5])
+    assert 1.0 <= lo < 2.125 < hi <= 3.0
+    assert mq._pairs_interval([0.5] * 3) == (0.5, 0.5)
 
 
 def test_the_corpus_leaves_out_tikmix_itself():
