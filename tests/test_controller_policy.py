@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import default_collate
 
 import tikmix
-from tikmix.controller import Controller
+from tikmix.controller import REHEARSAL_ROWS, Controller
 
 VOCAB, SEQ = 32, 9
 
@@ -140,9 +140,14 @@ def test_rehearsal_reports_an_unmeasurable_model_before_training():
 
 
 def test_passed_rehearsal_records_its_cost_and_skips_the_self_check():
-    ctl = make(influence={"k": 32, "n_bootstrap": 0, "mode": "per_sample"})
+    ctl = make(influence={"k": 32, "n_bootstrap": 0, "mode": "per_sample"}, batch_size=6)
     reh = ctl.history["rehearsal"]
-    assert reh == {"verified": True, "self_check_at_boundaries": False}
+    first, *others = ctl.domain_names
+    assert reh["verified"] is True and reh["self_check_at_boundaries"] is False
+    # a whole micro-batch of the first domain (memory), a few rows of every other source (structure, self-check)
+    assert reh["rows"]["domains"][first] == ctl.batch_size > REHEARSAL_ROWS
+    assert all(reh["rows"]["domains"][n] == REHEARSAL_ROWS for n in others)
+    assert reh["rows"]["targets"] == dict.fromkeys(ctl.target_names, REHEARSAL_ROWS)
     assert ctl._influence.verify is False
     record = ctl.step(3)
     assert record["step"] == 3 and record["timing"]["rehearsal_s"] > 0

@@ -73,6 +73,10 @@ _STATE_FORMAT = formats.CONTROLLER_STATE
 #: Group mode's bootstrap resamples micro-batches: when the decision shrinks group-mode estimates, a domain's draw is
 #: split into at least this many of them (when it has that many samples), so that its interval has units to resample.
 MIN_BOOTSTRAP_UNITS = 8
+#: The rehearsal measures the first domain on a whole micro-batch (a boundary's micro-batches are no larger, so a
+#: model that cannot hold one fails before training) and every other domain and target on this many rows: enough
+#: for per-sample mode's self-check (two probe samples and their batch) at a fraction of the time.
+REHEARSAL_ROWS = 4
 _SOLVERS = ("direct", "regression")
 MEASURE_MODES = ("eval", "train")
 
@@ -167,9 +171,10 @@ class Controller:
             submodule's ``training`` flag restored afterwards); ``"train"``: measured in whatever mode the caller
             left the model (dropout noise enters ``S``; per-sample mode then fails its self-check on models with
             dropout). Recorded in ``history["measure"]``.
-        rehearse: measure once at construction on one micro-batch (``batch_size`` rows, the first ones) of every
-            domain and target, with per-sample mode's autograd self-check on, so that a model the controller cannot
-            measure is reported before training. A passed rehearsal turns the self-check off for the boundaries
+        rehearse: measure once at construction, with per-sample mode's autograd self-check on, so that a model the
+            controller cannot measure is reported before training: the first domain on a whole micro-batch (its
+            first ``batch_size`` rows: a model that cannot hold a boundary's micro-batch fails now), every other
+            domain and target on its first :data:`REHEARSAL_ROWS` rows. A passed rehearsal turns the self-check off for the boundaries
             (it costs ~40% of per-sample time) unless the rehearsal saw a capture fall back (a warning): then it is
             on for the boundaries.
             ``history["rehearsal"]`` says what it checked; its cost is the next record's ``timing["rehearsal_s"]``.
@@ -377,19 +382,21 @@ class Controller:
         self.total_steps = total_steps
 
     def _rehearse(self) -> dict[str, Any]:
-        """Measure once on one micro-batch per domain and target (self-check on) before any training."""
+        """Measure once before any training (self-check on): a whole micro-batch of the first domain, then
+        :data:`REHEARSAL_ROWS` rows of every other domain and target."""
         infl = self._influence
         per_sample = getattr(infl, "mode", None) == "per_sample"
         saved = {a: getattr(infl, a) for a in ("verify", "n_bootstrap", "progress") if hasattr(infl, a)}
         for attr, value in (("verify", True), ("n_bootstrap", 0), ("progress", False)):
             if attr in saved:
                 setattr(infl, attr, value)
-        domain_batches = {n: self._batches(d, np.arange(min(self.batch_size, len(d))))
-                          for n, d in self._domains.items()}
-        target_batches = {}
-        for n, d in self._targets.items():
-            rows = len(d) if self.target_samples is None else min(len(d), self.target_samples)
-            target_batches[n] = self._batches(d, np.arange(min(self.batch_size, rows)))
+        few = min(self.batch_size, REHEARSAL_ROWS)
+        rows = {"domains": {n: min(self.batch_size if j == 0 else few, len(d))
+                            for j, (n, d) in enumerate(self._domains.items())},
+                "targets": {n: min(few, len(d) if self.target_samples is None else min(len(d), self.target_samples))
+                            for n, d in self._targets.items()}}
+        domain_batches = {n: self._batches(d, np.arange(rows["domains"][n])) for n, d in self._domains.items()}
+        target_batches = {n: self._batches(d, np.arange(rows["targets"][n])) for n, d in self._targets.items()}
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings(record=True) as caught, self._measuring():
@@ -401,7 +408,7 @@ class Controller:
                     "an IndexError in the forward usually means token ids at or above the model's vocabulary size "
                     "(its embedding rows): make the model's vocabulary cover the data's largest id")
             raise RuntimeError(
-                "the controller's rehearsal (one influence measurement on one micro-batch per domain and target, "
+                "the controller's rehearsal (one influence measurement on the first rows of every domain and target, "
                 f"run before training so that a model it cannot measure fails now, not at the first boundary) "
                 f"failed: {type(exc).__name__}: {exc}  -- {hint}; Controller(rehearse=False) skips this check"
             ) from exc
@@ -417,7 +424,8 @@ class Controller:
             infl.verify = fell_back
         # the cost goes into the next record's timing (like every other duration, it is not part of the decision)
         self._rehearsal_s = time.perf_counter() - t0
-        return {"verified": per_sample, "self_check_at_boundaries": bool(getattr(infl, "verify", False)) and per_sample}
+        return {"verified": per_sample, "self_check_at_boundaries": bool(getattr(infl, "verify", False)) and per_sample,
+                "rows": rows}
 
     @contextlib.contextmanager
     def _measuring(self):
