@@ -91,3 +91,23 @@ def test_process_group_from_env_leaves_the_process_as_it_found_it(tmp_path, monk
         assert _distributed.is_initialized()
     finally:
         torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("module,name,args", [
+    ("tikmix.run.schema", "ConfigError", ("influence.params", "matches nothing")),
+    ("tikmix.run.schema", "SchemaError", (("adaptive",), "needs n_bootstrap >= 1")),
+    ("tikmix.decision", "DecisionOptionError", (("trust_region", "grow"), "must be > 1")),
+    ("tikmix.solvers.result", "InfeasibleConstraintsError", ("pareto", "no mixture")),
+    ("tikmix.compare", "CompareError", ("run folder has no history",)),
+    ("tikmix.run.checkpoint", "CheckpointError", ("truncated",)),
+    ("tikmix.data.tokenizers", "TokenizerSpecError", ("unknown kind",)),
+])
+def test_errors_survive_a_worker_process(module, name, args):
+    """Errors cross process boundaries (parallel search proxies, benchmark workers): pickling keeps the class, the
+    message and the attributes that locate the problem, instead of failing in the parent with a TypeError."""
+    import importlib
+    import pickle
+
+    err = getattr(importlib.import_module(module), name)(*args)
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)

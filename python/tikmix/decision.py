@@ -89,6 +89,9 @@ class DecisionOptionError(ValueError):
         self.option = option
         self.detail = detail
 
+    def __reduce__(self):  # rebuilt from both arguments, so it survives a worker process (pickling)
+        return type(self), (self.option, self.detail)
+
 
 def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)

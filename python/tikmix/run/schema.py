@@ -64,6 +64,10 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+        self.message = message
+
+    def __reduce__(self):  # rebuilt from both arguments, so it survives a worker process (pickling)
+        return type(self), (self.key, self.message)
 
 
 class SchemaError(ValueError):
@@ -74,6 +78,9 @@ class SchemaError(ValueError):
         super().__init__(message)
         self.parts = parts
         self.message = message
+
+    def __reduce__(self):  # rebuilt from both arguments, so it survives a worker process (pickling)
+        return type(self), (self.parts, self.message)
 
 
 class ConfigWarning(UserWarning):

@@ -36,6 +36,9 @@ class InfeasibleConstraintsError(ValueError):
         super().__init__(message)
         self.constraint = constraint
 
+    def __reduce__(self):  # rebuilt from both arguments, so it survives a worker process (pickling)
+        return type(self), (self.constraint, str(self))
+
 
 class MixtureResult(dict):
     """Outcome of :func:`~tikmix.solvers.solve_direct` or :func:`~tikmix.solvers.solve_regression`.
