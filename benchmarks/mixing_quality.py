@@ -720,6 +720,23 @@ def report(runs: list[dict[str, Any]], load: str) -> str:
     return "\n".join(lines)
 
 
+def _check_methods(args: argparse.Namespace, data: dict[str, Any], seed: int) -> None:
+    """Every method's run config through the config schema before any run starts: an unknown or bad key in a
+    method's options (``tikmix-d:robust,influence.param=...``) fails now, naming the method, not in a worker."""
+    from tikmix.run.config import parse_config
+    from tikmix.run.schema import ConfigError
+
+    settings = settings_for(args, seed)
+    uniform = [1.0 / len(data["domains"])] * len(data["domains"])
+    for method in args.methods:
+        for target_set in (args.sets if method.partition(":")[0] in PER_SET else ["all"]):
+            folder = _run_dir(args.out, method, seed, target_set).resolve()
+            try:
+                parse_config(run_config(method, settings, set_data(data, target_set), folder, uniform), folder)
+            except ConfigError as exc:
+                raise SystemExit(f"mixing_quality.py: --methods {method!r}: {exc}") from None
+
+
 def _jobs(args: argparse.Namespace, seeds: list[int], done: set[tuple[str, str, int]]) -> list[tuple[Any, ...]]:
     """The runs still to do, in an order that keeps a 2-worker pool busy: searches first (the longest), then
     method-major (the first methods listed get all their seeds first: a partial run is still a comparison)."""
@@ -771,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(info))
         data = write_corpus(corpus, corpus_dir)
         fingerprint = corpus_fingerprint(corpus_dir)
+        _check_methods(args, data, seeds[0])
         domains = list(data["domains"])
         t0 = time.perf_counter()
 

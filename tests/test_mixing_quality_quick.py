@@ -90,6 +90,20 @@ def test_quick_benchmark_prints_the_table(tmp_path, capsys, monkeypatch):
     assert "1 recorded runs of another corpus (or of none recorded) left out" in capsys.readouterr().out
 
 
+def test_a_bad_method_option_fails_before_any_run(tmp_path, monkeypatch):
+    """A method's config override is checked by the config schema in this process, before any run: the error
+    names the method and the key (not a worker's traceback after the other runs)."""
+    import tikmix.run
+
+    mq = _load("mixing_quality_bad_option")
+    calls = []
+    monkeypatch.setattr(tikmix.run, "train", lambda cfg, **kw: calls.append(cfg))
+    with pytest.raises(SystemExit, match=r"--methods 'tikmix-d:robust,influence\.mode=per_sample': influence\.mode"):
+        mq.main(["--quick", "--jobs", "1", "--out", str(tmp_path), "--methods", "uniform",
+                 "tikmix-d:robust,influence.mode=per_sample"])
+    assert calls == [] and not (tmp_path / "runs_quick.jsonl").exists()
+
+
 def test_corpus_fingerprint_follows_the_token_files(tmp_path):
     mq = _load("mixing_quality_fp")
     assert mq.corpus_fingerprint(tmp_path) is None and mq.corpus_fingerprint(tmp_path / "missing") is None
