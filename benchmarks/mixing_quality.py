@@ -622,11 +622,7 @@ def _goals(summary: dict[str, dict[str, Any]]) -> list[str]:
 def _pairs_interval(values: Sequence[float], n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean of ``values`` (one per (target set, seed) pair): the
     run-to-run variation of training, which the paired intervals over test sequences do not include."""
-    v = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+    return paired_ci(np.asarray(values, dtype=np.float64)[None, :], n_boot=n_boot, seed=seed)
 
 
 def _variants(done: list[dict[str, Any]]) -> list[str]:

@@ -71,6 +71,7 @@ def run_summary(run: RunResult) -> dict[str, Any]:
     final = hist.get("final") or {}
     stages = hist.get("stages", [])
     train, infl, solve = _timing_totals(hist)
+    controller, rehearsal = _controller_seconds(stages)
     eval_s = float(run.eval_s or 0.0)
     total = final.get("realised_total") or {}
     return {
@@ -85,10 +86,8 @@ def run_summary(run: RunResult) -> dict[str, Any]:
             "train_s": max(train - eval_s, 0.0),
             "influence_s": infl,
             "solve_s": solve,
-            # everything the controller did: its boundaries and its one-time rehearsal before training
-            "controller_s": sum(float(s["timing"].get("controller_s", 0.0)) + rehearsal for s, rehearsal in
-                                zip(stages, _rehearsal_seconds(stages))),
-            "rehearsal_s": sum(_rehearsal_seconds(stages)),
+            "controller_s": controller,
+            "rehearsal_s": rehearsal,
             "eval_s": eval_s,
         },
     }
@@ -135,9 +134,11 @@ def _stage_weights(history: Mapping[str, Any]) -> list[tuple[str, list[float]]]:
     return [(f"stage {i + 1} (from step {st})", w) for i, (st, w) in enumerate(zip(steps, ws))]
 
 
-def _rehearsal_seconds(stages: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Each record's share of the rehearsal's time (it is reported in the first record after it)."""
-    return [float(s["timing"].get("rehearsal_s", 0.0) or 0.0) for s in stages]
+def _controller_seconds(stages: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """(everything the controller did: its boundaries and its one-time rehearsal before training, the rehearsal
+    alone); the rehearsal's time is in the first record after it."""
+    rehearsal = sum(float(s["timing"].get("rehearsal_s", 0.0) or 0.0) for s in stages)
+    return sum(float(s["timing"].get("controller_s", 0.0)) for s in stages) + rehearsal, rehearsal
 
 
 def _timing_totals(history: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -219,9 +220,7 @@ def _history_tables(history: Mapping[str, Any]) -> str:
                             "Realised totals"))
     train, infl, solve = _timing_totals(history)
     if train > 0:
-        stages = history.get("stages", [])
-        rehearsal = sum(_rehearsal_seconds(stages))
-        controller = sum(float(s["timing"].get("controller_s", 0.0)) for s in stages) + rehearsal
+        controller, rehearsal = _controller_seconds(history.get("stages", []))
         parts.append(f"Time: train {train:.1f} s, influence {infl:.1f} s, solve {solve:.1f} s, rehearsal "
                      f"{rehearsal:.1f} s; the controller took {100 * controller / train:.1f}% of the training time")
     for table in (_decision_table(history), _sampling_table(history), _feedback_table(history)):
