@@ -106,6 +106,46 @@ def test_native_kron_op_and_torch_path_agree():
     torch.testing.assert_close(y1, y3, rtol=1e-5, atol=1e-5)
 
 
+def test_add_grads_merges_adjacent_dense_slots_into_one_call(monkeypatch):
+    """One kernel call per run of adjacent dense slots, and the same sketch as one call per slot and as the float64
+    projection of the whole gradient; a scaled slot, a gap in the offsets or another dtype ends a run."""
+    torch.manual_seed(0)
+    lay = _layout(TinyLM(d=16), 300)
+    dense = [s for s in lay.slots if s.kind == "dense"]
+    grads = [(s, torch.randn(2, *s.shape)) for s in lay.slots]
+    calls = []
+    proj = Projector(lay, 5, torch.device("cpu"))
+    real = proj._add_dense
+    monkeypatch.setattr(proj, "_add_dense", lambda out, slot, x, *a, **k: (calls.append(x.shape[1]),
+                                                                               real(out, slot, x, *a, **k)))
+    merged, each = proj.zeros(2), proj.zeros(2)
+    proj.add_grads(merged, grads)
+    assert calls == [sum(s.numel for s in dense)]
+    for slot, g in grads:
+        proj.add_grad(each, slot, g)
+    torch.testing.assert_close(merged, each, rtol=1e-5, atol=1e-5)
+    # the dense block against the float64 reference projection of the concatenated dense gradients
+    block = slice(dense[0].col, dense[0].col + dense[0].width)
+    flat = torch.cat([g.reshape(2, -1) for s, g in grads if s.kind == "dense"], 1).to(torch.float64)
+    ref = flat @ projection_ref(flat.shape[1], dense[0].width, 5, 0)
+    torch.testing.assert_close(merged[:, block].to(torch.float64), ref, rtol=1e-5, atol=1e-5)
+    # a slot with a diagonal scale, a skipped slot (an offset gap) and a float64 gradient each end a run
+    calls.clear()
+    scaled = Projector(lay, 5, torch.device("cpu"), {dense[1].index: torch.full((dense[1].numel,), 2.0)})
+    monkeypatch.setattr(scaled, "_add_dense", lambda out, slot, x, *a, **k: (calls.append(x.shape[1]),
+                                                                                real.__func__(scaled, out, slot, x,
+                                                                                              *a, **k)))
+    assert len(dense) == 6  # ln.weight, ln.bias, fc1.bias, fc2.bias, ln_f.weight, ln_f.bias
+    kept = [(s, g.double() if s is dense[5] else g) for s, g in grads if s is not dense[2]]
+    out1, out2 = scaled.zeros(2), scaled.zeros(2)
+    scaled.add_grads(out1, kept)
+    # the scaled slot at once; ln.weight alone (the gap); fc2.bias with ln_f.weight; the float64 ln_f.bias alone
+    assert calls == [dense[1].numel, dense[0].numel, dense[3].numel + dense[4].numel, dense[5].numel]
+    for slot, g in kept:
+        scaled.add_grad(out2, slot, g)
+    torch.testing.assert_close(out1, out2, rtol=1e-5, atol=1e-5)
+
+
 # ---- convergence to exact ------------------------------------------------------------------------------------------
 def test_sketched_S_converges_to_exact_like_one_over_sqrt_k():
     torch.manual_seed(0)

@@ -374,9 +374,8 @@ class GroupInfluence:
             grads = sharded_group_pass(losses if real else losses * 0.0, self._all_params, slots)
         else:
             grads = group_pass(losses, slots)
-        for slot, g in zip(slots, grads):
-            if g is not None:
-                projector.add_grad(row, slot, g.unsqueeze(0), self._shards.get(slot.index))
+        projector.add_grads(row, [(slot, g.unsqueeze(0)) for slot, g in zip(slots, grads) if g is not None],
+                            self._shards)
 
     def _check_contributions(self, target_nonzero: set, domain_nonzero: set) -> None:
         """No silent zero: parameters that received no nonzero gradient on any rank, on the target or the domain side.

@@ -292,6 +292,44 @@ class Projector:
                 x = x * weight
             self._add_dense(out, slot, x, scale, slot.offset + start)
 
+    def add_grads(self, out: torch.Tensor, grads: Sequence[Tuple[Slot, torch.Tensor]],
+                  shards: Optional[Dict[int, ShardSpec]] = None) -> None:
+        """:meth:`add_grad` for every ``(slot, grad[N, *slot.shape])`` of one backward pass (``shards``: slot index
+        -> the :class:`ShardSpec` of a sharded parameter, whose ``grad`` is then its local part).
+
+        Dense gradients that follow each other in one column block (consecutive global offsets: a transformer's
+        biases and norm weights, with other slots between them) are sketched with one kernel call on their
+        concatenation: the same sketch up to float32 rounding (the projection's rows are addressed by global
+        offset), at a fraction of the per-call cost that dominates for small tensors."""
+        shards = shards or {}
+        run: List[Tuple[Slot, torch.Tensor, int, float]] = []  # (slot, grad [N, m], global offset, weight)
+
+        def flush() -> None:
+            if run:
+                slot, _, start, weight = run[0]
+                x = run[0][1] if len(run) == 1 else torch.cat([g for _, g, _, _ in run], dim=1)
+                self._add_dense(out, slot, x * weight if weight != 1.0 else x, None, start)
+                run.clear()
+
+        for slot, grad in grads:
+            shard = shards.get(slot.index)
+            if slot.kind != "dense" or slot.index in self.scales or grad.is_sparse:
+                self.add_grad(out, slot, grad, shard)  # other columns: a run of dense gradients goes on
+                continue
+            if shard is not None and shard.numel == 0:
+                continue
+            x = grad.reshape(grad.shape[0], -1)
+            start = slot.offset + (0 if shard is None else shard.flat_offset)
+            weight = 1.0 if shard is None else 1.0 / shard.n_replicas
+            if run:
+                last, last_x, last_start, last_weight = run[-1]
+                if not (last.col == slot.col and last_start + last_x.shape[1] == start and last_weight == weight
+                        and last_x.dtype == x.dtype and last_x.shape[0] == x.shape[0]):
+                    flush()
+            self._mark(slot, grad)
+            run.append((slot, x, start, weight))
+        flush()
+
     def _mark(self, slot: Slot, *factors: torch.Tensor) -> None:
         """Record that ``slot`` got a nonzero contribution (checked until the first one; for factored contributions
         ``Σ_t g_t a_tᵀ`` a time step where both factors are nonzero)."""
