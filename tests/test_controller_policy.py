@@ -2,6 +2,7 @@
 before training, and the checks that refuse a run that could not do what it says."""
 from __future__ import annotations
 
+import json
 import random
 import warnings
 
@@ -154,6 +155,18 @@ def test_passed_rehearsal_records_its_cost_and_skips_the_self_check():
     assert ctl.step(5)["timing"]["rehearsal_s"] == 0.0  # counted once
     group = make()
     assert group.history["rehearsal"]["verified"] is False
+
+
+def test_history_records_what_was_measured():
+    model = Tiny(dropout=0.0)
+    some = [n for n, _ in model.named_parameters()][-2:]
+    ctl = make(model, influence={"k": 32, "n_bootstrap": 0, "params": some}, rehearse=False)
+    settings = ctl.history["influence"]
+    assert settings == ctl._influence.settings() and settings["parameters"] == some
+    assert settings["k"] == 32 and settings["mode"] == "group"
+    json.dumps(ctl.history)  # JSON-ready
+    every = make(Tiny(dropout=0.0), rehearse=False).history["influence"]["parameters"]
+    assert every == [n for n, p in Tiny(dropout=0.0).named_parameters() if p.requires_grad]
 
 
 def test_total_steps_checks():

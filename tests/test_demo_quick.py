@@ -162,6 +162,11 @@ def test_quick_demo_plots_and_report_redraw(demo_out, tmp_path, capsys):
     # a single controller history re-draws too
     assert main(["report", str(demo_out / "runs" / "tikmix-d" / "history.json"), "--out", str(tmp_path / "h")]) == 0
     assert "Group influence at step 40" in capsys.readouterr().out
+    # a folder stands for the report.json or history.json in it
+    assert main(["report", str(demo_out / "runs" / "tikmix-d"), "--out", str(tmp_path / "h2")]) == 0
+    assert "Group influence at step 40" in capsys.readouterr().out
+    assert main(["report", str(demo_out), "--out", str(tmp_path / "h3")]) == 0
+    assert "tikmix-m: domain weights per stage" in capsys.readouterr().out
 
 
 def test_report_rejects_unknown_files(tmp_path, capsys):
@@ -170,6 +175,9 @@ def test_report_rejects_unknown_files(tmp_path, capsys):
     assert main(["report", str(bad)]) == 2
     assert "unknown format" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "without a report.json (tikmix demo) or a history.json (tikmix run)" in capsys.readouterr().err
     from tikmix.formats import DEMO
 
     bad.write_text(json.dumps({"format": DEMO, "runs": {"uniform": "runs/uniform"}}))

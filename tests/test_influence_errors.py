@@ -125,6 +125,21 @@ def test_bad_arguments(model, kw, err, match):
     assert_unchanged(model, before)
 
 
+def test_a_pattern_that_matches_nothing_suggests_the_closest_module_and_lists_names():
+    from tikmix.models import GPT, GPTConfig, sequence_loss
+
+    gpt = GPT(GPTConfig(n_layer=2))
+    with pytest.raises(ValueError) as info:
+        GroupInfluence(gpt, sequence_loss, k=64, params="block.1.*")
+    message = str(info.value)
+    assert message.startswith("params pattern 'block.1.*' matches no parameter of the model (did you mean blocks.1.*?)")
+    assert "its parameters include tok_emb.weight, pos_emb.weight, blocks.0.*, blocks.1.*" in message
+    with pytest.raises(ValueError, match=r"^params pattern 'zzz' matches no parameter of the model; its parameters"):
+        GroupInfluence(gpt, sequence_loss, k=64, params="zzz")
+    with pytest.raises(ValueError, match="null in a run config"):
+        GroupInfluence(gpt, sequence_loss, k=64, params=[])
+
+
 def test_computing_under_no_grad_still_works(model):
     doms, tgts = make_data()
     with torch.no_grad():

@@ -249,6 +249,14 @@ def test_misspelt_section_is_unknown_before_missing(files, capsys):
     assert message.startswith("trian: unknown key trian (did you mean train?)")
 
 
+def test_python_api_name_points_to_the_config_key(files, capsys):
+    cfg = _config(files)
+    cfg.setdefault("influence", {})["sampling"] = {"tolerance": 0.2}
+    key, message = _error(files, cfg, capsys)
+    assert key == "influence.sampling"
+    assert "unknown key sampling (did you mean adaptive? the Python API's sampling= is adaptive" in message
+
+
 def test_misspelt_source_key_is_named(files, capsys):
     cfg = _config(files)
     cfg["data"]["domains"]["docs"] = {"jsnl": "docs.jsonl"}

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar (one line per proxy instead)")
 
     rep = sub.add_parser("report", help="re-draw the table and plots from a report/history JSON")
-    rep.add_argument("file", help="report.json of tikmix demo, or history.json of tikmix run / a Controller")
+    rep.add_argument("file", help="report.json of tikmix demo, or history.json of tikmix run / a Controller "
+                                  "(or the folder holding either)")
     rep.add_argument("--out", default=None, help="where the PNGs go (default: next to the file)")
     rep.add_argument("--prefix", default="", help="prefix of the PNG file names (e.g. demo_)")
 

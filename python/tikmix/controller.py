@@ -201,8 +201,11 @@ class Controller:
 
     Attributes:
         history: the run's JSON-ready history dict: ``"format"``, ``"domains"``, ``"targets"``, ``"measure"``
-            (``{"mode": "eval" | "train", "training_rng": "preserved"}``), ``"rehearsal"`` (None when skipped, else
-            ``{"verified", "self_check_at_boundaries"}``; its seconds are in the next record's ``timing``), ``"stages"``: one record per boundary,
+            (``{"mode": "eval" | "train", "training_rng": "preserved"}``), ``"influence"`` (the measurement's
+            :meth:`tikmix.GroupInfluence.settings`: ``k``, ``mode``, the measured ``parameters``' names, ...; None for
+            another influence object), ``"rehearsal"`` (None when skipped, else ``{"verified",
+            "self_check_at_boundaries", "rows"}``; its seconds are in the next record's ``timing``), ``"stages"``: one
+            record per boundary,
             ``"metrics"``: what :meth:`log_metrics` recorded, ``"final"``: what :meth:`finish` recorded (with the
             dev rows' ``"target_loss"`` and the last stage's ``"feedback"``), ``"feedback_summary"``
             (:func:`tikmix.decision.feedback_summary` over every stage's feedback). Besides the mixture and the
@@ -343,6 +346,9 @@ class Controller:
             "tokens_per_step": tokens_per_step,
             "initial_weights": [float(x) for x in sampler.weights_at(0)],
             "measure": {"mode": measure_mode, "training_rng": "preserved"},
+            # what the measurement was: sketch size, mode, preconditioner, the measured parameters' names, ...
+            "influence": (self._influence.settings() if callable(getattr(self._influence, "settings", None))
+                          else None),
             "rehearsal": None,
             "stages": [],
             "metrics": [],

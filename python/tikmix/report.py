@@ -35,8 +35,15 @@ __all__ = ["load", "with_runs", "run_summary", "format_tables", "plot_all", "ren
 
 def load(path: str | Path) -> dict[str, Any]:
     """Read a demo report (its run folders read back, :func:`with_runs`) or a controller history; raises
-    ValueError for anything else."""
+    ValueError for anything else. A folder stands for the ``report.json`` (``tikmix demo --out``) or the
+    ``history.json`` (``tikmix run``'s ``out``) in it."""
     path = Path(path)
+    if path.is_dir():
+        inside = [path / name for name in ("report.json", "history.json") if (path / name).is_file()]
+        if not inside:
+            raise FileNotFoundError(f"{path} is a folder without a report.json (tikmix demo) or a history.json "
+                                    "(tikmix run)")
+        path = inside[0]
     if not path.is_file():
         raise FileNotFoundError(f"no such report or history file: {path}")
     try:
@@ -607,8 +614,8 @@ def plot_all(report: Mapping[str, Any], out_dir: str | Path, prefix: str = "") -
 
 def render(path_or_report: str | Path | Mapping[str, Any], out_dir: str | Path | None = None,
            prefix: str = "") -> tuple[str, list[Path]]:
-    """Load (if a path), write the plots next to the file (or into ``out_dir``, names starting with ``prefix``)
-    and return (tables, pngs)."""
+    """Load (if a path: a file, or a folder holding one, :func:`load`), write the plots next to the file (or into
+    ``out_dir``, names starting with ``prefix``) and return (tables, pngs)."""
     if isinstance(path_or_report, Mapping):
         report = dict(path_or_report)
         if out_dir is None:
@@ -616,5 +623,6 @@ def render(path_or_report: str | Path | Mapping[str, Any], out_dir: str | Path |
     else:
         report = load(path_or_report)
         if out_dir is None:
-            out_dir = Path(path_or_report).parent
+            path = Path(path_or_report)
+            out_dir = path if path.is_dir() else path.parent
     return format_tables(report), plot_all(report, out_dir, prefix)

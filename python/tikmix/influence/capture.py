@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .. import _distributed as dist_utils
+from .._validation import did_you_mean
 from .sharding import ShardSpec, local_tensor
 from .hook_rules import HookRule, hook_rule, is_factorable
 from .sketch_space import Projector, Slot, kron_seed, sign_tile
@@ -87,15 +88,14 @@ def select_parameters(model: nn.Module, params: Any) -> List[Tuple[str, nn.Param
     else:
         items = [params] if isinstance(params, (str, nn.Module, nn.Parameter)) else list(params)
         if not items:
-            raise ValueError("params must not be empty (use None for all trainable parameters)")
+            raise ValueError("params must not be empty (use None, null in a run config, for all trainable "
+                             "parameters)")
         chosen = set()
         for item in items:
             if isinstance(item, str):
                 hit = {id(p) for name, p in all_named if fnmatch.fnmatchcase(name, item)}
                 if not hit:
-                    raise ValueError(f"params pattern {item!r} matches no parameter of the model "
-                                     f"(names look like {all_named[0][0]!r})" if all_named else
-                                     f"params pattern {item!r}: the model has no parameters")
+                    raise ValueError(_no_match(item, [name for name, _ in all_named]))
                 chosen |= hit
             elif isinstance(item, nn.Parameter):
                 if id(item) not in by_id:
@@ -112,6 +112,20 @@ def select_parameters(model: nn.Module, params: Any) -> List[Tuple[str, nn.Param
                 raise TypeError("params entries must be name patterns (str), nn.Module or nn.Parameter, got "
                                 f"{type(item).__name__}")
     return [(first_name[pid], by_id[pid]) for pid in sorted(chosen, key=order.__getitem__)]
+
+
+def _no_match(pattern: str, names: Sequence[str]) -> str:
+    """The error for a ``params`` pattern that matches nothing: the closest module pattern (``blocks.1.*`` for
+    ``block.1.*``) and a few of the model's parameter names."""
+    if not names:
+        return f"params pattern {pattern!r}: the model has no parameters"
+    # every module prefix as a pattern ("blocks.*", "blocks.1.*", ...) and every full name
+    candidates = dict.fromkeys(n for name in names for n in
+                               [".".join(name.split(".")[:i]) + ".*" for i in range(1, name.count(".") + 1)] + [name])
+    examples = list(dict.fromkeys(".".join(n.split(".")[:2]) + (".*" if n.count(".") > 1 else "") for n in names))
+    return (f"params pattern {pattern!r} matches no parameter of the model{did_you_mean(pattern, list(candidates))}; "
+            f"its parameters include {', '.join(examples[:6])}{' ...' if len(examples) > 6 else ''} (fnmatch "
+            "patterns against the names of model.named_parameters())")
 
 
 def parameter_owners(model: nn.Module) -> Dict[int, List[Tuple[nn.Module, str]]]:

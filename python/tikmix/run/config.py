@@ -112,6 +112,10 @@ def _describe_source(loc: tuple[Any, ...], value: Any) -> tuple[str, str]:
     return _dotted(loc), f"give exactly one of {kinds}"
 
 
+#: Keyword names of the Python API that a run config spells differently (a likely slip when moving a loop to YAML).
+_PYTHON_API_NAMES = {"sampling": "adaptive"}
+
+
 def _describe(err: dict[str, Any]) -> tuple[int, str, str]:
     """(rank, dotted key, message) of one pydantic error; unknown keys rank first, missing keys last."""
     loc = tuple(err["loc"])
@@ -128,7 +132,10 @@ def _describe(err: dict[str, Any]) -> tuple[int, str, str]:
     if kind == "extra_forbidden":
         word = str(loc[-1])
         known = _known_keys(loc[:-1])
-        hint = did_you_mean(word, known) or (f" (known keys here: {', '.join(known)})" if known else "")
+        alias = _PYTHON_API_NAMES.get(word)
+        hint = (f" (did you mean {alias}? the Python API's {word}= is {alias} in a run config)"
+                if alias in known else "") or did_you_mean(word, known) \
+            or (f" (known keys here: {', '.join(known)})" if known else "")
         return 0, key, f"unknown key {word}{hint}"
     if kind == "source_kind":
         key, message = _describe_source(loc, value)
