@@ -399,8 +399,7 @@ class Controller:
         few = min(self.batch_size, REHEARSAL_ROWS)
         rows = {"domains": {n: min(self.batch_size if j == 0 else few, len(d))
                             for j, (n, d) in enumerate(self._domains.items())},
-                "targets": {n: min(few, len(d) if self.target_samples is None else min(len(d), self.target_samples))
-                            for n, d in self._targets.items()}}
+                "targets": {n: min(few, len(self._target_rows(n))) for n in self._targets}}
         domain_batches = {n: self._batches(d, np.arange(rows["domains"][n])) for n, d in self._domains.items()}
         target_batches = {n: self._batches(d, np.arange(rows["targets"][n])) for n, d in self._targets.items()}
         t0 = time.perf_counter()

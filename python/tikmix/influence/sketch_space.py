@@ -209,6 +209,12 @@ def _warn_once(msg: str) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
+def _placement(shard: Optional[ShardSpec]) -> Tuple[int, float]:
+    """(flat offset of a gradient's local part within its parameter, its weight in the sum over ranks): a shard's
+    partial sketch is divided by its replicas, so the ranks' partial sketches sum to the whole gradient's."""
+    return (0, 1.0) if shard is None else (shard.flat_offset, 1.0 / shard.n_replicas)
+
+
 class Projector:
     """Maps gradients (whole, per-sample, or factored) into the columns of a :class:`Layout`.
 
@@ -266,8 +272,7 @@ class Projector:
             grad = grad.to_dense()
         scale = self.scales.get(slot.index)
         shape = slot.shape if shard is None else (shard.rows, *slot.shape[1:])
-        start = 0 if shard is None else shard.flat_offset
-        weight = 1.0 if shard is None else 1.0 / shard.n_replicas
+        start, weight = _placement(shard)
         if shard is not None and shard.numel == 0:
             return
         self._mark(slot, grad)
@@ -319,8 +324,8 @@ class Projector:
             if shard is not None and shard.numel == 0:
                 continue
             x = grad.reshape(grad.shape[0], -1)
-            start = slot.offset + (0 if shard is None else shard.flat_offset)
-            weight = 1.0 if shard is None else 1.0 / shard.n_replicas
+            start, weight = _placement(shard)
+            start += slot.offset
             if run:
                 last, last_x, last_start, last_weight = run[-1]
                 if not (last.col == slot.col and last_start + last_x.shape[1] == start and last_weight == weight
